@@ -1,25 +1,644 @@
-//! Segmented, CRC-checked log files with group commit on a dedicated thread. (Being written.)
+//! The file-backed log: segment files, recovery at open, and the writer thread that appends
+//! and fsyncs with group commit.
+//!
+//! Layout: segments live directly in the log directory, named by a zero-padded sequence
+//! number (`00000000000000000001.seg`, ...); other files are ignored. Records are only ever
+//! appended; a new segment is started before a batch once the current one has reached
+//! `segment_bytes` (a batch may overflow it). A segment has no header, it is a run of records:
+//!
+//! ```text
+//! [u32 LE payload length][u32 LE crc32 of payload][payload = postcard(Record)]
+//! ```
+//!
+//! Recovery reads every segment in order and replays each record with [`super::replay`]. A bad
+//! record at the end of the last segment is a torn write and is cut: fewer than 8 bytes left, a
+//! length running past the end of the file, or a checksum or decode failure of a record that
+//! ends the file or is followed by nothing but zero bytes (a file extended but not yet written
+//! when the machine stopped). Any other bad record, or any bad record in an earlier segment, is
+//! [`StorageError::Corrupt`]: good records after it were acknowledged, so cutting could lose
+//! committed data.
 
-use std::path::Path;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
 
 use futures::channel::oneshot;
+use serde::{Deserialize, Serialize};
 
-use super::{LogBackend, Recovered, WriteBatch};
+use super::{LogBackend, LogWrite, Recovered, WriteBatch, replay};
 use crate::error::StorageError;
+use crate::raft::{Entry, HardState};
 
-/// The file-backed log.
+const HEADER: usize = 8;
+/// No record is larger; a bigger length field is damage, never an allocation size.
+const MAX_RECORD: usize = 256 << 20;
+const SUFFIX: &str = ".seg";
+/// A buffer that grew past this for one huge group is released rather than kept for good.
+const KEEP_BUF: usize = 16 << 20;
+
+type Done = oneshot::Sender<Result<(), StorageError>>;
+
+/// A record as read back from disk.
+#[derive(Deserialize)]
+enum Record {
+    Entry(Entry),
+    HardState(HardState),
+}
+
+/// The same record by reference, to encode without cloning entries; the variants must stay in
+/// the order of [`Record`] because postcard encodes the variant index.
+#[derive(Serialize)]
+enum RecordRef<'a> {
+    Entry(&'a Entry),
+    HardState(&'a HardState),
+}
+
+impl From<Record> for LogWrite {
+    fn from(r: Record) -> Self {
+        match r {
+            Record::Entry(e) => LogWrite::Entry(Arc::new(e)),
+            Record::HardState(hs) => LogWrite::HardState(hs),
+        }
+    }
+}
+
+/// The file-backed log. Appends and fsyncs happen on a dedicated writer thread; dropping the
+/// log lets that thread finish every queued batch and waits for it.
 #[derive(Debug)]
-pub struct FileLog {}
+pub struct FileLog {
+    dir: PathBuf,
+    tx: Option<mpsc::Sender<(WriteBatch, Done)>>,
+    thread: Option<JoinHandle<()>>,
+}
 
 impl FileLog {
-    /// Opens (creating if missing) the log under `dir`, recovers it, and starts the writer thread.
-    pub fn open(dir: &Path, _segment_bytes: u64) -> Result<(FileLog, Recovered), StorageError> {
-        Err(StorageError::Io { op: "open", path: dir.into(), source: std::io::Error::other("not written yet") })
+    /// Opens (creating if missing) the log under `dir`, recovers it, and starts the writer
+    /// thread. New segments are started once the current one holds `segment_bytes`.
+    pub fn open(dir: &Path, segment_bytes: u64) -> Result<(FileLog, Recovered), StorageError> {
+        fs::create_dir_all(dir).map_err(io_err("create dir", dir))?;
+        let segments = list_segments(dir)?;
+        let mut recovered = Recovered::default();
+        let mut tail = None;
+        for (i, &seq) in segments.iter().enumerate() {
+            let path = segment_path(dir, seq);
+            let data = fs::read(&path).map_err(io_err("read", &path))?;
+            let last = i + 1 == segments.len();
+            let end = scan(&path, &data, last, &mut recovered)?;
+            if end < data.len() {
+                cut_tail(&path, end as u64)?;
+            }
+            if last {
+                tail = Some((seq, end as u64));
+            }
+        }
+        let writer = match tail {
+            Some((seq, len)) => {
+                let path = segment_path(dir, seq);
+                let file = OpenOptions::new().append(true).open(&path);
+                let file = file.map_err(io_err("open", &path))?;
+                Writer::new(dir, segment_bytes, seq, file, len)
+            }
+            None => Writer::create(dir, segment_bytes, 1)?,
+        };
+        let (segments, entries) = (segments.len(), recovered.entries.len());
+        tracing::debug!(dir = %dir.display(), segments, entries, "log recovered");
+        Ok((FileLog::start(writer)?, recovered))
+    }
+
+    fn start(writer: Writer) -> Result<FileLog, StorageError> {
+        let dir = writer.dir.clone();
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("dister-log-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(io_err("spawn writer thread", &dir))?;
+        Ok(FileLog {
+            dir,
+            tx: Some(tx),
+            thread: Some(thread),
+        })
     }
 }
 
 impl LogBackend for FileLog {
-    fn submit(&mut self, _batch: WriteBatch) -> oneshot::Receiver<Result<(), StorageError>> {
-        oneshot::channel().1
+    fn submit(&mut self, batch: WriteBatch) -> oneshot::Receiver<Result<(), StorageError>> {
+        let (done, rx) = oneshot::channel();
+        let Some(tx) = &self.tx else {
+            let _ = done.send(Err(StorageError::Closed));
+            return rx;
+        };
+        if let Err(mpsc::SendError((_, done))) = tx.send((batch, done)) {
+            let _ = done.send(Err(StorageError::Closed));
+        }
+        rx
+    }
+}
+
+impl Drop for FileLog {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer drain what is queued and exit; joining means a
+        // node reopened in this process never appends to the same files as the old writer.
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!(dir = %self.dir.display(), "log writer thread panicked");
+        }
+    }
+}
+
+/// The writer thread's state: the segment being appended to.
+struct Writer {
+    dir: PathBuf,
+    segment_bytes: u64,
+    seq: u64,
+    path: PathBuf,
+    file: File,
+    /// Bytes already in the current segment.
+    len: u64,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn new(dir: &Path, segment_bytes: u64, seq: u64, file: File, len: u64) -> Writer {
+        let path = segment_path(dir, seq);
+        let (dir, buf) = (dir.into(), Vec::new());
+        Writer {
+            dir,
+            segment_bytes,
+            seq,
+            path,
+            file,
+            len,
+            buf,
+        }
+    }
+
+    /// Creates segment `seq` and makes its directory entry durable.
+    fn create(dir: &Path, segment_bytes: u64, seq: u64) -> Result<Writer, StorageError> {
+        let path = segment_path(dir, seq);
+        let file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_err("create", &path))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("fsync dir", dir))?;
+        Ok(Writer::new(dir, segment_bytes, seq, file, 0))
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<(WriteBatch, Done)>) {
+        let mut failed = false;
+        let mut group = Vec::new();
+        // Ends once every `FileLog` sender is gone and the queue is drained.
+        while let Ok(first) = rx.recv() {
+            group.push(first);
+            group.extend(rx.try_iter());
+            let mut error = None;
+            if !failed && let Err(e) = self.commit(&group) {
+                let path = self.path.display();
+                tracing::error!(path = %path, error = %e, "log write failed; storage is closed");
+                (error, failed) = (Some(e), true);
+            }
+            // The first batch of a failed group gets the cause, every later one `Closed`.
+            for (_, done) in group.drain(..) {
+                let result = match error.take() {
+                    Some(e) => Err(e),
+                    None if failed => Err(StorageError::Closed),
+                    None => Ok(()),
+                };
+                let _ = done.send(result);
+            }
+        }
+    }
+
+    /// Writes a group of batches with one write and one fdatasync (more only where a segment
+    /// rolls over in the middle of the group).
+    fn commit(&mut self, group: &[(WriteBatch, Done)]) -> Result<(), StorageError> {
+        self.buf.clear();
+        if self.buf.capacity() > KEEP_BUF {
+            self.buf = Vec::new();
+        }
+        for (batch, _) in group.iter().filter(|(b, _)| !b.is_empty()) {
+            let at = self.len + self.buf.len() as u64;
+            if at > 0 && at >= self.segment_bytes {
+                self.flush()?;
+                *self = Writer::create(&self.dir, self.segment_bytes, self.seq + 1)?;
+            }
+            for write in &batch.writes {
+                encode(write, &mut self.buf).map_err(|reason| StorageError::Io {
+                    op: "encode",
+                    path: self.path.clone(),
+                    source: io::Error::new(io::ErrorKind::InvalidInput, reason),
+                })?;
+            }
+        }
+        self.flush()
+    }
+
+    fn flush(&mut self) -> Result<(), StorageError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .write_all(&self.buf)
+            .map_err(io_err("write", &self.path))?;
+        self.file
+            .sync_data()
+            .map_err(io_err("fdatasync", &self.path))?;
+        self.len += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+fn encode(write: &LogWrite, buf: &mut Vec<u8>) -> Result<(), String> {
+    let record = match write {
+        LogWrite::Entry(e) => RecordRef::Entry(e),
+        LogWrite::HardState(hs) => RecordRef::HardState(hs),
+    };
+    let payload = postcard::to_allocvec(&record).map_err(|e| e.to_string())?;
+    if payload.len() > MAX_RECORD {
+        return Err(format!(
+            "record of {} bytes is over the limit of {MAX_RECORD}",
+            payload.len()
+        ));
+    }
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    buf.extend_from_slice(&payload);
+    Ok(())
+}
+
+/// Why a record could not be read.
+struct Bad {
+    reason: String,
+    /// The damage runs to the end of the file, or only zero bytes follow it: what a torn or
+    /// half-allocated append leaves behind.
+    torn: bool,
+}
+
+/// Reads the record at the start of `rest`; returns it and its size on disk.
+fn read_record(rest: &[u8]) -> Result<(Record, usize), Bad> {
+    let bad = |reason: String, torn| Err(Bad { reason, torn });
+    if rest.len() < HEADER {
+        return bad(
+            format!("{} bytes left, short of a record header", rest.len()),
+            true,
+        );
+    }
+    let (head, body) = rest.split_at(HEADER);
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    if len > MAX_RECORD {
+        let reason = format!("length {len} is over the limit of {MAX_RECORD}");
+        return bad(reason, len > body.len() || body.iter().all(|&b| b == 0));
+    }
+    if len > body.len() {
+        let reason = format!("length {len} runs past the end ({} bytes left)", body.len());
+        return bad(reason, true);
+    }
+    let (payload, after) = body.split_at(len);
+    let torn = after.iter().all(|&b| b == 0);
+    if crc32fast::hash(payload) != crc {
+        return bad("checksum mismatch".into(), torn);
+    }
+    match postcard::take_from_bytes::<Record>(payload) {
+        Ok((record, [])) => Ok((record, HEADER + len)),
+        Ok((_, extra)) => bad(format!("{} bytes left after the record", extra.len()), torn),
+        Err(e) => bad(format!("undecodable record: {e}"), torn),
+    }
+}
+
+/// Replays one segment; returns where its good records end. Only the last segment may end
+/// before its data does (a torn tail, which the caller cuts).
+fn scan(
+    path: &Path,
+    data: &[u8],
+    last: bool,
+    state: &mut Recovered,
+) -> Result<usize, StorageError> {
+    let corrupt = |offset: usize, reason| StorageError::Corrupt {
+        path: path.into(),
+        offset: offset as u64,
+        reason,
+    };
+    let mut off = 0;
+    while off < data.len() {
+        match read_record(&data[off..]) {
+            Ok((record, size)) => {
+                replay(state, record.into()).map_err(|reason| corrupt(off, reason))?;
+                off += size;
+            }
+            Err(Bad { reason, torn: true }) if last => {
+                let (path, dropped) = (path.display(), data.len() - off);
+                tracing::warn!(path = %path, offset = off, dropped, reason, "cutting a torn write off the log tail");
+                return Ok(off);
+            }
+            Err(Bad { reason, .. }) => return Err(corrupt(off, reason)),
+        }
+    }
+    Ok(off)
+}
+
+fn cut_tail(path: &Path, end: u64) -> Result<(), StorageError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err("open", path))?;
+    file.set_len(end).map_err(io_err("truncate", path))?;
+    file.sync_all().map_err(io_err("fsync", path))
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:020}{SUFFIX}"))
+}
+
+/// Sequence numbers of the segments in `dir`, ascending.
+fn list_segments(dir: &Path) -> Result<Vec<u64>, StorageError> {
+    let mut seqs = Vec::new();
+    for item in fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let name = item.map_err(io_err("list", dir))?.file_name();
+        let seq = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(SUFFIX))
+            .filter(|s| s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit()));
+        if let Some(seq) = seq.and_then(|s| s.parse().ok()) {
+            seqs.push(seq);
+        }
+    }
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageError {
+    move |source| StorageError::Io {
+        op,
+        path: path.into(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::Payload;
+    use futures::executor::block_on;
+
+    const SEG: u64 = 1 << 20;
+
+    fn e(term: u64, index: u64) -> LogWrite {
+        let data = format!("value {index}").into_bytes().into();
+        let payload = Payload::Command {
+            namespace: "kv".into(),
+            data,
+        };
+        LogWrite::Entry(Arc::new(Entry {
+            term,
+            index,
+            payload,
+        }))
+    }
+
+    fn batch(writes: Vec<LogWrite>) -> WriteBatch {
+        WriteBatch { writes }
+    }
+
+    fn write(log: &mut FileLog, writes: Vec<LogWrite>) {
+        let rx = log.submit(batch(writes));
+        block_on(rx).expect("answered").expect("durable");
+    }
+
+    fn open(dir: &Path, segment_bytes: u64) -> (FileLog, Recovered) {
+        FileLog::open(dir, segment_bytes).expect("open")
+    }
+
+    fn ids(r: &Recovered) -> Vec<(u64, u64)> {
+        r.entries.iter().map(|e| (e.term, e.index)).collect()
+    }
+
+    fn segments(dir: &Path) -> Vec<PathBuf> {
+        let seqs = list_segments(dir).expect("list");
+        seqs.into_iter().map(|s| segment_path(dir, s)).collect()
+    }
+
+    /// Byte offsets of the records in a segment file.
+    fn offsets(path: &Path) -> Vec<usize> {
+        let data = fs::read(path).expect("read");
+        let (mut off, mut out) = (0, Vec::new());
+        while off < data.len() {
+            out.push(off);
+            let len: [u8; 4] = data[off..off + 4].try_into().expect("4 bytes");
+            off += HEADER + u32::from_le_bytes(len) as usize;
+        }
+        out
+    }
+
+    fn corrupt_at(dir: &Path, segment_bytes: u64) -> (PathBuf, u64) {
+        match FileLog::open(dir, segment_bytes) {
+            Err(StorageError::Corrupt { path, offset, .. }) => (path, offset),
+            other => panic!("expected corruption, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn entries_and_hard_state_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hs = HardState {
+            term: 3,
+            voted_for: Some(2),
+            commit: 2,
+        };
+        let (mut log, r) = open(dir.path(), SEG);
+        assert_eq!(r, Recovered::default());
+        write(
+            &mut log,
+            vec![e(1, 1), e(1, 2), LogWrite::HardState(HardState::default())],
+        );
+        write(&mut log, vec![e(3, 3), LogWrite::HardState(hs)]);
+        drop(log);
+        let (_log, r) = open(dir.path(), SEG);
+        assert_eq!(r.hard_state, hs);
+        assert_eq!(ids(&r), vec![(1, 1), (1, 2), (3, 3)]);
+        assert!(matches!(e(3, 3), LogWrite::Entry(want) if r.entries[2] == want));
+    }
+
+    #[test]
+    fn appending_at_an_earlier_index_cuts_the_suffix_across_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = open(dir.path(), SEG);
+        write(&mut log, vec![e(1, 1), e(1, 2), e(1, 3)]);
+        write(&mut log, vec![e(2, 2)]);
+        drop(log);
+        assert_eq!(ids(&open(dir.path(), SEG).1), vec![(1, 1), (2, 2)]);
+    }
+
+    #[test]
+    fn segments_roll_and_recover_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = open(dir.path(), 64);
+        for i in 1..=20 {
+            write(&mut log, vec![e(1, i)]);
+        }
+        drop(log);
+        assert!(
+            segments(dir.path()).len() >= 5,
+            "{:?}",
+            segments(dir.path())
+        );
+        let (mut log, r) = open(dir.path(), 64);
+        assert_eq!(ids(&r), (1..=20).map(|i| (1, i)).collect::<Vec<_>>());
+        write(&mut log, vec![e(2, 21)]);
+        drop(log);
+        assert_eq!(open(dir.path(), 64).1.entries.len(), 21);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_appends_go_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = open(dir.path(), SEG);
+        for i in 1..=5 {
+            write(&mut log, vec![e(1, i)]);
+        }
+        drop(log);
+        let seg = segments(dir.path()).remove(0);
+        let fifth = offsets(&seg)[4] as u64;
+        let file = OpenOptions::new().write(true).open(&seg).expect("open");
+        file.set_len(fs::metadata(&seg).expect("stat").len() - 3)
+            .expect("truncate");
+        drop(file);
+
+        let (mut log, r) = open(dir.path(), SEG);
+        assert_eq!(r.entries.len(), 4);
+        assert_eq!(fs::metadata(&seg).expect("stat").len(), fifth);
+        write(&mut log, vec![e(2, 5)]);
+        drop(log);
+
+        let want = vec![(1, 1), (1, 2), (1, 3), (1, 4), (2, 5)];
+        for zeros in [3, 8, 20] {
+            let mut file = OpenOptions::new().append(true).open(&seg).expect("open");
+            file.write_all(&vec![0; zeros]).expect("garbage");
+            let (mut log, r) = open(dir.path(), SEG);
+            assert_eq!(ids(&r), want, "after {zeros} zero bytes");
+            write(&mut log, vec![e(2, 5)]);
+        }
+
+        // A last record with a bad checksum and only zeros after it was never acknowledged.
+        let mut data = fs::read(&seg).expect("read");
+        let last = *offsets(&seg).last().expect("records");
+        data[last + HEADER] ^= 0x01;
+        data.extend([0; 16]);
+        fs::write(&seg, &data).expect("write");
+        let (mut log, r) = open(dir.path(), SEG);
+        assert_eq!(
+            (ids(&r), fs::metadata(&seg).expect("stat").len()),
+            (want, last as u64)
+        );
+        write(&mut log, vec![e(3, 5)]);
+        drop(log);
+        assert_eq!(ids(&open(dir.path(), SEG).1)[4], (3, 5));
+    }
+
+    #[test]
+    fn a_bad_record_before_the_end_is_corruption() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = open(dir.path(), SEG);
+        for i in 1..=3 {
+            write(&mut log, vec![e(1, i)]);
+        }
+        drop(log);
+        let seg = segments(dir.path()).remove(0);
+        let second = offsets(&seg)[1];
+        let mut data = fs::read(&seg).expect("read");
+        data[second + HEADER + 2] ^= 0x40;
+        fs::write(&seg, &data).expect("write");
+        assert_eq!(corrupt_at(dir.path(), SEG), (seg, second as u64));
+    }
+
+    #[test]
+    fn a_bad_record_or_a_gap_in_an_earlier_segment_is_corruption() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = open(dir.path(), 1);
+        for i in 1..=3 {
+            write(&mut log, vec![e(1, i)]);
+        }
+        drop(log);
+        let segs = segments(dir.path());
+        assert_eq!(segs.len(), 3);
+        // The bad record ends its file, but the segments after it show it was complete.
+        let mut data = fs::read(&segs[0]).expect("read");
+        let end = data.len() - 1;
+        data[end] ^= 0x01;
+        fs::write(&segs[0], &data).expect("write");
+        assert_eq!(corrupt_at(dir.path(), 1), (segs[0].clone(), 0));
+
+        let mut first = Vec::new();
+        encode(&e(1, 1), &mut first).expect("encode");
+        fs::write(&segs[0], first).expect("write");
+        fs::remove_file(&segs[1]).expect("rm");
+        assert_eq!(corrupt_at(dir.path(), 1), (segs[2].clone(), 0));
+    }
+
+    #[test]
+    fn queued_batches_complete_in_order_and_are_recovered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = open(dir.path(), 16 << 10);
+        let mut rxs: Vec<_> = (1..=1000)
+            .map(|i| log.submit(batch(vec![e(1, i)])))
+            .collect();
+        let last = rxs.pop().expect("1000 receivers");
+        block_on(last).expect("answered").expect("durable");
+        // Senders are completed in order, so every earlier batch has its answer already.
+        for mut rx in rxs {
+            assert!(matches!(rx.try_recv(), Ok(Some(Ok(())))));
+        }
+        drop(log);
+        let want: Vec<_> = (1..=1000).map(|i| (1, i)).collect();
+        assert_eq!(ids(&open(dir.path(), 16 << 10).1), want);
+    }
+
+    #[test]
+    fn an_empty_batch_is_a_barrier() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = open(dir.path(), SEG);
+        write(&mut log, vec![]);
+        let mut first = log.submit(batch(vec![e(1, 1)]));
+        write(&mut log, vec![]);
+        assert!(matches!(first.try_recv(), Ok(Some(Ok(())))));
+    }
+
+    #[test]
+    fn drop_finishes_queued_batches_before_returning() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = open(dir.path(), 4 << 10);
+        let _rxs: Vec<_> = (1..=100)
+            .map(|i| log.submit(batch(vec![e(1, i)])))
+            .collect();
+        drop(log);
+        assert_eq!(open(dir.path(), 4 << 10).1.entries.len(), 100);
+    }
+
+    #[test]
+    fn a_write_error_closes_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = segment_path(dir.path(), 1);
+        fs::write(&path, b"").expect("create");
+        // A read-only handle makes the first write fail.
+        let file = File::open(&path).expect("open read-only");
+        let mut log = FileLog::start(Writer::new(dir.path(), SEG, 1, file, 0)).expect("start");
+        let a = log.submit(batch(vec![e(1, 1)]));
+        let b = log.submit(batch(vec![e(1, 2)]));
+        let c = log.submit(batch(vec![]));
+        assert!(matches!(
+            block_on(a),
+            Ok(Err(StorageError::Io { op: "write", .. }))
+        ));
+        assert!(matches!(block_on(b), Ok(Err(StorageError::Closed))));
+        assert!(matches!(block_on(c), Ok(Err(StorageError::Closed))));
+        let d = log.submit(batch(vec![e(1, 1)]));
+        assert!(matches!(block_on(d), Ok(Err(StorageError::Closed))));
     }
 }
