@@ -159,7 +159,10 @@ impl ApiError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            ApiError::NoLeader { .. } | ApiError::NotLeader { .. } | ApiError::Dropped { .. } | ApiError::Unreachable { .. }
+            ApiError::NoLeader { .. }
+                | ApiError::NotLeader { .. }
+                | ApiError::Dropped { .. }
+                | ApiError::Unreachable { .. }
         )
     }
 }

@@ -1,5 +1,54 @@
-//! dister: a Raft-replicated key/value, config and service-registry node built from actix actors.
+//! dister: a Raft-replicated key/value, config and service-registry node built from actix
+//! actors.
+//!
+//! A node is one actix system holding a handful of long-lived actors; each piece of state has
+//! exactly one owner and everything else asks it by message:
+//!
+//! | actor | owns |
+//! | --- | --- |
+//! | [`actors::election::Election`] | role, term, vote, leader, commit index, waiting writes and reads |
+//! | [`actors::replicator::Replicator`] | one peer's next/match index and in-flight window (leader only) |
+//! | [`actors::log_store::LogStore`] | the durable log, hard state, the commit stream |
+//! | [`actors::data_map::DataMap`] | the key/value pairs |
+//! | [`actors::service_registry::ServiceRegistry`] | services and instances |
+//! | [`actors::connection::Connection`] / [`actors::peer_link::PeerLink`] | one socket each |
+//!
+//! A write's path (leader L, followers F):
+//!
+//! ```text
+//! client ─▶ Connection ─▶ (F: Election ─forward─▶ L) ─▶ L.Election  stamps term+index
+//!                                                        │
+//!                       ┌────────── AppendLocal ─────────┤──── Replicate ───▶ Replicator (per F)
+//!                       ▼                                │                      │ FetchEntries
+//!                 L.LogStore ─fsync (group commit)─▶ durable                    ▼
+//!                                                        │          AppendEntries ─▶ F.Election
+//!                                                        │                      F.LogStore fsync
+//!                          majority durable ◀─ PeerProgress ◀──────── success ◀─┘
+//!                                 │
+//!                      CommitTo ─▶ LogStore ─ApplyEntries─▶ DataMap / ServiceRegistry / yours
+//!                                                        │
+//!                      EntriesApplied ─▶ Election ─▶ answer to the client, with the index
+//! ```
+//!
+//! Three ways in: run the `dister` binary; embed a [`Node`] in an actix application and talk
+//! to it through its [`NodeHandle`]; or add a replicated feature as a new actor that handles
+//! [`messages::apply::ApplyEntries`] for its own namespace (see `examples/counter.rs`).
 
+pub mod actors;
+pub mod bench;
+pub mod client;
+pub mod config;
 pub mod error;
+pub mod messages;
+pub mod node;
 pub mod raft;
+pub mod state_machine;
 pub mod storage;
+pub mod transport;
+pub mod wire;
+
+pub use client::Client;
+pub use config::{Config, PeerConfig};
+pub use error::{ApiError, ClientError, NodeError};
+pub use node::{Node, NodeBuilder, NodeHandle};
+pub use wire::Consistency;

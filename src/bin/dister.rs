@@ -1,1 +1,303 @@
-fn main() {}
+//! The `dister` command: parse the command line, load and validate the config, call into the
+//! library. Logs go to stderr (`RUST_LOG` respected); results to stdout.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use dister::bench::{self, BenchOptions};
+use dister::{ApiError, Client, ClientError, Config, Consistency, Node, PeerConfig};
+
+/// A Raft-replicated key/value, config and service-registry node.
+#[derive(Parser, Debug)]
+#[command(name = "dister", version, about)]
+struct Cli {
+    /// Node to talk to (client commands).
+    #[arg(long, global = true, default_value = "127.0.0.1:7070", env = "DISTER_ADDR")]
+    addr: String,
+    /// Cluster group (client commands; for `server`, overrides the config file).
+    #[arg(long, global = true, env = "DISTER_GROUP")]
+    group: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node.
+    Server(ServerArgs),
+    /// Key/value commands.
+    #[command(subcommand)]
+    Kv(KvCommand),
+    /// Show the node's view of the cluster.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drive concurrent writers against a cluster and report throughput and latency.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServerArgs {
+    /// TOML config file; flags override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This node's id.
+    #[arg(long)]
+    id: Option<u64>,
+    /// Directory for the log (created if missing).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on for peers and clients.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Another member, as ID=HOST:PORT; repeat for each (replaces the file's list).
+    #[arg(long = "peer", value_name = "ID=HOST:PORT")]
+    peers: Vec<String>,
+    /// Seed for the node's random choices (replays a run).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+enum KvCommand {
+    /// Set a key.
+    Set {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Print a key's value.
+    Get {
+        /// The key.
+        key: String,
+        /// Read from this node's copy at once (may be behind the leader).
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Delete keys.
+    Del {
+        /// The keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// List keys and values, optionally by prefix.
+    List {
+        /// Key prefix.
+        prefix: Option<String>,
+        /// Read from this node's copy at once.
+        #[arg(long)]
+        stale: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Nodes to spread clients over (comma separated); defaults to --addr.
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<String>,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    secs: u64,
+    /// Key size in bytes.
+    #[arg(long, default_value_t = 16)]
+    key_size: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn server_config(args: ServerArgs, group: Option<String>) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(id) = args.id {
+        config.id = id;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if !args.peers.is_empty() {
+        config.peers = args.peers.iter().map(|p| p.parse::<PeerConfig>()).collect::<Result<_, _>>()?;
+    }
+    if let Some(g) = group {
+        config.group = g;
+    }
+    if args.seed.is_some() {
+        config.seed = args.seed;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+async fn run_server(config: Config) -> anyhow::Result<()> {
+    let node = Node::start(config).await.context("cannot start node")?;
+    tracing::info!(addr = %node.local_addr(), "serving");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    node.stop();
+    Ok(())
+}
+
+/// A client command's failure, with the exit code it maps to.
+enum Failure {
+    NotFound(String),
+    Other(anyhow::Error),
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure::Other(e.into())
+    }
+}
+
+async fn run_client(addr: &str, group: &str, command: Command) -> Result<(), Failure> {
+    let client =
+        Client::connect(addr, group).await.map_err(|e| Failure::Other(anyhow::anyhow!("cannot reach {addr}: {e}")))?;
+    match command {
+        Command::Kv(KvCommand::Set { key, value }) => {
+            let reply = retry(|| client.set(&key, &value)).await?;
+            tracing::debug!(index = reply.index, "set");
+            println!("OK");
+        }
+        Command::Kv(KvCommand::Get { key, stale }) => {
+            let consistency = if stale { Consistency::Stale } else { Consistency::Linearizable };
+            match retry(|| client.get(&key, consistency)).await? {
+                Some(v) => println!("{v}"),
+                None => return Err(Failure::NotFound(format!("key {key:?} not found"))),
+            }
+        }
+        Command::Kv(KvCommand::Del { keys }) => {
+            let n = retry(|| client.delete(keys.clone())).await?;
+            println!("{n}");
+        }
+        Command::Kv(KvCommand::List { prefix, stale }) => {
+            let consistency = if stale { Consistency::Stale } else { Consistency::Linearizable };
+            let prefix = prefix.unwrap_or_default();
+            for (k, v) in retry(|| client.list(&prefix, consistency)).await? {
+                println!("{k}\t{v}");
+            }
+        }
+        Command::Status { json } => {
+            let s = client.status().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s).map_err(|e| Failure::Other(e.into()))?);
+            } else {
+                println!("id {} ({}) term {} leader {:?}", s.id, s.role, s.term, s.leader);
+                println!(
+                    "log last {} (term {}) commit {} applied {}",
+                    s.last_log_index, s.last_log_term, s.commit_index, s.applied_index
+                );
+                for p in s.peers {
+                    println!("peer {} {} match {:?}", p.id, p.addr, p.match_index);
+                }
+            }
+        }
+        Command::Server(_) | Command::Bench(_) => unreachable!("handled in main"),
+    }
+    Ok(())
+}
+
+/// Retries while the cluster has no leader (an election takes well under a second), up to
+/// a few seconds: a script calling `dister kv set` right after start should just work.
+async fn retry<T, F, Fut>(mut op: F) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match op().await {
+            Err(ClientError::Api(e)) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                let wait = match e {
+                    ApiError::NoLeader { retry_after_ms } => retry_after_ms.min(500),
+                    _ => 100,
+                };
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let group = cli.group.clone().unwrap_or_else(|| "default".into());
+    match cli.command {
+        Command::Server(args) => {
+            init_logging("info");
+            let config = match server_config(args, cli.group) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Err(e) = actix_rt::System::new().block_on(run_server(config)) {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Bench(args) => {
+            init_logging("warn");
+            let opts = BenchOptions {
+                addrs: if args.nodes.is_empty() { vec![cli.addr] } else { args.nodes },
+                group,
+                clients: args.clients.max(1),
+                duration: Duration::from_secs(args.secs.max(1)),
+                key_size: args.key_size,
+                value_size: args.value_size,
+            };
+            match actix_rt::System::new().block_on(bench::run(opts.clone())) {
+                Ok(report) => {
+                    println!(
+                        "clients={} key_size={} value_size={} {report}",
+                        opts.clients, opts.key_size, opts.value_size
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        command => {
+            init_logging("warn");
+            match actix_rt::System::new().block_on(run_client(&cli.addr, &group, command)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(Failure::NotFound(m)) => {
+                    eprintln!("{m}");
+                    ExitCode::FAILURE
+                }
+                Err(Failure::Other(e)) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -90,6 +90,7 @@ pub struct HardState {
 
 /// The role a node plays in the current term.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Follows a leader, or waits for one.
     Follower,

@@ -114,11 +114,7 @@ impl FileLog {
             .name("dister-log-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(io_err("spawn writer thread", &dir))?;
-        Ok(FileLog {
-            dir,
-            tx: Some(tx),
-            thread: Some(thread),
-        })
+        Ok(FileLog { dir, tx: Some(tx), thread: Some(thread) })
     }
 }
 
@@ -165,28 +161,14 @@ impl Writer {
     fn new(dir: &Path, segment_bytes: u64, seq: u64, file: File, len: u64) -> Writer {
         let path = segment_path(dir, seq);
         let (dir, buf) = (dir.into(), Vec::new());
-        Writer {
-            dir,
-            segment_bytes,
-            seq,
-            path,
-            file,
-            len,
-            buf,
-        }
+        Writer { dir, segment_bytes, seq, path, file, len, buf }
     }
 
     /// Creates segment `seq` and makes its directory entry durable.
     fn create(dir: &Path, segment_bytes: u64, seq: u64) -> Result<Writer, StorageError> {
         let path = segment_path(dir, seq);
-        let file = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(io_err("create", &path))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err("fsync dir", dir))?;
+        let file = OpenOptions::new().append(true).create_new(true).open(&path).map_err(io_err("create", &path))?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync dir", dir))?;
         Ok(Writer::new(dir, segment_bytes, seq, file, 0))
     }
 
@@ -243,12 +225,8 @@ impl Writer {
         if self.buf.is_empty() {
             return Ok(());
         }
-        self.file
-            .write_all(&self.buf)
-            .map_err(io_err("write", &self.path))?;
-        self.file
-            .sync_data()
-            .map_err(io_err("fdatasync", &self.path))?;
+        self.file.write_all(&self.buf).map_err(io_err("write", &self.path))?;
+        self.file.sync_data().map_err(io_err("fdatasync", &self.path))?;
         self.len += self.buf.len() as u64;
         self.buf.clear();
         Ok(())
@@ -262,10 +240,7 @@ fn encode(write: &LogWrite, buf: &mut Vec<u8>) -> Result<(), String> {
     };
     let payload = postcard::to_allocvec(&record).map_err(|e| e.to_string())?;
     if payload.len() > MAX_RECORD {
-        return Err(format!(
-            "record of {} bytes is over the limit of {MAX_RECORD}",
-            payload.len()
-        ));
+        return Err(format!("record of {} bytes is over the limit of {MAX_RECORD}", payload.len()));
     }
     buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     buf.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
@@ -285,10 +260,7 @@ struct Bad {
 fn read_record(rest: &[u8]) -> Result<(Record, usize), Bad> {
     let bad = |reason: String, torn| Err(Bad { reason, torn });
     if rest.len() < HEADER {
-        return bad(
-            format!("{} bytes left, short of a record header", rest.len()),
-            true,
-        );
+        return bad(format!("{} bytes left, short of a record header", rest.len()), true);
     }
     let (head, body) = rest.split_at(HEADER);
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
@@ -315,17 +287,8 @@ fn read_record(rest: &[u8]) -> Result<(Record, usize), Bad> {
 
 /// Replays one segment; returns where its good records end. Only the last segment may end
 /// before its data does (a torn tail, which the caller cuts).
-fn scan(
-    path: &Path,
-    data: &[u8],
-    last: bool,
-    state: &mut Recovered,
-) -> Result<usize, StorageError> {
-    let corrupt = |offset: usize, reason| StorageError::Corrupt {
-        path: path.into(),
-        offset: offset as u64,
-        reason,
-    };
+fn scan(path: &Path, data: &[u8], last: bool, state: &mut Recovered) -> Result<usize, StorageError> {
+    let corrupt = |offset: usize, reason| StorageError::Corrupt { path: path.into(), offset: offset as u64, reason };
     let mut off = 0;
     while off < data.len() {
         match read_record(&data[off..]) {
@@ -345,10 +308,7 @@ fn scan(
 }
 
 fn cut_tail(path: &Path, end: u64) -> Result<(), StorageError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(io_err("open", path))?;
+    let file = OpenOptions::new().write(true).open(path).map_err(io_err("open", path))?;
     file.set_len(end).map_err(io_err("truncate", path))?;
     file.sync_all().map_err(io_err("fsync", path))
 }
@@ -375,11 +335,7 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, StorageError> {
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageError {
-    move |source| StorageError::Io {
-        op,
-        path: path.into(),
-        source,
-    }
+    move |source| StorageError::Io { op, path: path.into(), source }
 }
 
 #[cfg(test)]
@@ -392,15 +348,8 @@ mod tests {
 
     fn e(term: u64, index: u64) -> LogWrite {
         let data = format!("value {index}").into_bytes().into();
-        let payload = Payload::Command {
-            namespace: "kv".into(),
-            data,
-        };
-        LogWrite::Entry(Arc::new(Entry {
-            term,
-            index,
-            payload,
-        }))
+        let payload = Payload::Command { namespace: "kv".into(), data };
+        LogWrite::Entry(Arc::new(Entry { term, index, payload }))
     }
 
     fn batch(writes: Vec<LogWrite>) -> WriteBatch {
@@ -447,17 +396,10 @@ mod tests {
     #[test]
     fn entries_and_hard_state_survive_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let hs = HardState {
-            term: 3,
-            voted_for: Some(2),
-            commit: 2,
-        };
+        let hs = HardState { term: 3, voted_for: Some(2), commit: 2 };
         let (mut log, r) = open(dir.path(), SEG);
         assert_eq!(r, Recovered::default());
-        write(
-            &mut log,
-            vec![e(1, 1), e(1, 2), LogWrite::HardState(HardState::default())],
-        );
+        write(&mut log, vec![e(1, 1), e(1, 2), LogWrite::HardState(HardState::default())]);
         write(&mut log, vec![e(3, 3), LogWrite::HardState(hs)]);
         drop(log);
         let (_log, r) = open(dir.path(), SEG);
@@ -484,11 +426,7 @@ mod tests {
             write(&mut log, vec![e(1, i)]);
         }
         drop(log);
-        assert!(
-            segments(dir.path()).len() >= 5,
-            "{:?}",
-            segments(dir.path())
-        );
+        assert!(segments(dir.path()).len() >= 5, "{:?}", segments(dir.path()));
         let (mut log, r) = open(dir.path(), 64);
         assert_eq!(ids(&r), (1..=20).map(|i| (1, i)).collect::<Vec<_>>());
         write(&mut log, vec![e(2, 21)]);
@@ -507,8 +445,7 @@ mod tests {
         let seg = segments(dir.path()).remove(0);
         let fifth = offsets(&seg)[4] as u64;
         let file = OpenOptions::new().write(true).open(&seg).expect("open");
-        file.set_len(fs::metadata(&seg).expect("stat").len() - 3)
-            .expect("truncate");
+        file.set_len(fs::metadata(&seg).expect("stat").len() - 3).expect("truncate");
         drop(file);
 
         let (mut log, r) = open(dir.path(), SEG);
@@ -533,10 +470,7 @@ mod tests {
         data.extend([0; 16]);
         fs::write(&seg, &data).expect("write");
         let (mut log, r) = open(dir.path(), SEG);
-        assert_eq!(
-            (ids(&r), fs::metadata(&seg).expect("stat").len()),
-            (want, last as u64)
-        );
+        assert_eq!((ids(&r), fs::metadata(&seg).expect("stat").len()), (want, last as u64));
         write(&mut log, vec![e(3, 5)]);
         drop(log);
         assert_eq!(ids(&open(dir.path(), SEG).1)[4], (3, 5));
@@ -586,9 +520,7 @@ mod tests {
     fn queued_batches_complete_in_order_and_are_recovered() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut log, _) = open(dir.path(), 16 << 10);
-        let mut rxs: Vec<_> = (1..=1000)
-            .map(|i| log.submit(batch(vec![e(1, i)])))
-            .collect();
+        let mut rxs: Vec<_> = (1..=1000).map(|i| log.submit(batch(vec![e(1, i)]))).collect();
         let last = rxs.pop().expect("1000 receivers");
         block_on(last).expect("answered").expect("durable");
         // Senders are completed in order, so every earlier batch has its answer already.
@@ -614,9 +546,7 @@ mod tests {
     fn drop_finishes_queued_batches_before_returning() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut log, _) = open(dir.path(), 4 << 10);
-        let _rxs: Vec<_> = (1..=100)
-            .map(|i| log.submit(batch(vec![e(1, i)])))
-            .collect();
+        let _rxs: Vec<_> = (1..=100).map(|i| log.submit(batch(vec![e(1, i)]))).collect();
         drop(log);
         assert_eq!(open(dir.path(), 4 << 10).1.entries.len(), 100);
     }
@@ -632,10 +562,7 @@ mod tests {
         let a = log.submit(batch(vec![e(1, 1)]));
         let b = log.submit(batch(vec![e(1, 2)]));
         let c = log.submit(batch(vec![]));
-        assert!(matches!(
-            block_on(a),
-            Ok(Err(StorageError::Io { op: "write", .. }))
-        ));
+        assert!(matches!(block_on(a), Ok(Err(StorageError::Io { op: "write", .. }))));
         assert!(matches!(block_on(b), Ok(Err(StorageError::Closed))));
         assert!(matches!(block_on(c), Ok(Err(StorageError::Closed))));
         let d = log.submit(batch(vec![e(1, 1)]));

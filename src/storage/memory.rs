@@ -57,8 +57,8 @@ mod tests {
     fn appending_at_an_earlier_index_cuts_the_suffix() {
         let mut m = MemoryStorage::new();
         let hs = HardState { term: 2, voted_for: Some(1), commit: 1 };
-        let _ = m.submit(WriteBatch { writes: vec![e(1, 1), e(1, 2), e(1, 3), LogWrite::HardState(hs)] });
-        let _ = m.submit(WriteBatch { writes: vec![e(2, 2)] });
+        drop(m.submit(WriteBatch { writes: vec![e(1, 1), e(1, 2), e(1, 3), LogWrite::HardState(hs)] }));
+        drop(m.submit(WriteBatch { writes: vec![e(2, 2)] }));
         let r = m.recover();
         assert_eq!(r.hard_state, hs);
         assert_eq!(r.entries.iter().map(|e| (e.term, e.index)).collect::<Vec<_>>(), vec![(1, 1), (2, 2)]);

@@ -1,0 +1,132 @@
+//! `DataMap`: the key/value state machine. Owns the pairs and its applied index.
+//!
+//! Receives: `ApplyEntries` (committed `kv` commands, in index order, from `LogStore`),
+//! `GetKey`, `ListKeys` and generic `Query`s (each held until the read index it carries is
+//! applied). Sends nothing: it answers.
+
+use std::collections::BTreeMap;
+
+use actix::prelude::*;
+use bytes::Bytes;
+
+use crate::error::ApiError;
+use crate::messages::apply::{ApplyEntries, Query};
+use crate::messages::kv::{GetKey, KvCommand, KvOutput, ListKeys};
+use crate::raft::Payload;
+use crate::state_machine::{AppliedGate, read_after};
+
+/// The key/value state machine.
+#[derive(Default)]
+pub struct DataMap {
+    pairs: BTreeMap<String, String>,
+    gate: AppliedGate,
+}
+
+impl DataMap {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn apply(&mut self, data: &[u8]) -> Result<Bytes, String> {
+        let cmd: KvCommand = serde_json::from_slice(data).map_err(|e| format!("bad kv command: {e}"))?;
+        let count = match cmd {
+            KvCommand::Set(pairs) => {
+                let n = pairs.len();
+                self.pairs.extend(pairs);
+                n
+            }
+            KvCommand::Delete(keys) => keys.iter().filter(|k| self.pairs.remove(*k).is_some()).count(),
+        };
+        serde_json::to_vec(&KvOutput { count }).map(Bytes::from).map_err(|e| e.to_string())
+    }
+
+    fn list(&self, prefix: &str) -> Vec<(String, String)> {
+        self.pairs
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+impl Actor for DataMap {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(65_536);
+    }
+}
+
+impl Handler<ApplyEntries> for DataMap {
+    type Result = Vec<Result<Bytes, String>>;
+
+    fn handle(&mut self, msg: ApplyEntries, _: &mut Context<Self>) -> Self::Result {
+        let out = msg
+            .entries
+            .iter()
+            .map(|e| match &e.payload {
+                Payload::Command { data, .. } => self.apply(data),
+                Payload::Blank => Ok(Bytes::new()),
+            })
+            .collect();
+        self.gate.advance(msg.applied_to);
+        out
+    }
+}
+
+impl Handler<GetKey> for DataMap {
+    type Result = ResponseActFuture<Self, Option<String>>;
+
+    fn handle(&mut self, msg: GetKey, _: &mut Context<Self>) -> Self::Result {
+        read_after(self, |a| &mut a.gate, msg.min_applied, move |a| a.pairs.get(&msg.key).cloned())
+    }
+}
+
+impl Handler<ListKeys> for DataMap {
+    type Result = ResponseActFuture<Self, Vec<(String, String)>>;
+
+    fn handle(&mut self, msg: ListKeys, _: &mut Context<Self>) -> Self::Result {
+        read_after(self, |a| &mut a.gate, msg.min_applied, move |a| a.list(&msg.prefix))
+    }
+}
+
+impl Handler<Query> for DataMap {
+    type Result = ResponseActFuture<Self, Result<Bytes, ApiError>>;
+
+    /// A generic query: the JSON string of a key answers its value (or null).
+    fn handle(&mut self, msg: Query, _: &mut Context<Self>) -> Self::Result {
+        let key: Result<String, _> = serde_json::from_slice(&msg.data);
+        read_after(
+            self,
+            |a| &mut a.gate,
+            msg.min_applied,
+            move |a| {
+                let key = key.map_err(|e| ApiError::BadRequest(format!("kv query must be a JSON string key: {e}")))?;
+                serde_json::to_vec(&a.pairs.get(&key)).map(Bytes::from).map_err(|e| ApiError::BadRequest(e.to_string()))
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_delete_and_prefix_list() {
+        let mut m = DataMap::new();
+        let set = serde_json::to_vec(&KvCommand::Set(vec![
+            ("a/1".into(), "x".into()),
+            ("a/2".into(), "y".into()),
+            ("b".into(), "z".into()),
+        ]))
+        .unwrap();
+        assert_eq!(m.apply(&set).unwrap(), Bytes::from(r#"{"count":3}"#));
+        assert_eq!(m.list("a/").len(), 2);
+        assert_eq!(m.list("").len(), 3);
+        let del = serde_json::to_vec(&KvCommand::Delete(vec!["a/1".into(), "nope".into()])).unwrap();
+        assert_eq!(m.apply(&del).unwrap(), Bytes::from(r#"{"count":1}"#));
+        assert!(m.apply(b"not json").is_err());
+    }
+}

@@ -1,0 +1,331 @@
+//! `LogStore`: owns the log (in memory and on disk through a [`LogBackend`]), the hard state,
+//! the commit index as last told, and the commit stream.
+//!
+//! Receives: `AppendLocal` (leader's entries), `AppendFromLeader` (follower side of
+//! AppendEntries), `SaveHardState`, `FetchEntries` (from replicators), `CommitTo`,
+//! `Subscribe`, `GetLogState`.
+//! Sends: `ApplyEntries` to the state machines, in index order; `EntriesApplied` to `Election`.
+//!
+//! Every reply that claims durability is sent only after the backend has made the batch (and
+//! every earlier one) durable; the backend completes batches in order, so replies go out in
+//! the order the requests came in. The disk work never runs on this actor's thread.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use futures::FutureExt;
+
+use crate::error::StorageError;
+use crate::messages::apply::{ApplyEntries, ApplyOutput, EntriesApplied, Subscribe};
+use crate::messages::raft::{
+    AppendFromLeader, AppendFromLeaderReply, AppendLocal, CommitTo, FetchEntries, FetchEntriesError, FetchedEntries,
+    GetLogState, LogState, SaveHardState,
+};
+use crate::raft::log::MemLog;
+use crate::raft::{Entry, HardState, LogId, Payload};
+use crate::storage::{LogBackend, LogWrite, Recovered, WriteBatch};
+
+/// The log actor.
+pub struct LogStore {
+    log: MemLog,
+    backend: Box<dyn LogBackend>,
+    hard_state: HardState,
+    /// The commit index went up since the hard state was last written.
+    commit_dirty: bool,
+    dispatched: u64,
+    applied: u64,
+    subscribers: BTreeMap<String, Recipient<ApplyEntries>>,
+    election: Recipient<EntriesApplied>,
+    failed: Option<String>,
+}
+
+impl LogStore {
+    /// A log store over what recovery found. `subscribers` are the state machines known at
+    /// start; entries committed before the crash are replayed to them when the actor starts.
+    pub fn new(
+        backend: Box<dyn LogBackend>,
+        recovered: Recovered,
+        subscribers: BTreeMap<String, Recipient<ApplyEntries>>,
+        election: Recipient<EntriesApplied>,
+    ) -> Self {
+        let mut hard_state = recovered.hard_state;
+        let log = MemLog::new(LogId::default(), recovered.entries);
+        // A leader may have recorded a commit index above its own durable log (a majority of
+        // others had the entries); replay only what this node holds.
+        hard_state.commit = hard_state.commit.min(log.last().index);
+        LogStore {
+            log,
+            backend,
+            hard_state,
+            commit_dirty: false,
+            dispatched: 0,
+            applied: 0,
+            subscribers,
+            election,
+            failed: None,
+        }
+    }
+
+    /// The last entry held.
+    pub fn last(&self) -> LogId {
+        self.log.last()
+    }
+
+    /// The hard state as recovered or last written.
+    pub fn hard_state(&self) -> HardState {
+        self.hard_state
+    }
+
+    /// Queues `writes` (plus the hard state if the commit index moved) and returns a future
+    /// resolving once they are durable.
+    fn submit(&mut self, mut writes: Vec<LogWrite>) -> impl Future<Output = Result<(), StorageError>> + 'static {
+        if self.commit_dirty && !writes.is_empty() {
+            writes.push(LogWrite::HardState(self.hard_state));
+            self.commit_dirty = false;
+        }
+        let rx = self.backend.submit(WriteBatch { writes });
+        rx.map(|r| r.unwrap_or(Err(StorageError::Closed)))
+    }
+
+    fn check_failed(&self) -> Result<(), StorageError> {
+        match &self.failed {
+            Some(_) => Err(StorageError::Closed),
+            None => Ok(()),
+        }
+    }
+
+    /// Wraps a durability future so that a storage error marks the store failed: a node whose
+    /// disk failed must not acknowledge or vote again.
+    fn durable<T: 'static>(
+        &mut self,
+        fut: impl Future<Output = Result<(), StorageError>> + 'static,
+        value: T,
+    ) -> ResponseActFuture<Self, Result<T, StorageError>> {
+        Box::pin(fut.into_actor(self).map(move |r, act, _| match r {
+            Ok(()) => Ok(value),
+            Err(e) => {
+                tracing::error!(error = %e, "log storage failed; this node stops acknowledging writes");
+                act.failed.get_or_insert_with(|| e.to_string());
+                Err(e)
+            }
+        }))
+    }
+
+    fn refuse_truncating_committed(&self, from: u64) -> Result<(), StorageError> {
+        if from <= self.hard_state.commit {
+            // Raft guarantees this never happens (Leader Completeness); if it does, stopping
+            // is the only answer that does not lose committed data.
+            let reason = format!("refusing to overwrite committed index {from} (commit {})", self.hard_state.commit);
+            tracing::error!(%reason, "raft safety violation");
+            return Err(StorageError::Corrupt { path: "log".into(), offset: from, reason });
+        }
+        Ok(())
+    }
+
+    /// Sends newly committed entries to their state machines and reports their outputs.
+    fn dispatch(&mut self, ctx: &mut Context<Self>) {
+        let commit = self.hard_state.commit;
+        if commit <= self.dispatched {
+            return;
+        }
+        let mut per_namespace: BTreeMap<&str, Vec<Arc<Entry>>> = BTreeMap::new();
+        let mut outputs = Vec::new();
+        for index in self.dispatched + 1..=commit {
+            let Some(entry) = self.log.get(index) else { break };
+            // Every index gets an output, so a writer waiting on an index whose entry was
+            // replaced by another term's learns it at once.
+            match &entry.payload {
+                Payload::Command { namespace, .. } if self.subscribers.contains_key(namespace.as_str()) => {
+                    per_namespace.entry(namespace.as_str()).or_default().push(entry.clone());
+                }
+                Payload::Command { namespace, .. } => outputs.push(ApplyOutput {
+                    index,
+                    term: entry.term,
+                    result: Err(format!("no state machine for namespace {namespace:?} on this node")),
+                }),
+                Payload::Blank => outputs.push(ApplyOutput { index, term: entry.term, result: Ok(Default::default()) }),
+            }
+        }
+        self.dispatched = commit;
+        let mut sends = Vec::new();
+        for (ns, recipient) in &self.subscribers {
+            let entries = per_namespace.remove(ns.as_str()).unwrap_or_default();
+            let ids: Vec<(u64, u64)> = entries.iter().map(|e| (e.index, e.term)).collect();
+            let fut = recipient.send(ApplyEntries { entries, applied_to: commit });
+            let ns = ns.clone();
+            sends.push(async move {
+                match fut.await {
+                    Ok(results) => {
+                        let mut results = results.into_iter();
+                        ids.into_iter()
+                            .map(|(index, term)| ApplyOutput {
+                                index,
+                                term,
+                                result: results.next().unwrap_or_else(|| Err(format!("{ns} gave no output"))),
+                            })
+                            .collect::<Vec<_>>()
+                    }
+                    Err(e) => {
+                        tracing::error!(namespace = %ns, error = %e, "state machine unreachable");
+                        ids.into_iter()
+                            .map(|(index, term)| ApplyOutput {
+                                index,
+                                term,
+                                result: Err(format!("state machine {ns} unreachable")),
+                            })
+                            .collect()
+                    }
+                }
+            });
+        }
+        let election = self.election.clone();
+        ctx.spawn(futures::future::join_all(sends).into_actor(self).map(move |all, act, _| {
+            act.applied = act.applied.max(commit);
+            outputs.extend(all.into_iter().flatten());
+            outputs.sort_by_key(|o| o.index);
+            election.do_send(EntriesApplied { outputs, applied_to: commit });
+        }));
+    }
+}
+
+impl Actor for LogStore {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Replication traffic arrives in bursts; the default capacity of 16 would stall senders.
+        ctx.set_mailbox_capacity(65_536);
+        // Rebuild the state machines from what is known committed.
+        self.dispatch(ctx);
+    }
+}
+
+impl Handler<AppendLocal> for LogStore {
+    type Result = ResponseActFuture<Self, Result<LogId, StorageError>>;
+
+    fn handle(&mut self, msg: AppendLocal, _: &mut Context<Self>) -> Self::Result {
+        if let Err(e) = self.check_failed() {
+            return Box::pin(actix::fut::ready(Err(e)));
+        }
+        let mut writes = Vec::with_capacity(msg.entries.len());
+        for e in msg.entries {
+            if e.index <= self.log.last().index {
+                // A new leader drops the uncommitted suffix it did not report in its candidacy.
+                if let Err(err) = self.refuse_truncating_committed(e.index) {
+                    return Box::pin(actix::fut::ready(Err(err)));
+                }
+                self.log.truncate_from(e.index);
+            }
+            if e.index != self.log.last().index + 1 {
+                let reason = format!("entry {} does not follow last index {}", e.index, self.log.last().index);
+                return Box::pin(actix::fut::ready(Err(StorageError::Corrupt {
+                    path: "log".into(),
+                    offset: e.index,
+                    reason,
+                })));
+            }
+            self.log.push(e.clone());
+            writes.push(LogWrite::Entry(e));
+        }
+        let last = self.log.last();
+        let fut = self.submit(writes);
+        self.durable(fut, last)
+    }
+}
+
+impl Handler<AppendFromLeader> for LogStore {
+    type Result = ResponseActFuture<Self, Result<AppendFromLeaderReply, StorageError>>;
+
+    fn handle(&mut self, msg: AppendFromLeader, _: &mut Context<Self>) -> Self::Result {
+        if let Err(e) = self.check_failed() {
+            return Box::pin(actix::fut::ready(Err(e)));
+        }
+        let (result, writes) = match self.log.plan_append(msg.prev, &msg.entries) {
+            Err(conflict) => (Err(conflict), Vec::new()),
+            Ok(plan) => {
+                if let Some(from) = plan.truncate_from
+                    && let Err(e) = self.refuse_truncating_committed(from)
+                {
+                    return Box::pin(actix::fut::ready(Err(e)));
+                }
+                self.log.apply(&plan);
+                let writes = plan.append.iter().cloned().map(LogWrite::Entry).collect();
+                (Ok(plan.match_index), writes)
+            }
+        };
+        let last = self.log.last();
+        // Even a refusal or an empty heartbeat waits for earlier batches: a success must never
+        // overtake the durability of entries it vouches for.
+        let fut = self.submit(writes);
+        self.durable(fut, AppendFromLeaderReply { result, last })
+    }
+}
+
+impl Handler<SaveHardState> for LogStore {
+    type Result = ResponseActFuture<Self, Result<LogId, StorageError>>;
+
+    fn handle(&mut self, msg: SaveHardState, _: &mut Context<Self>) -> Self::Result {
+        if let Err(e) = self.check_failed() {
+            return Box::pin(actix::fut::ready(Err(e)));
+        }
+        self.hard_state.term = msg.term;
+        self.hard_state.voted_for = msg.voted_for;
+        self.commit_dirty = false;
+        let last = self.log.last();
+        let fut = self.submit(vec![LogWrite::HardState(self.hard_state)]);
+        self.durable(fut, last)
+    }
+}
+
+impl Handler<FetchEntries> for LogStore {
+    type Result = Result<FetchedEntries, FetchEntriesError>;
+
+    fn handle(&mut self, msg: FetchEntries, _: &mut Context<Self>) -> Self::Result {
+        let prev_index = msg.from.saturating_sub(1);
+        let last = self.log.last().index;
+        if prev_index > last {
+            return Err(FetchEntriesError::PastEnd { from: msg.from, last });
+        }
+        let prev_term = self.log.term_at(prev_index).ok_or(FetchEntriesError::Compacted(prev_index))?;
+        Ok(FetchedEntries {
+            prev: LogId::new(prev_term, prev_index),
+            entries: self.log.slice(msg.from, msg.max_count, msg.max_bytes),
+        })
+    }
+}
+
+impl Handler<CommitTo> for LogStore {
+    type Result = ();
+
+    fn handle(&mut self, msg: CommitTo, ctx: &mut Context<Self>) {
+        let commit = msg.0.min(self.log.last().index);
+        if commit > self.hard_state.commit {
+            self.hard_state.commit = commit;
+            self.commit_dirty = true;
+            self.dispatch(ctx);
+        }
+    }
+}
+
+impl Handler<Subscribe> for LogStore {
+    type Result = ();
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
+        // Replay what this namespace has already committed, then follow the stream.
+        let entries: Vec<Arc<Entry>> = (self.log.first_index()..=self.dispatched)
+            .filter_map(|i| self.log.get(i))
+            .filter(|e| matches!(&e.payload, Payload::Command { namespace, .. } if *namespace == msg.namespace))
+            .cloned()
+            .collect();
+        msg.recipient.do_send(ApplyEntries { entries, applied_to: self.dispatched });
+        self.subscribers.insert(msg.namespace, msg.recipient);
+    }
+}
+
+impl Handler<GetLogState> for LogStore {
+    type Result = MessageResult<GetLogState>;
+
+    fn handle(&mut self, _: GetLogState, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(LogState { last: self.log.last(), commit: self.hard_state.commit, applied: self.applied })
+    }
+}

@@ -1,0 +1,271 @@
+//! `Replicator`: one per peer, started by the leader for its term and stopped when it steps
+//! down. Owns that peer's next index and match index, the window of AppendEntries in flight,
+//! the heartbeat timer, and back-off after a conflict or a broken link.
+//!
+//! Receives: `Replicate` (new entries, a new commit index, or a read round to confirm) and
+//! `StopReplication`. Sends: `FetchEntries` to `LogStore`, `Call(AppendEntries)` to the peer's
+//! `PeerLink`, and `PeerProgress` / `HigherTermSeen` to `Election`. It never decides commit.
+//!
+//! Pipelining: up to `max_inflight_appends` requests are in flight; `next_index` moves forward
+//! optimistically when a batch is sent. A conflict or a link error starts a new epoch: the
+//! window is emptied, `next_index` is reset, and answers from the old epoch only report match.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::time::Instant;
+
+use crate::actors::log_store::LogStore;
+use crate::actors::peer_link::{Call, PeerLink};
+use crate::config::Config;
+use crate::messages::raft::{
+    FetchEntries, FetchEntriesError, HigherTermSeen, PeerProgress, Replicate, StopReplication,
+};
+use crate::raft::NodeId;
+use crate::wire::{AppendEntriesRequest, AppendOutcome, Request, Response};
+
+/// Replicates the leader's log to one peer.
+pub struct Replicator {
+    peer: NodeId,
+    leader: NodeId,
+    term: u64,
+    config: Rc<Config>,
+    link: Addr<PeerLink>,
+    log_store: Addr<LogStore>,
+    progress: Recipient<PeerProgress>,
+    higher_term: Recipient<HigherTermSeen>,
+    next_index: u64,
+    match_index: u64,
+    /// The leader's last index and commit index, as last told.
+    last_index: u64,
+    commit: u64,
+    commit_sent: u64,
+    round_wanted: u64,
+    round_sent: u64,
+    inflight: usize,
+    epoch: u64,
+    fetching: bool,
+    last_sent: Instant,
+    /// After a link error, wait before trying again.
+    paused_until: Option<Instant>,
+    stopped: bool,
+}
+
+/// The addresses a replicator talks to.
+pub struct ReplicatorLinks {
+    /// The peer's link.
+    pub link: Addr<PeerLink>,
+    /// The log.
+    pub log_store: Addr<LogStore>,
+    /// Where progress goes (`Election`).
+    pub progress: Recipient<PeerProgress>,
+    /// Where a higher term goes (`Election`).
+    pub higher_term: Recipient<HigherTermSeen>,
+}
+
+impl Replicator {
+    /// A replicator for `peer`, working for `leader` in `term`, starting at `next_index`.
+    pub fn new(
+        peer: NodeId,
+        leader: NodeId,
+        term: u64,
+        next_index: u64,
+        config: Rc<Config>,
+        links: ReplicatorLinks,
+    ) -> Self {
+        Replicator {
+            peer,
+            leader,
+            term,
+            config,
+            link: links.link,
+            log_store: links.log_store,
+            progress: links.progress,
+            higher_term: links.higher_term,
+            next_index,
+            match_index: 0,
+            last_index: next_index.saturating_sub(1),
+            commit: 0,
+            commit_sent: 0,
+            round_wanted: 0,
+            round_sent: 0,
+            inflight: 0,
+            epoch: 0,
+            fetching: false,
+            last_sent: Instant::now(),
+            paused_until: None,
+            stopped: false,
+        }
+    }
+
+    /// Sends what is due, as long as the window has room.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.stopped || self.fetching || self.inflight >= self.config.max_inflight_appends {
+            return;
+        }
+        let now = Instant::now();
+        if let Some(until) = self.paused_until {
+            if now < until {
+                return;
+            }
+            self.paused_until = None;
+        }
+        let has_entries = self.next_index <= self.last_index;
+        let heartbeat_due = now.duration_since(self.last_sent) >= self.config.heartbeat_interval();
+        let news = self.commit > self.commit_sent || self.round_wanted > self.round_sent;
+        if !(has_entries || heartbeat_due || news) {
+            return;
+        }
+        // Only one fetch at a time, so batches leave in log order.
+        self.fetching = true;
+        let epoch = self.epoch;
+        let fetch = FetchEntries {
+            from: self.next_index,
+            max_count: self.config.max_append_entries,
+            max_bytes: self.config.max_append_bytes,
+        };
+        ctx.spawn(self.log_store.send(fetch).into_actor(self).map(move |res, act, ctx| {
+            act.fetching = false;
+            if act.stopped || epoch != act.epoch {
+                act.pump(ctx);
+                return;
+            }
+            match res {
+                Ok(Ok(fetched)) => {
+                    let sent_last = fetched.prev.index + fetched.entries.len() as u64;
+                    let req = AppendEntriesRequest {
+                        term: act.term,
+                        leader: act.leader,
+                        prev: fetched.prev,
+                        entries: fetched.entries,
+                        leader_commit: act.commit,
+                    };
+                    act.send(req, sent_last, ctx);
+                    act.pump(ctx);
+                }
+                Ok(Err(FetchEntriesError::PastEnd { last, .. })) => {
+                    act.next_index = last + 1;
+                    act.pump(ctx);
+                }
+                Ok(Err(e @ FetchEntriesError::Compacted(_))) => {
+                    // Snapshot transfer arrives with compaction; until then this cannot happen.
+                    tracing::error!(peer = act.peer, error = %e, "peer needs entries that are no longer in the log");
+                    act.paused_until = Some(Instant::now() + act.config.heartbeat_interval());
+                }
+                Err(e) => tracing::error!(peer = act.peer, error = %e, "log store unreachable"),
+            }
+        }));
+    }
+
+    fn send(&mut self, req: AppendEntriesRequest, sent_last: u64, ctx: &mut Context<Self>) {
+        let epoch = self.epoch;
+        let round = self.round_wanted;
+        self.round_sent = round;
+        self.commit_sent = req.leader_commit;
+        self.next_index = sent_last + 1;
+        self.inflight += 1;
+        self.last_sent = Instant::now();
+        let call = Call { request: Request::AppendEntries(req), timeout: self.append_timeout() };
+        ctx.spawn(self.link.send(call).into_actor(self).map(move |res, act, ctx| {
+            if act.stopped {
+                return;
+            }
+            if epoch == act.epoch {
+                act.inflight = act.inflight.saturating_sub(1);
+            }
+            match res {
+                Ok(Ok(Response::AppendEntries(resp))) => {
+                    if resp.term > act.term {
+                        act.higher_term.do_send(HigherTermSeen { term: resp.term, peer: act.peer });
+                        act.stopped = true;
+                        ctx.stop();
+                        return;
+                    }
+                    match resp.outcome {
+                        AppendOutcome::Success { match_index } => {
+                            let moved = match_index > act.match_index;
+                            act.match_index = act.match_index.max(match_index);
+                            act.report(round, moved.then_some(act.match_index));
+                        }
+                        AppendOutcome::Conflict { next_index } => {
+                            act.report(round, None);
+                            if epoch == act.epoch {
+                                act.restart(next_index, None);
+                            }
+                        }
+                        // The follower could not store the entries (its disk failed): it is not
+                        // a vote of confidence, retry later.
+                        AppendOutcome::StaleTerm => {
+                            if epoch == act.epoch {
+                                act.restart(act.match_index + 1, Some(act.config.heartbeat_interval()));
+                            }
+                        }
+                    }
+                }
+                Ok(Ok(other)) => {
+                    tracing::warn!(peer = act.peer, response = ?other, "unexpected answer to AppendEntries");
+                    if epoch == act.epoch {
+                        act.restart(act.match_index + 1, Some(act.config.heartbeat_interval()));
+                    }
+                }
+                Ok(Err(_)) | Err(_) => {
+                    if epoch == act.epoch {
+                        act.restart(act.match_index + 1, Some(act.config.heartbeat_interval()));
+                    }
+                }
+            }
+            act.pump(ctx);
+        }));
+    }
+
+    /// Starts a new epoch from `next_index`, optionally after a pause.
+    fn restart(&mut self, next_index: u64, pause: Option<Duration>) {
+        self.epoch += 1;
+        self.inflight = 0;
+        self.next_index = next_index.clamp(self.match_index + 1, self.last_index + 1);
+        // Resend commit and any read round with the next batch.
+        self.commit_sent = 0;
+        self.round_sent = 0;
+        self.paused_until = pause.map(|p| Instant::now() + p);
+    }
+
+    fn report(&self, round: u64, match_index: Option<u64>) {
+        self.progress.do_send(PeerProgress { peer: self.peer, term: self.term, acked_round: round, match_index });
+    }
+
+    /// A follower answers after an fsync, and a large batch takes longer than a heartbeat.
+    fn append_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.election_timeout_max_ms.max(1_000) * 4)
+    }
+}
+
+impl Actor for Replicator {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(65_536);
+        ctx.run_interval(self.config.heartbeat_interval() / 2, |act, ctx| act.pump(ctx));
+        self.pump(ctx);
+    }
+}
+
+impl Handler<Replicate> for Replicator {
+    type Result = ();
+
+    fn handle(&mut self, msg: Replicate, ctx: &mut Context<Self>) {
+        self.last_index = self.last_index.max(msg.last_index);
+        self.commit = self.commit.max(msg.commit);
+        self.round_wanted = self.round_wanted.max(msg.round);
+        self.pump(ctx);
+    }
+}
+
+impl Handler<StopReplication> for Replicator {
+    type Result = ();
+
+    fn handle(&mut self, _: StopReplication, ctx: &mut Context<Self>) {
+        self.stopped = true;
+        ctx.stop();
+    }
+}

@@ -1,0 +1,174 @@
+//! An async client for the wire protocol, used by the CLI, the bench tool and tests. One
+//! connection, many requests in flight (each tagged with an id); cheap to clone.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{ApiError, ClientError, WireError};
+use crate::messages::kv::{KV_NAMESPACE, KvCommand, KvOutput};
+use crate::wire::{
+    Consistency, Frame, Hello, Request, Response, StatusInfo, Write, WriteReply, handshake, spawn_writer,
+};
+
+/// Largest response a client accepts (a `kv list` of a big map).
+pub const CLIENT_MAX_RESPONSE: usize = 256 * 1024 * 1024;
+
+type Pending = (Request, oneshot::Sender<Result<Response, WireError>>);
+
+/// A connection to one node.
+#[derive(Clone)]
+pub struct Client {
+    tx: mpsc::UnboundedSender<Pending>,
+    timeout: Duration,
+}
+
+impl Client {
+    /// Connects to `addr` over TCP and joins `group` as a client.
+    pub async fn connect(addr: &str, group: &str) -> Result<Client, ClientError> {
+        let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| WireError::Timeout)?
+            .map_err(WireError::Io)?;
+        stream.set_nodelay(true).map_err(WireError::Io)?;
+        Client::handshake(stream, group).await
+    }
+
+    /// Runs the handshake on an open stream (any transport) and starts the connection task on
+    /// the current thread's `LocalSet` (an actix system, or a simulation host).
+    pub async fn handshake<S>(stream: S, group: &str) -> Result<Client, ClientError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + 'static,
+    {
+        let hello = Hello { group: group.to_string(), node_id: None, token: None };
+        let (mut reader, write, _welcome) =
+            handshake::connect(stream, hello, Duration::from_secs(5), CLIENT_MAX_RESPONSE).await?;
+        let writer = spawn_writer(write);
+        let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
+        tokio::task::spawn_local(async move {
+            let mut pending: HashMap<u64, oneshot::Sender<Result<Response, WireError>>> = HashMap::new();
+            let mut next_id = 0u64;
+            loop {
+                tokio::select! {
+                    req = rx.recv() => match req {
+                        Some((request, reply)) => {
+                            next_id += 1;
+                            if writer.send(Frame::Request(next_id, request)).is_err() {
+                                let _ = reply.send(Err(WireError::Closed));
+                                break;
+                            }
+                            pending.insert(next_id, reply);
+                        }
+                        None => break,
+                    },
+                    frame = reader.next() => match frame {
+                        Some(Ok(Frame::Response(id, resp))) => {
+                            if let Some(reply) = pending.remove(&id) {
+                                let _ = reply.send(Ok(resp));
+                            }
+                        }
+                        Some(Ok(Frame::Error(msg))) => {
+                            for (_, r) in pending.drain() {
+                                let _ = r.send(Err(WireError::Handshake(msg.clone())));
+                            }
+                            break;
+                        }
+                        Some(Ok(_)) | Some(Err(_)) | None => break,
+                    },
+                }
+            }
+            for (_, r) in pending.drain() {
+                let _ = r.send(Err(WireError::Closed));
+            }
+        });
+        Ok(Client { tx, timeout: Duration::from_secs(30) })
+    }
+
+    /// How long a call waits before failing with a timeout (default 30 s; the server times a
+    /// write out after its own `request_timeout_ms` first).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sends one request and waits for its response.
+    pub async fn call(&self, request: Request) -> Result<Response, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send((request, tx)).map_err(|_| WireError::Closed)?;
+        match tokio::time::timeout(self.timeout, rx).await {
+            Err(_) => Err(WireError::Timeout.into()),
+            Ok(Err(_)) => Err(WireError::Closed.into()),
+            Ok(Ok(Err(e))) => Err(e.into()),
+            Ok(Ok(Ok(Response::Error(e)))) => Err(e.into()),
+            Ok(Ok(Ok(r))) => Ok(r),
+        }
+    }
+
+    /// Replicates a command for `namespace`.
+    pub async fn write(&self, namespace: &str, data: Bytes) -> Result<WriteReply, ClientError> {
+        match self.call(Request::Write(Write { namespace: namespace.into(), data })).await? {
+            Response::Written(w) => Ok(w),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sets one key.
+    pub async fn set(&self, key: &str, value: &str) -> Result<WriteReply, ClientError> {
+        self.set_many(vec![(key.to_string(), value.to_string())]).await
+    }
+
+    /// Sets many keys in one entry.
+    pub async fn set_many(&self, pairs: Vec<(String, String)>) -> Result<WriteReply, ClientError> {
+        let data = serde_json::to_vec(&KvCommand::Set(pairs)).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        self.write(KV_NAMESPACE, data.into()).await
+    }
+
+    /// Deletes keys; answers how many existed.
+    pub async fn delete(&self, keys: Vec<String>) -> Result<usize, ClientError> {
+        let data = serde_json::to_vec(&KvCommand::Delete(keys)).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let reply = self.write(KV_NAMESPACE, data.into()).await?;
+        let out: KvOutput =
+            serde_json::from_slice(&reply.output).map_err(|e| ClientError::Unexpected(e.to_string()))?;
+        Ok(out.count)
+    }
+
+    /// Reads one key.
+    pub async fn get(&self, key: &str, consistency: Consistency) -> Result<Option<String>, ClientError> {
+        match self.call(Request::Get { key: key.into(), consistency }).await? {
+            Response::Value(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Lists pairs by key prefix.
+    pub async fn list(&self, prefix: &str, consistency: Consistency) -> Result<Vec<(String, String)>, ClientError> {
+        match self.call(Request::List { prefix: prefix.into(), consistency }).await? {
+            Response::Pairs(p) => Ok(p),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Queries the state machine owning `namespace`.
+    pub async fn query(&self, namespace: &str, data: Bytes, consistency: Consistency) -> Result<Bytes, ClientError> {
+        match self.call(Request::Query { namespace: namespace.into(), data, consistency }).await? {
+            Response::QueryReply(b) => Ok(b),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The node's status.
+    pub async fn status(&self) -> Result<StatusInfo, ClientError> {
+        match self.call(Request::Status).await? {
+            Response::Status(s) => Ok(*s),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn unexpected(r: Response) -> ClientError {
+    ClientError::Unexpected(format!("{r:?}"))
+}

@@ -1,0 +1,227 @@
+//! Node configuration: defaults, TOML loading, validation. Every key is documented in
+//! README.md; `validate()` names the bad value rather than falling back to a default.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+use crate::raft::NodeId;
+
+/// One other member of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The member's node id.
+    pub id: NodeId,
+    /// Its `host:port` (the address it listens on).
+    pub addr: String,
+}
+
+impl std::str::FromStr for PeerConfig {
+    type Err = ConfigError;
+
+    /// Parses `ID=HOST:PORT`, the form `--peer` takes.
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let (id, addr) = s
+            .split_once('=')
+            .ok_or_else(|| ConfigError::Invalid(format!("peer {s:?} is not of the form ID=HOST:PORT")))?;
+        let id =
+            id.trim().parse().map_err(|_| ConfigError::Invalid(format!("peer id {id:?} in {s:?} is not a number")))?;
+        Ok(PeerConfig { id, addr: addr.trim().to_string() })
+    }
+}
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node's id, unique in the cluster, not 0.
+    pub id: NodeId,
+    /// The cluster group name; connections from another group are refused.
+    pub group: String,
+    /// `host:port` to listen on for peers and clients.
+    pub listen: String,
+    /// Where the log lives; created if missing.
+    pub data_dir: PathBuf,
+    /// The other members.
+    pub peers: Vec<PeerConfig>,
+    /// Lower bound of the randomized election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout.
+    pub election_timeout_max_ms: u64,
+    /// How often the leader sends heartbeats.
+    pub heartbeat_interval_ms: u64,
+    /// How long a client request may take before it fails with a timeout.
+    pub request_timeout_ms: u64,
+    /// Largest client request frame accepted, in bytes (etcd's `--max-request-bytes`).
+    pub max_request_bytes: usize,
+    /// Most entries in one AppendEntries.
+    pub max_append_entries: usize,
+    /// Most entry bytes in one AppendEntries; also bounds peer frames.
+    pub max_append_bytes: usize,
+    /// Most AppendEntries in flight to one peer (pipelining window).
+    pub max_inflight_appends: usize,
+    /// Size at which a log segment file is closed and a new one started.
+    pub segment_bytes: u64,
+    /// How long a new connection has to complete its handshake.
+    pub handshake_timeout_ms: u64,
+    /// Seed for the node's random choices (election timeouts). `None` draws one at start;
+    /// a simulation sets it to replay a run.
+    pub seed: Option<u64>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            id: 1,
+            group: "default".into(),
+            listen: "127.0.0.1:7070".into(),
+            data_dir: PathBuf::from("data"),
+            peers: Vec::new(),
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            heartbeat_interval_ms: 50,
+            request_timeout_ms: 5_000,
+            max_request_bytes: 1_572_864,
+            max_append_entries: 4_096,
+            max_append_bytes: 4 * 1024 * 1024,
+            max_inflight_appends: 8,
+            segment_bytes: 64 * 1024 * 1024,
+            handshake_timeout_ms: 5_000,
+            seed: None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML config file; keys not in the file keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+    }
+
+    /// Checks every value; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.id == 0 {
+            return bad("id must not be 0".into());
+        }
+        if self.group.is_empty() {
+            return bad("group must not be empty".into());
+        }
+        if self.listen.is_empty() {
+            return bad("listen must be host:port".into());
+        }
+        let mut ids = BTreeSet::new();
+        for p in &self.peers {
+            if p.id == self.id {
+                return bad(format!("peer {} has this node's own id; list only the other members", p.id));
+            }
+            if p.id == 0 {
+                return bad("peer id must not be 0".into());
+            }
+            if !ids.insert(p.id) {
+                return bad(format!("peer id {} is listed twice", p.id));
+            }
+            if !p.addr.contains(':') {
+                return bad(format!("peer {} address {:?} is not host:port", p.id, p.addr));
+            }
+        }
+        if self.election_timeout_min_ms == 0 || self.election_timeout_min_ms >= self.election_timeout_max_ms {
+            return bad(format!(
+                "election_timeout_min_ms ({}) must be above 0 and below election_timeout_max_ms ({})",
+                self.election_timeout_min_ms, self.election_timeout_max_ms
+            ));
+        }
+        if self.heartbeat_interval_ms == 0 || self.heartbeat_interval_ms * 3 > self.election_timeout_min_ms {
+            return bad(format!(
+                "heartbeat_interval_ms ({}) must be above 0 and at most a third of election_timeout_min_ms ({})",
+                self.heartbeat_interval_ms, self.election_timeout_min_ms
+            ));
+        }
+        if self.request_timeout_ms == 0 || self.handshake_timeout_ms == 0 {
+            return bad("request_timeout_ms and handshake_timeout_ms must be above 0".into());
+        }
+        if self.max_request_bytes < 1024 {
+            return bad(format!("max_request_bytes ({}) must be at least 1024", self.max_request_bytes));
+        }
+        if self.max_append_entries == 0 || self.max_inflight_appends == 0 {
+            return bad("max_append_entries and max_inflight_appends must be above 0".into());
+        }
+        if self.max_append_bytes < self.max_request_bytes {
+            return bad(format!(
+                "max_append_bytes ({}) must be at least max_request_bytes ({}) so any accepted write can replicate",
+                self.max_append_bytes, self.max_request_bytes
+            ));
+        }
+        if self.segment_bytes < 4096 {
+            return bad(format!("segment_bytes ({}) must be at least 4096", self.segment_bytes));
+        }
+        Ok(())
+    }
+
+    /// The number of voters, this node included.
+    pub fn voters(&self) -> usize {
+        self.peers.len() + 1
+    }
+
+    /// Largest frame accepted from a client connection.
+    pub fn client_max_frame(&self) -> usize {
+        self.max_request_bytes + 1024
+    }
+
+    /// Largest frame accepted from a peer: a full batch plus one maximal entry, since a batch
+    /// always carries at least one entry.
+    pub fn peer_max_frame(&self) -> usize {
+        self.max_append_bytes + self.max_request_bytes + 64 * 1024
+    }
+
+    /// `request_timeout_ms` as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// `heartbeat_interval_ms` as a duration.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    /// `handshake_timeout_ms` as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn names_bad_values() {
+        let c = Config { election_timeout_min_ms: 700, ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("election_timeout_min_ms (700)"));
+        let c = Config { heartbeat_interval_ms: 200, ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("heartbeat_interval_ms (200)"));
+        let c = Config { peers: vec![PeerConfig { id: 1, addr: "a:1".into() }], ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("own id"));
+    }
+
+    #[test]
+    fn parses_peer_flags_and_toml() {
+        let p: PeerConfig = "2=127.0.0.1:7071".parse().unwrap();
+        assert_eq!(p, PeerConfig { id: 2, addr: "127.0.0.1:7071".into() });
+        assert!("x=1".parse::<PeerConfig>().is_err());
+        let c: Config = toml::from_str("id = 3\n[[peers]]\nid = 1\naddr = \"h:1\"\n").unwrap();
+        assert_eq!(c.id, 3);
+        assert_eq!(c.peers.len(), 1);
+        assert!(toml::from_str::<Config>("idd = 3").is_err());
+    }
+}

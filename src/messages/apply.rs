@@ -1,0 +1,64 @@
+//! The commit stream: `LogStore` hands committed entries, in index order, to the state machine
+//! that owns their namespace. Any actor that handles [`ApplyEntries`] can subscribe; that is
+//! how a new replicated feature is added without touching the core.
+
+use std::sync::Arc;
+
+use actix::{Message, Recipient};
+use bytes::Bytes;
+
+use crate::error::ApiError;
+use crate::raft::Entry;
+
+/// Committed entries for one state machine.
+#[derive(Debug, Message, Clone)]
+#[rtype(result = "Vec<Result<Bytes, String>>")]
+pub struct ApplyEntries {
+    /// Entries of the subscriber's namespace, in index order, all committed.
+    pub entries: Vec<Arc<Entry>>,
+    /// Every index up to this one is now applied for the subscriber (entries of other
+    /// namespaces included); reads waiting for it may be answered.
+    pub applied_to: u64,
+}
+
+/// Subscribe a state machine to its namespace of the commit stream. Entries committed
+/// before the subscription are replayed to it first.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    /// The namespace.
+    pub namespace: String,
+    /// The state machine.
+    pub recipient: Recipient<ApplyEntries>,
+}
+
+/// What applying one entry produced, for the writer waiting on it.
+#[derive(Debug, Clone)]
+pub struct ApplyOutput {
+    /// The entry's index.
+    pub index: u64,
+    /// The entry's term (a waiter for another term at this index lost its entry).
+    pub term: u64,
+    /// The state machine's answer.
+    pub result: Result<Bytes, String>,
+}
+
+/// `LogStore` → `Election`: these entries are applied.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct EntriesApplied {
+    /// One output per applied command.
+    pub outputs: Vec<ApplyOutput>,
+    /// Everything up to here is applied.
+    pub applied_to: u64,
+}
+
+/// A read-only query for a state machine, answered once it has applied `min_applied`.
+#[derive(Debug, Message, Clone)]
+#[rtype(result = "Result<Bytes, ApiError>")]
+pub struct Query {
+    /// The query, in the state machine's encoding.
+    pub data: Bytes,
+    /// Answer only after applying this index (0 for a stale read).
+    pub min_applied: u64,
+}

@@ -1,0 +1,51 @@
+//! Client requests as they reach `Election`: writes to be replicated and read indexes.
+
+use actix::Message;
+
+use crate::error::ApiError;
+use crate::raft::{LogId, NodeId, Role};
+use crate::wire::{PeerStatus, Write, WriteReply};
+
+/// A write, for `Election`: the leader replicates it and answers after it is applied; a
+/// follower forwards it to the leader unless it was already forwarded.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<WriteReply, ApiError>")]
+pub struct ClientWrite {
+    /// The command.
+    pub write: Write,
+    /// True when a follower forwarded it here; it is not forwarded again.
+    pub forwarded: bool,
+}
+
+/// Ask for a read index (§6.4): the leader confirms it still leads, then answers its commit
+/// index; a follower asks the leader.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<u64, ApiError>")]
+pub struct GetReadIndex {
+    /// True when a follower forwarded it here.
+    pub forwarded: bool,
+}
+
+/// Ask `Election` for its view.
+#[derive(Debug, Message)]
+#[rtype(result = "ElectionStatus")]
+pub struct GetElectionStatus;
+
+/// `Election`'s view.
+#[derive(Debug, Clone)]
+pub struct ElectionStatus {
+    /// This node.
+    pub id: NodeId,
+    /// Its role.
+    pub role: Role,
+    /// Its term.
+    pub term: u64,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// The commit index it knows of.
+    pub commit_index: u64,
+    /// Its last log entry as it sees it.
+    pub last_log: LogId,
+    /// The other members.
+    pub peers: Vec<PeerStatus>,
+}

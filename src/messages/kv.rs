@@ -1,0 +1,44 @@
+//! The key/value namespace: commands replicated through the log, and reads of `DataMap`.
+
+use actix::Message;
+use serde::{Deserialize, Serialize};
+
+/// The namespace `DataMap` owns.
+pub const KV_NAMESPACE: &str = "kv";
+
+/// A key/value command, as stored in a log entry (JSON, so old entries stay readable when
+/// fields are added).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvCommand {
+    /// Set every pair, in one entry (dister sets a map at once).
+    Set(Vec<(String, String)>),
+    /// Delete every key listed; absent keys are ignored.
+    Delete(Vec<String>),
+}
+
+/// What applying a [`KvCommand`] answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvOutput {
+    /// Keys set, or keys that existed and were deleted.
+    pub count: usize,
+}
+
+/// Read one key, once `min_applied` is applied.
+#[derive(Debug, Message)]
+#[rtype(result = "Option<String>")]
+pub struct GetKey {
+    /// The key.
+    pub key: String,
+    /// Answer only after applying this index (0: at once).
+    pub min_applied: u64,
+}
+
+/// List pairs whose key starts with `prefix`, in key order, once `min_applied` is applied.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<(String, String)>")]
+pub struct ListKeys {
+    /// The prefix ("" for all).
+    pub prefix: String,
+    /// Answer only after applying this index (0: at once).
+    pub min_applied: u64,
+}

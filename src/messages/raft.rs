@@ -1,0 +1,162 @@
+//! Raft traffic inside a node: `Connection` → `Election` (peer requests), `Election` →
+//! `LogStore` (durable writes), `Election` ⇄ `Replicator` (replication and its progress).
+
+use std::sync::Arc;
+
+use actix::Message;
+
+use crate::error::StorageError;
+use crate::raft::log::AppendConflict;
+use crate::raft::{Entry, LogId, NodeId};
+use crate::wire::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+
+/// A peer's AppendEntries, for `Election`.
+#[derive(Debug, Message)]
+#[rtype(result = "AppendEntriesResponse")]
+pub struct AppendEntries(pub AppendEntriesRequest);
+
+/// A peer's vote request, for `Election`.
+#[derive(Debug, Message)]
+#[rtype(result = "VoteResponse")]
+pub struct RequestVote(pub VoteRequest);
+
+/// The leader's own new entries, for `LogStore`; answered once they are durable, with the
+/// last durable entry.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<LogId, StorageError>")]
+pub struct AppendLocal {
+    /// Consecutive entries following the log.
+    pub entries: Vec<Arc<Entry>>,
+}
+
+/// A leader's entries on a follower, for `LogStore`: consistency check, conflict truncation,
+/// append; answered once durable.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<AppendFromLeaderReply, StorageError>")]
+pub struct AppendFromLeader {
+    /// The entry before `entries`.
+    pub prev: LogId,
+    /// The entries.
+    pub entries: Vec<Arc<Entry>>,
+}
+
+/// What an append from the leader did.
+#[derive(Debug, Clone, Copy)]
+pub struct AppendFromLeaderReply {
+    /// The match index, or where the leader should retry from.
+    pub result: Result<u64, AppendConflict>,
+    /// The log's last entry after this append (durable when this reply is sent).
+    pub last: LogId,
+}
+
+/// Make term and vote durable, for `LogStore`; answered once they are (and every earlier
+/// write with them), with the log's last entry at that point: what a candidate must report.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<LogId, StorageError>")]
+pub struct SaveHardState {
+    /// The current term.
+    pub term: u64,
+    /// The vote in that term.
+    pub voted_for: Option<NodeId>,
+}
+
+/// Entries for a `Replicator` to ship.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<FetchedEntries, FetchEntriesError>")]
+pub struct FetchEntries {
+    /// First index wanted.
+    pub from: u64,
+    /// Most entries.
+    pub max_count: usize,
+    /// Most bytes (one entry is returned even if larger).
+    pub max_bytes: usize,
+}
+
+/// Entries read from the log, with the entry before them (the AppendEntries `prev`).
+#[derive(Debug, Clone)]
+pub struct FetchedEntries {
+    /// The entry before `entries`.
+    pub prev: LogId,
+    /// The entries (may be empty: a heartbeat).
+    pub entries: Vec<Arc<Entry>>,
+}
+
+/// Why entries cannot be fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FetchEntriesError {
+    /// The entry before `from` is no longer in the log (compacted): the peer needs a snapshot.
+    #[error("index {0} is compacted")]
+    Compacted(u64),
+    /// `from` is past the end of the log.
+    #[error("index {from} is past the last index {last}")]
+    PastEnd {
+        /// Asked from.
+        from: u64,
+        /// The last index.
+        last: u64,
+    },
+}
+
+/// The commit index moved, for `LogStore`: apply up to it.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct CommitTo(pub u64);
+
+/// Ask `LogStore` where the log stands.
+#[derive(Debug, Message)]
+#[rtype(result = "LogState")]
+pub struct GetLogState;
+
+/// Where the log stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogState {
+    /// The last entry.
+    pub last: LogId,
+    /// The highest index known committed.
+    pub commit: u64,
+    /// The highest index every state machine has applied.
+    pub applied: u64,
+}
+
+/// New work for a `Replicator`: ship up to `last_index`, tell the peer `commit`, and confirm
+/// leadership for read `round`.
+#[derive(Debug, Message, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Replicate {
+    /// The leader's last index.
+    pub last_index: u64,
+    /// The leader's commit index.
+    pub commit: u64,
+    /// The newest read round waiting for confirmation.
+    pub round: u64,
+}
+
+/// Stop replicating (the leader stepped down).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StopReplication;
+
+/// A `Replicator`'s report to `Election`.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct PeerProgress {
+    /// The peer.
+    pub peer: NodeId,
+    /// The leader term the replicator works for.
+    pub term: u64,
+    /// The peer answered in our term: it still takes us as leader for reads up to this
+    /// round, and check-quorum counts it as alive.
+    pub acked_round: u64,
+    /// Highest index known durable on the peer, if it moved.
+    pub match_index: Option<u64>,
+}
+
+/// A peer answered with a higher term: the leader must step down.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct HigherTermSeen {
+    /// The peer's term.
+    pub term: u64,
+    /// The peer.
+    pub peer: NodeId,
+}

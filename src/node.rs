@@ -1,0 +1,475 @@
+//! `Node`: starts a node's actors from a `Config`, wires their addresses, and hands back a
+//! [`NodeHandle`] through which an application (or a connection, or the HTTP API of a later
+//! step) talks to them. No logic about Raft lives here, only wiring and the request paths
+//! that chain two actors (a linearizable read: `Election` for the read index, then the state
+//! machine).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::LocalBoxFuture;
+
+use crate::actors::data_map::DataMap;
+use crate::actors::election::{Election, Peer};
+use crate::actors::listener::{Listener, StopListener};
+use crate::actors::log_store::LogStore;
+use crate::actors::peer_link::{PeerLink, StopLink};
+use crate::actors::service_registry::ServiceRegistry;
+use crate::config::Config;
+use crate::error::{ApiError, NodeError};
+use crate::messages::apply::{ApplyEntries, Query, Subscribe};
+use crate::messages::client::{ClientWrite, GetElectionStatus, GetReadIndex};
+use crate::messages::kv::{GetKey, KV_NAMESPACE, KvCommand, KvOutput, ListKeys};
+use crate::messages::raft::{AppendEntries, GetLogState, RequestVote};
+use crate::messages::registry::{GetService, ListServices, REGISTRY_NAMESPACE, RegistryCommand, Service};
+use crate::raft::{LogId, NodeId};
+use crate::storage::StorageConfig;
+use crate::transport::{TcpTransport, TransportRef};
+use crate::wire::{Consistency, Request, Response, StatusInfo, Write, WriteReply};
+
+type QueryRouter = Rc<RefCell<BTreeMap<String, Recipient<Query>>>>;
+
+/// A running node.
+pub struct Node {
+    handle: NodeHandle,
+    local_addr: SocketAddr,
+    listener: Addr<Listener>,
+    links: Vec<Addr<PeerLink>>,
+}
+
+/// Builds a node with a non-default transport, storage, or extra state machines.
+pub struct NodeBuilder {
+    config: Config,
+    transport: TransportRef,
+    storage: Option<StorageConfig>,
+    state_machines: Vec<(String, Recipient<ApplyEntries>, Option<Recipient<Query>>)>,
+}
+
+impl NodeBuilder {
+    /// Sockets through `transport` instead of `tokio::net` (simulation, fault injection).
+    pub fn transport(mut self, transport: TransportRef) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// The log in `storage` instead of files under `data_dir`.
+    pub fn storage(mut self, storage: StorageConfig) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// Adds a state machine for `namespace`: it receives that namespace's committed entries
+    /// in order (replayed from the log at start) and, if `query` is given, answers queries.
+    pub fn state_machine(
+        mut self,
+        namespace: impl Into<String>,
+        apply: Recipient<ApplyEntries>,
+        query: Option<Recipient<Query>>,
+    ) -> Self {
+        self.state_machines.push((namespace.into(), apply, query));
+        self
+    }
+
+    /// Validates the config, recovers the log, binds the listener and starts the actors.
+    /// Must be called inside an actix system (or a tokio `LocalSet`).
+    pub async fn start(self) -> Result<Node, NodeError> {
+        let config = self.config;
+        config.validate()?;
+        let storage = self.storage.unwrap_or_else(|| StorageConfig::Dir(config.data_dir.clone()));
+        let (backend, recovered) = storage.open(config.segment_bytes)?;
+        let listener = self
+            .transport
+            .bind(&config.listen)
+            .await
+            .map_err(|source| NodeError::Bind { addr: config.listen.clone(), source })?;
+        let local_addr =
+            listener.local_addr().map_err(|source| NodeError::Bind { addr: config.listen.clone(), source })?;
+        let config = Rc::new(config);
+
+        let hard_state = recovered.hard_state;
+        let last_log = recovered.entries.last().map(|e| e.log_id()).unwrap_or(LogId::default());
+        tracing::info!(
+            id = config.id,
+            %local_addr,
+            term = hard_state.term,
+            last_index = last_log.index,
+            commit = hard_state.commit,
+            "starting node"
+        );
+
+        let data_map = DataMap::new().start();
+        let registry = ServiceRegistry::new().start();
+        let mut subscribers = BTreeMap::new();
+        subscribers.insert(KV_NAMESPACE.to_string(), data_map.clone().recipient());
+        subscribers.insert(REGISTRY_NAMESPACE.to_string(), registry.clone().recipient());
+        let mut queries = BTreeMap::new();
+        queries.insert(KV_NAMESPACE.to_string(), data_map.clone().recipient());
+        queries.insert(REGISTRY_NAMESPACE.to_string(), registry.clone().recipient());
+        for (ns, apply, query) in self.state_machines {
+            subscribers.insert(ns.clone(), apply);
+            if let Some(q) = query {
+                queries.insert(ns, q);
+            }
+        }
+
+        // Election and LogStore address each other: create Election's context first.
+        let election_ctx = Context::<Election>::new();
+        let log_store = LogStore::new(backend, recovered, subscribers, election_ctx.address().recipient()).start();
+        let mut peers = BTreeMap::new();
+        let mut links = Vec::new();
+        for p in &config.peers {
+            let link = PeerLink::new(p.id, p.addr.clone(), config.clone(), self.transport.clone()).start();
+            links.push(link.clone());
+            peers.insert(p.id, Peer { addr: p.addr.clone(), link });
+        }
+        let election = election_ctx.run(Election::new(config.clone(), hard_state, last_log, peers, log_store.clone()));
+        let handle = NodeHandle {
+            config: config.clone(),
+            election,
+            log_store,
+            data_map,
+            registry,
+            queries: Rc::new(RefCell::new(queries)),
+        };
+        let listener = Listener::new(listener, handle.clone()).start();
+        Ok(Node { handle, local_addr, listener, links })
+    }
+}
+
+impl Node {
+    /// A builder with TCP transport and file storage under `config.data_dir`.
+    pub fn builder(config: Config) -> NodeBuilder {
+        NodeBuilder { config, transport: Rc::new(TcpTransport), storage: None, state_machines: Vec::new() }
+    }
+
+    /// Starts a node with the defaults: TCP, files under `config.data_dir`.
+    pub async fn start(config: Config) -> Result<Node, NodeError> {
+        Node::builder(config).start().await
+    }
+
+    /// The handle to talk to the node.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// The address the node listens on (the port resolved if 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting connections and closes links to peers. The actors wind down when the
+    /// last handle is dropped; stopping the actix system stops everything at once.
+    pub fn stop(&self) {
+        self.listener.do_send(StopListener);
+        for l in &self.links {
+            l.do_send(StopLink);
+        }
+    }
+}
+
+/// The way into a running node: typed calls that send the right messages to its actors.
+/// Cheap to clone; usable only on the node's own thread (actix addresses are thread-bound in
+/// spirit: the actors run there).
+#[derive(Clone)]
+pub struct NodeHandle {
+    config: Rc<Config>,
+    election: Addr<Election>,
+    log_store: Addr<LogStore>,
+    data_map: Addr<DataMap>,
+    registry: Addr<ServiceRegistry>,
+    queries: QueryRouter,
+}
+
+fn mailbox(e: MailboxError) -> ApiError {
+    ApiError::Unavailable(format!("actor stopped: {e}"))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Bytes, ApiError> {
+    serde_json::to_vec(value).map(Bytes::from).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+impl NodeHandle {
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The `Election` actor.
+    pub fn election(&self) -> &Addr<Election> {
+        &self.election
+    }
+
+    /// The `LogStore` actor (subscribe to the commit stream with `Subscribe`).
+    pub fn log_store(&self) -> &Addr<LogStore> {
+        &self.log_store
+    }
+
+    /// The `DataMap` actor.
+    pub fn data_map(&self) -> &Addr<DataMap> {
+        &self.data_map
+    }
+
+    /// The `ServiceRegistry` actor.
+    pub fn registry(&self) -> &Addr<ServiceRegistry> {
+        &self.registry
+    }
+
+    /// Adds a state machine while the node runs; committed entries of `namespace` so far are
+    /// replayed to it first.
+    pub fn register_state_machine(
+        &self,
+        namespace: &str,
+        apply: Recipient<ApplyEntries>,
+        query: Option<Recipient<Query>>,
+    ) {
+        if let Some(q) = query {
+            self.queries.borrow_mut().insert(namespace.to_string(), q);
+        }
+        self.log_store.do_send(Subscribe { namespace: namespace.to_string(), recipient: apply });
+    }
+
+    fn knows(&self, namespace: &str) -> bool {
+        namespace == KV_NAMESPACE || namespace == REGISTRY_NAMESPACE || self.queries.borrow().contains_key(namespace)
+    }
+
+    fn write_inner(&self, write: Write, forwarded: bool) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
+        let max = self.config.max_request_bytes;
+        if write.data.len() + write.namespace.len() > max {
+            let len = write.data.len();
+            return async move {
+                Err(ApiError::BadRequest(format!("write of {len} bytes is over max_request_bytes ({max})")))
+            }
+            .boxed_local();
+        }
+        // The send is queued now, not when the future is first polled, so requests on one
+        // connection reach `Election` in the order they arrived.
+        let fut = self.election.send(ClientWrite { write, forwarded });
+        async move { fut.await.map_err(mailbox)? }.boxed_local()
+    }
+
+    /// Replicates a command for the state machine owning `write.namespace`; answers once it
+    /// is committed and applied, with the state machine's output.
+    pub fn write(&self, write: Write) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
+        // Only namespaces registered on this node are accepted, so a typo cannot put an
+        // entry no state machine applies into the log. Extensions register on every node.
+        if !self.knows(&write.namespace) {
+            let ns = write.namespace;
+            return async move { Err(ApiError::UnknownNamespace(ns)) }.boxed_local();
+        }
+        self.write_inner(write, false)
+    }
+
+    /// Sets every pair in one entry.
+    pub fn set(&self, pairs: Vec<(String, String)>) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
+        if pairs.is_empty() {
+            return async { Err(ApiError::BadRequest("nothing to set".into())) }.boxed_local();
+        }
+        match encode(&KvCommand::Set(pairs)) {
+            Ok(data) => self.write(Write { namespace: KV_NAMESPACE.into(), data }),
+            Err(e) => async move { Err(e) }.boxed_local(),
+        }
+    }
+
+    /// Deletes every key in one entry; answers how many existed.
+    pub fn delete(&self, keys: Vec<String>) -> LocalBoxFuture<'static, Result<usize, ApiError>> {
+        if keys.is_empty() {
+            return async { Err(ApiError::BadRequest("no key to delete".into())) }.boxed_local();
+        }
+        let fut = match encode(&KvCommand::Delete(keys)) {
+            Ok(data) => self.write(Write { namespace: KV_NAMESPACE.into(), data }),
+            Err(e) => return async move { Err(e) }.boxed_local(),
+        };
+        async move {
+            let reply = fut.await?;
+            let out: KvOutput = serde_json::from_slice(&reply.output).map_err(|e| ApiError::Apply(e.to_string()))?;
+            Ok(out.count)
+        }
+        .boxed_local()
+    }
+
+    /// The index a read must wait for: a ReadIndex for a linearizable read, 0 for a stale one.
+    pub fn read_index(&self, consistency: Consistency) -> LocalBoxFuture<'static, Result<u64, ApiError>> {
+        match consistency {
+            Consistency::Stale => async { Ok(0) }.boxed_local(),
+            Consistency::Linearizable => {
+                let fut = self.election.send(GetReadIndex { forwarded: false });
+                async move { fut.await.map_err(mailbox)? }.boxed_local()
+            }
+        }
+    }
+
+    /// Reads one key.
+    pub fn get(
+        &self,
+        key: String,
+        consistency: Consistency,
+    ) -> LocalBoxFuture<'static, Result<Option<String>, ApiError>> {
+        let index = self.read_index(consistency);
+        let data_map = self.data_map.clone();
+        async move {
+            let min_applied = index.await?;
+            data_map.send(GetKey { key, min_applied }).await.map_err(mailbox)
+        }
+        .boxed_local()
+    }
+
+    /// Lists pairs whose key starts with `prefix`, in key order.
+    pub fn list(
+        &self,
+        prefix: String,
+        consistency: Consistency,
+    ) -> LocalBoxFuture<'static, Result<Vec<(String, String)>, ApiError>> {
+        let index = self.read_index(consistency);
+        let data_map = self.data_map.clone();
+        async move {
+            let min_applied = index.await?;
+            data_map.send(ListKeys { prefix, min_applied }).await.map_err(mailbox)
+        }
+        .boxed_local()
+    }
+
+    /// Asks the state machine owning `namespace`.
+    pub fn query(
+        &self,
+        namespace: String,
+        data: Bytes,
+        consistency: Consistency,
+    ) -> LocalBoxFuture<'static, Result<Bytes, ApiError>> {
+        let Some(target) = self.queries.borrow().get(&namespace).cloned() else {
+            return async move { Err(ApiError::UnknownNamespace(namespace)) }.boxed_local();
+        };
+        let index = self.read_index(consistency);
+        async move {
+            let min_applied = index.await?;
+            target.send(Query { data, min_applied }).await.map_err(mailbox)?
+        }
+        .boxed_local()
+    }
+
+    /// Creates or replaces services.
+    pub fn set_services(&self, services: Vec<Service>) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
+        match encode(&RegistryCommand::Set(services)) {
+            Ok(data) => self.write(Write { namespace: REGISTRY_NAMESPACE.into(), data }),
+            Err(e) => async move { Err(e) }.boxed_local(),
+        }
+    }
+
+    /// Removes services by name.
+    pub fn remove_services(&self, names: Vec<String>) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
+        match encode(&RegistryCommand::Remove(names)) {
+            Ok(data) => self.write(Write { namespace: REGISTRY_NAMESPACE.into(), data }),
+            Err(e) => async move { Err(e) }.boxed_local(),
+        }
+    }
+
+    /// One service.
+    pub fn get_service(
+        &self,
+        name: String,
+        consistency: Consistency,
+    ) -> LocalBoxFuture<'static, Result<Option<Service>, ApiError>> {
+        let index = self.read_index(consistency);
+        let registry = self.registry.clone();
+        async move {
+            let min_applied = index.await?;
+            registry.send(GetService { name, min_applied }).await.map_err(mailbox)
+        }
+        .boxed_local()
+    }
+
+    /// Every service.
+    pub fn list_services(&self, consistency: Consistency) -> LocalBoxFuture<'static, Result<Vec<Service>, ApiError>> {
+        let index = self.read_index(consistency);
+        let registry = self.registry.clone();
+        async move {
+            let min_applied = index.await?;
+            registry.send(ListServices { min_applied }).await.map_err(mailbox)
+        }
+        .boxed_local()
+    }
+
+    /// This node's view of itself and the cluster.
+    pub fn status(&self) -> LocalBoxFuture<'static, Result<StatusInfo, ApiError>> {
+        let e = self.election.send(GetElectionStatus);
+        let l = self.log_store.send(GetLogState);
+        let group = self.config.group.clone();
+        async move {
+            let e = e.await.map_err(mailbox)?;
+            let l = l.await.map_err(mailbox)?;
+            Ok(StatusInfo {
+                id: e.id,
+                group,
+                role: e.role,
+                term: e.term,
+                leader: e.leader,
+                commit_index: e.commit_index.max(l.commit),
+                applied_index: l.applied,
+                last_log_index: l.last.index,
+                last_log_term: l.last.term,
+                peers: e.peers,
+            })
+        }
+        .boxed_local()
+    }
+
+    /// Serves one wire request. `peer` is the configured peer the connection authenticated
+    /// as, if any; the caller has already refused peer-only requests from clients.
+    pub fn dispatch(&self, request: Request, peer: Option<NodeId>) -> LocalBoxFuture<'static, Response> {
+        fn answer<T>(r: Result<T, ApiError>, ok: impl FnOnce(T) -> Response) -> Response {
+            r.map(ok).unwrap_or_else(Response::Error)
+        }
+        match request {
+            Request::AppendEntries(r) => {
+                let fut = self.election.send(AppendEntries(r));
+                async move { answer(fut.await.map_err(mailbox), Response::AppendEntries) }.boxed_local()
+            }
+            Request::Vote(r) => {
+                let fut = self.election.send(RequestVote(r));
+                async move { answer(fut.await.map_err(mailbox), Response::Vote) }.boxed_local()
+            }
+            Request::ReadIndex => {
+                let fut = self.election.send(GetReadIndex { forwarded: peer.is_some() });
+                async move { answer(fut.await.map_err(mailbox).and_then(|r| r), Response::ReadIndex) }.boxed_local()
+            }
+            Request::Forward(w) => {
+                let fut = if self.knows(&w.namespace) {
+                    self.write_inner(w, true)
+                } else {
+                    let ns = w.namespace;
+                    async move { Err(ApiError::UnknownNamespace(ns)) }.boxed_local()
+                };
+                async move { answer(fut.await, Response::Written) }.boxed_local()
+            }
+            Request::Write(w) => {
+                let fut = self.write(w);
+                async move { answer(fut.await, Response::Written) }.boxed_local()
+            }
+            Request::Get { key, consistency } => {
+                let fut = self.get(key, consistency);
+                async move { answer(fut.await, Response::Value) }.boxed_local()
+            }
+            Request::List { prefix, consistency } => {
+                let fut = self.list(prefix, consistency);
+                async move { answer(fut.await, Response::Pairs) }.boxed_local()
+            }
+            Request::Query { namespace, data, consistency } => {
+                let fut = self.query(namespace, data, consistency);
+                async move { answer(fut.await, Response::QueryReply) }.boxed_local()
+            }
+            Request::Status => {
+                let fut = self.status();
+                async move { answer(fut.await, |s| Response::Status(Box::new(s))) }.boxed_local()
+            }
+        }
+    }
+}

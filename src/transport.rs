@@ -1,0 +1,75 @@
+//! The transport seam: how a node binds and connects. Production uses `tokio::net`; a
+//! simulation (turmoil) or a fault-injecting test harness supplies its own implementation,
+//! and the actors never know which one they run on.
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use futures::future::LocalBoxFuture;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A byte stream the node can frame.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + 'static> Stream for T {}
+
+/// A boxed stream, whatever the transport.
+pub type BoxStream = Box<dyn Stream>;
+
+/// A bound listener.
+pub trait Listener: 'static {
+    /// Waits for the next connection.
+    fn accept(&mut self) -> LocalBoxFuture<'_, io::Result<(BoxStream, SocketAddr)>>;
+    /// The address actually bound (port 0 resolved).
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+}
+
+/// Binds listeners and opens connections.
+pub trait Transport: 'static {
+    /// Binds `addr` (`host:port`).
+    fn bind(&self, addr: &str) -> LocalBoxFuture<'static, io::Result<Box<dyn Listener>>>;
+    /// Connects to `addr` (`host:port`).
+    fn connect(&self, addr: &str) -> LocalBoxFuture<'static, io::Result<BoxStream>>;
+}
+
+/// Shared handle to a transport.
+pub type TransportRef = Rc<dyn Transport>;
+
+/// Real TCP through `tokio::net`, with Nagle off: frames are small and latency matters.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpTransport;
+
+struct TcpListener(tokio::net::TcpListener);
+
+impl Listener for TcpListener {
+    fn accept(&mut self) -> LocalBoxFuture<'_, io::Result<(BoxStream, SocketAddr)>> {
+        Box::pin(async move {
+            let (s, addr) = self.0.accept().await?;
+            s.set_nodelay(true)?;
+            Ok((Box::new(s) as BoxStream, addr))
+        })
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+impl Transport for TcpTransport {
+    fn bind(&self, addr: &str) -> LocalBoxFuture<'static, io::Result<Box<dyn Listener>>> {
+        let addr = addr.to_string();
+        Box::pin(async move {
+            let l = tokio::net::TcpListener::bind(&addr).await?;
+            Ok(Box::new(TcpListener(l)) as Box<dyn Listener>)
+        })
+    }
+
+    fn connect(&self, addr: &str) -> LocalBoxFuture<'static, io::Result<BoxStream>> {
+        let addr = addr.to_string();
+        Box::pin(async move {
+            let s = tokio::net::TcpStream::connect(&addr).await?;
+            s.set_nodelay(true)?;
+            Ok(Box::new(s) as BoxStream)
+        })
+    }
+}

@@ -1,0 +1,114 @@
+//! The handshake both ends run before any request: the connector sends `Hello`, the acceptor
+//! checks it and answers `Welcome`, or an `Error` frame and closes (as dister checks group and
+//! version on every connection).
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio_util::codec::FramedRead;
+
+use super::codec::{Frame, FrameCodec, encode_frame};
+use crate::error::WireError;
+use crate::raft::NodeId;
+
+/// The first frame on a connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The cluster group the connector belongs to (or wants to talk to).
+    pub group: String,
+    /// The connector's node id when it is a peer; `None` for a client.
+    pub node_id: Option<NodeId>,
+    /// The cluster token, when the cluster has one.
+    pub token: Option<String>,
+}
+
+/// The acceptor's answer to a good `Hello`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The acceptor's group.
+    pub group: String,
+    /// The acceptor's node id.
+    pub node_id: NodeId,
+}
+
+/// The reading half of a connection after its handshake.
+pub type FrameReader<S> = FramedRead<ReadHalf<S>, FrameCodec>;
+
+/// Connector side: send `hello`, wait for `Welcome`. On success the reader's limit is set to
+/// `max_frame` for the rest of the connection.
+pub async fn connect<S>(
+    stream: S,
+    hello: Hello,
+    timeout: Duration,
+    max_frame: usize,
+) -> Result<(FrameReader<S>, WriteHalf<S>, Welcome), WireError>
+where
+    S: AsyncRead + AsyncWrite,
+{
+    let (read, mut write) = tokio::io::split(stream);
+    let mut reader = FramedRead::new(read, FrameCodec::handshake());
+    let exchange = async {
+        write.write_all(&encode_frame(Frame::Hello(hello))?).await?;
+        match reader.next().await {
+            Some(Ok(Frame::Welcome(w))) => Ok(w),
+            Some(Ok(Frame::Error(msg))) => Err(WireError::Handshake(msg)),
+            Some(Ok(other)) => Err(WireError::Handshake(format!("expected welcome, got {other:?}"))),
+            Some(Err(e)) => Err(e),
+            None => Err(WireError::Closed),
+        }
+    };
+    let welcome = tokio::time::timeout(timeout, exchange).await.map_err(|_| WireError::Timeout)??;
+    reader.decoder_mut().set_max_frame(max_frame);
+    Ok((reader, write, welcome))
+}
+
+/// Acceptor side: read `Hello`, ask `admit` whether to take it (it returns the frame limit for
+/// the connection, or why not), answer `Welcome` or an `Error` frame.
+pub async fn accept<S, F>(
+    stream: S,
+    welcome: Welcome,
+    timeout: Duration,
+    admit: F,
+) -> Result<(FrameReader<S>, WriteHalf<S>, Hello), WireError>
+where
+    S: AsyncRead + AsyncWrite,
+    F: FnOnce(&Hello) -> Result<usize, String>,
+{
+    let (read, mut write) = tokio::io::split(stream);
+    let mut reader = FramedRead::new(read, FrameCodec::handshake());
+    let first = tokio::time::timeout(timeout, reader.next()).await.map_err(|_| WireError::Timeout)?;
+    let refusal = match first {
+        Some(Ok(Frame::Hello(hello))) => match admit(&hello) {
+            Ok(max_frame) => {
+                write.write_all(&encode_frame(Frame::Welcome(welcome))?).await?;
+                reader.decoder_mut().set_max_frame(max_frame);
+                return Ok((reader, write, hello));
+            }
+            Err(why) => why,
+        },
+        Some(Ok(other)) => format!("expected hello, got {}", frame_name(&other)),
+        Some(Err(e)) => e.to_string(),
+        None => return Err(WireError::Closed),
+    };
+    // Best effort: the connection closes either way.
+    if let Ok(buf) = encode_frame(Frame::Error(refusal.clone())) {
+        let _ = tokio::time::timeout(timeout, async {
+            let _ = write.write_all(&buf).await;
+            let _ = write.shutdown().await;
+        })
+        .await;
+    }
+    Err(WireError::Handshake(refusal))
+}
+
+fn frame_name(f: &Frame) -> &'static str {
+    match f {
+        Frame::Hello(_) => "hello",
+        Frame::Welcome(_) => "welcome",
+        Frame::Request(..) => "request",
+        Frame::Response(..) => "response",
+        Frame::Error(_) => "error",
+    }
+}

@@ -1,0 +1,208 @@
+//! The wire enums: one per direction ([`Request`], [`Response`]) and the bodies they carry.
+//! Peers and clients share them; [`Request::is_peer_only`] says which a client may not send.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::raft::{Entry, LogId, NodeId, Role};
+
+/// AppendEntries (§5.3): replicate entries, or an empty heartbeat.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AppendEntriesRequest {
+    /// The leader's term.
+    pub term: u64,
+    /// The leader, so followers can redirect and forward.
+    pub leader: NodeId,
+    /// The entry just before `entries`.
+    pub prev: LogId,
+    /// Entries to store (empty for a heartbeat).
+    pub entries: Vec<Arc<Entry>>,
+    /// The leader's commit index.
+    pub leader_commit: u64,
+}
+
+/// The follower's answer to AppendEntries.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AppendEntriesResponse {
+    /// The follower's term, for the leader to step down if it is behind.
+    pub term: u64,
+    /// What happened.
+    pub outcome: AppendOutcome,
+}
+
+/// Result of an AppendEntries on the follower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AppendOutcome {
+    /// The log matches the leader's up to `match_index`, durably.
+    Success {
+        /// Highest index known to match the leader's log and be on disk.
+        match_index: u64,
+    },
+    /// The consistency check failed; retry from `next_index`.
+    Conflict {
+        /// Where the leader should retry from.
+        next_index: u64,
+    },
+    /// The request's term is stale; `term` in the response says which is current.
+    StaleTerm,
+}
+
+/// RequestVote (§5.2), or a pre-vote (thesis §9.6) that changes no state.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct VoteRequest {
+    /// The term the candidate stands in (for a pre-vote: would stand in).
+    pub term: u64,
+    /// The candidate.
+    pub candidate: NodeId,
+    /// The candidate's last log entry.
+    pub last_log: LogId,
+    /// True for a pre-vote.
+    pub pre_vote: bool,
+}
+
+/// The answer to a vote request.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct VoteResponse {
+    /// The voter's term (unchanged by a pre-vote).
+    pub term: u64,
+    /// Whether the vote is granted.
+    pub granted: bool,
+}
+
+/// A write: a command for the state machine owning `namespace`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Write {
+    /// The state machine (`kv`, `registry`, or an added one).
+    pub namespace: String,
+    /// The command in that state machine's encoding.
+    pub data: Bytes,
+}
+
+/// The answer to a write, once it is applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteReply {
+    /// The log index the write was committed at.
+    pub index: u64,
+    /// What the state machine answered.
+    pub output: Bytes,
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read started (ReadIndex, §6.4).
+    #[default]
+    Linearizable,
+    /// Served from the local state machine at once; may be behind.
+    Stale,
+}
+
+/// One peer as `status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// The peer's id.
+    pub id: NodeId,
+    /// Its address.
+    pub addr: String,
+    /// On the leader: highest index known replicated to it.
+    pub match_index: Option<u64>,
+}
+
+/// A node's view of itself and the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusInfo {
+    /// This node.
+    pub id: NodeId,
+    /// The cluster group.
+    pub group: String,
+    /// Its role.
+    pub role: Role,
+    /// Its current term.
+    pub term: u64,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// Highest index known committed.
+    pub commit_index: u64,
+    /// Highest index applied to every state machine.
+    pub applied_index: u64,
+    /// Last index in its log.
+    pub last_log_index: u64,
+    /// Term of the last entry.
+    pub last_log_term: u64,
+    /// The other members.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// Everything a connection may ask.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Raft replication (peers only).
+    AppendEntries(AppendEntriesRequest),
+    /// Raft election (peers only).
+    Vote(VoteRequest),
+    /// A follower asks the leader for a read index (peers only).
+    ReadIndex,
+    /// A follower forwards a client's write to the leader (peers only); not forwarded again.
+    Forward(Write),
+    /// A client write; forwarded to the leader if this node is not it.
+    Write(Write),
+    /// Read one key.
+    Get {
+        /// The key.
+        key: String,
+        /// How fresh.
+        consistency: Consistency,
+    },
+    /// List keys starting with `prefix` (all keys for an empty prefix).
+    List {
+        /// The prefix.
+        prefix: String,
+        /// How fresh.
+        consistency: Consistency,
+    },
+    /// A query for the state machine owning `namespace`.
+    Query {
+        /// The state machine.
+        namespace: String,
+        /// The query in its encoding.
+        data: Bytes,
+        /// How fresh.
+        consistency: Consistency,
+    },
+    /// This node's status.
+    Status,
+}
+
+impl Request {
+    /// Requests only a configured peer may send: a client connection cannot inject Raft
+    /// traffic or pose as a forwarding follower.
+    pub fn is_peer_only(&self) -> bool {
+        matches!(self, Request::AppendEntries(_) | Request::Vote(_) | Request::ReadIndex | Request::Forward(_))
+    }
+}
+
+/// Everything a connection may answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// To AppendEntries.
+    AppendEntries(AppendEntriesResponse),
+    /// To a vote.
+    Vote(VoteResponse),
+    /// To ReadIndex.
+    ReadIndex(u64),
+    /// To a write.
+    Written(WriteReply),
+    /// To Get.
+    Value(Option<String>),
+    /// To List.
+    Pairs(Vec<(String, String)>),
+    /// To Query.
+    QueryReply(Bytes),
+    /// To Status.
+    Status(Box<StatusInfo>),
+    /// The request failed.
+    Error(ApiError),
+}
