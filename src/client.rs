@@ -1,7 +1,7 @@
 //! An async client for the wire protocol, used by the CLI, the bench tool and tests. One
 //! connection, many requests in flight (each tagged with an id); cheap to clone.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -50,7 +50,7 @@ impl Client {
         let writer = spawn_writer(write);
         let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
         tokio::task::spawn_local(async move {
-            let mut pending: HashMap<u64, oneshot::Sender<Result<Response, WireError>>> = HashMap::new();
+            let mut pending: BTreeMap<u64, oneshot::Sender<Result<Response, WireError>>> = BTreeMap::new();
             let mut next_id = 0u64;
             loop {
                 tokio::select! {
@@ -72,7 +72,7 @@ impl Client {
                             }
                         }
                         Some(Ok(Frame::Error(msg))) => {
-                            for (_, r) in pending.drain() {
+                            for (_, r) in std::mem::take(&mut pending) {
                                 let _ = r.send(Err(WireError::Handshake(msg.clone())));
                             }
                             break;
@@ -81,7 +81,7 @@ impl Client {
                     },
                 }
             }
-            for (_, r) in pending.drain() {
+            for (_, r) in std::mem::take(&mut pending) {
                 let _ = r.send(Err(WireError::Closed));
             }
         });

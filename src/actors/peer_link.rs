@@ -5,7 +5,7 @@
 //! Sends: frames to the peer. Many calls may be in flight at once (pipelining); responses are
 //! matched by id.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -59,7 +59,7 @@ pub struct PeerLink {
     config: Rc<Config>,
     transport: TransportRef,
     state: State,
-    pending: HashMap<u64, Reply>,
+    pending: BTreeMap<u64, Reply>,
     next_id: u64,
     /// Connection generation, so events from a replaced connection are ignored.
     generation: u64,
@@ -80,7 +80,7 @@ impl PeerLink {
             config,
             transport,
             state: State::Idle,
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
             next_id: 1,
             generation: 0,
             failures: 0,
@@ -150,7 +150,7 @@ impl PeerLink {
             ctx.cancel_future(reader);
         }
         self.generation += 1;
-        for (_, tx) in self.pending.drain() {
+        for (_, tx) in std::mem::take(&mut self.pending) {
             let _ = tx.send(Err(WireError::Closed));
         }
     }

@@ -1,0 +1,231 @@
+//! The in-process cluster fixture: N nodes on 127.0.0.1 with free ports, each in its own
+//! thread and actix system (so stopping one drops all of its actors and sockets at once, as a
+//! crash would), logs under a temporary directory that outlives restarts.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Once;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use dister::wire::StatusInfo;
+use dister::{Client, Config, Node, PeerConfig};
+
+/// Initialises tracing once per test process (RUST_LOG respected, default warnings only).
+pub fn init_tracing() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    });
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+struct Running {
+    system: actix_rt::System,
+    thread: JoinHandle<()>,
+}
+
+/// A cluster of in-process nodes.
+pub struct Cluster {
+    /// The nodes' configs (index i is node id i + 1).
+    pub configs: Vec<Config>,
+    running: Vec<Option<Running>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` nodes with default timing.
+    pub fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, |_| {})
+    }
+
+    /// Starts `n` nodes, letting `tweak` adjust each config.
+    pub fn start_with(n: usize, tweak: impl Fn(&mut Config)) -> Cluster {
+        init_tracing();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let configs: Vec<Config> = (0..n)
+            .map(|i| {
+                let mut c = Config {
+                    id: i as u64 + 1,
+                    listen: addrs[i].clone(),
+                    data_dir: dir.path().join(format!("node{}", i + 1)),
+                    peers: (0..n)
+                        .filter(|&j| j != i)
+                        .map(|j| PeerConfig { id: j as u64 + 1, addr: addrs[j].clone() })
+                        .collect(),
+                    ..Config::default()
+                };
+                tweak(&mut c);
+                c
+            })
+            .collect();
+        let mut cluster = Cluster { running: (0..n).map(|_| None).collect(), configs, _dir: dir };
+        for i in 0..n {
+            cluster.start_node(i);
+        }
+        cluster
+    }
+
+    /// The client address of node `i` (0-based).
+    pub fn addr(&self, i: usize) -> String {
+        self.configs[i].listen.clone()
+    }
+
+    /// The data directory of node `i`.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.configs[i].data_dir.clone()
+    }
+
+    /// Starts node `i` from its data directory in its own thread and actix system.
+    pub fn start_node(&mut self, i: usize) {
+        assert!(self.running[i].is_none(), "node {} already running", i + 1);
+        let config = self.configs[i].clone();
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("node{}", config.id))
+            .spawn(move || {
+                let sys = actix_rt::System::new();
+                let started =
+                    sys.block_on(async move { Node::start(config).await.map(|n| (n, actix_rt::System::current())) });
+                match started {
+                    Ok((node, system)) => {
+                        let _ = tx.send(Ok(system));
+                        let _ = sys.run();
+                        drop(node);
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                    }
+                }
+            })
+            .expect("spawn node thread");
+        let system =
+            rx.recv().expect("node thread answered").unwrap_or_else(|e| panic!("node {} failed to start: {e}", i + 1));
+        self.running[i] = Some(Running { system, thread });
+    }
+
+    /// Stops node `i`: its whole actor system, sockets included, as a crash would end them.
+    pub fn stop_node(&mut self, i: usize) {
+        if let Some(r) = self.running[i].take() {
+            r.system.stop();
+            let _ = r.thread.join();
+        }
+    }
+
+    /// Stops and starts node `i` again from its data directory.
+    pub fn restart_node(&mut self, i: usize) {
+        self.stop_node(i);
+        self.start_node(i);
+    }
+
+    /// Whether node `i` runs.
+    pub fn is_running(&self, i: usize) -> bool {
+        self.running[i].is_some()
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.configs.len()
+    }
+
+    /// A client of node `i`.
+    pub async fn client(&self, i: usize) -> Client {
+        Client::connect(&self.addr(i), &self.configs[i].group)
+            .await
+            .expect("connect")
+            .with_timeout(Duration::from_secs(10))
+    }
+
+    /// The status of node `i`, if it answers.
+    pub async fn status(&self, i: usize) -> Option<StatusInfo> {
+        let c = Client::connect(&self.addr(i), &self.configs[i].group).await.ok()?.with_timeout(Duration::from_secs(2));
+        c.status().await.ok()
+    }
+
+    /// Waits until exactly one running node is leader in the highest term seen and every
+    /// running node agrees on it; returns its index.
+    pub async fn wait_leader(&self, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut statuses = Vec::new();
+            for i in 0..self.len() {
+                if self.is_running(i)
+                    && let Some(s) = self.status(i).await
+                {
+                    statuses.push((i, s));
+                }
+            }
+            let leaders: Vec<_> = statuses.iter().filter(|(_, s)| s.role == dister::raft::Role::Leader).collect();
+            if let Some((li, ls)) = leaders.iter().max_by_key(|(_, s)| s.term) {
+                let agreed = statuses.iter().all(|(_, s)| s.leader == Some(ls.id) && s.term == ls.term);
+                if agreed {
+                    return *li;
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed leader within {within:?}: {statuses:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until every running node's local (stale) copy of the map equals `expected`.
+    pub async fn wait_converged(&self, expected: &[(String, String)], within: Duration) {
+        let deadline = Instant::now() + within;
+        for i in 0..self.len() {
+            if !self.is_running(i) {
+                continue;
+            }
+            loop {
+                let got = match Client::connect(&self.addr(i), &self.configs[i].group).await {
+                    Ok(c) => c.list("", dister::Consistency::Stale).await.ok(),
+                    Err(_) => None,
+                };
+                if got.as_deref() == Some(expected) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {} did not converge within {within:?}: has {} pairs, want {}",
+                    i + 1,
+                    got.map(|g| g.len()).unwrap_or(0),
+                    expected.len()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.running.len() {
+            self.stop_node(i);
+        }
+    }
+}
+
+/// Retries `op` while it fails with a retryable error (no leader yet, leader changing), up to
+/// `within`.
+pub async fn retry<T, F, Fut>(within: Duration, mut op: F) -> Result<T, dister::ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, dister::ClientError>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match op().await {
+            Err(dister::ClientError::Api(e)) if e.is_retryable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+}

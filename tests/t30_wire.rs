@@ -1,0 +1,122 @@
+//! t30: the wire refuses what it must: wrong group or version, oversized frames, and Raft
+//! messages from connections that are not configured peers.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use common::Cluster;
+use dister::raft::LogId;
+use dister::wire::codec::encode_frame;
+use dister::wire::{Frame, FrameCodec, Hello, MAGIC, PROTOCOL_VERSION, Request, Response, VoteRequest};
+use dister::{Client, ClientError, Consistency};
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::codec::FramedRead;
+
+/// Opens a raw connection, sends `bytes`, and collects frames until the server closes.
+async fn exchange(addr: &str, bytes: &[u8]) -> Vec<Frame> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut reader = FramedRead::new(s, FrameCodec::new(1 << 20));
+    let mut frames = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(f)) = reader.next().await {
+            frames.push(f);
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "server did not close the connection; got {frames:?}");
+    frames
+}
+
+fn hello(group: &str, node_id: Option<u64>) -> BytesMut {
+    encode_frame(Frame::Hello(Hello { group: group.into(), node_id, token: None })).unwrap()
+}
+
+/// A client of another cluster group gets an error frame naming both groups, then a close.
+#[actix_rt::test]
+async fn wrong_group_is_refused() {
+    let cluster = Cluster::start(1);
+    let frames = exchange(&cluster.addr(0), &hello("other", None)).await;
+    assert!(
+        matches!(frames.as_slice(), [Frame::Error(m)] if m.contains("wrong group") && m.contains("other")),
+        "{frames:?}"
+    );
+    match Client::connect(&cluster.addr(0), "other").await {
+        Err(ClientError::Wire(e)) => assert!(e.to_string().contains("wrong group"), "{e}"),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+}
+
+/// A frame of another protocol version is refused with an error frame, then a close.
+#[actix_rt::test]
+async fn wrong_version_is_refused() {
+    let cluster = Cluster::start(1);
+    let mut bytes = hello("default", None);
+    bytes[6] = PROTOCOL_VERSION + 1;
+    let frames = exchange(&cluster.addr(0), &bytes).await;
+    assert!(matches!(frames.as_slice(), [Frame::Error(m)] if m.contains("protocol version")), "{frames:?}");
+}
+
+/// A node id that is not a configured member cannot join as a peer.
+#[actix_rt::test]
+async fn unknown_node_id_is_refused() {
+    let cluster = Cluster::start(3);
+    let frames = exchange(&cluster.addr(0), &hello("default", Some(99))).await;
+    assert!(matches!(frames.as_slice(), [Frame::Error(m)] if m.contains("not a member")), "{frames:?}");
+}
+
+/// A length prefix over the client limit (1.5 MiB by default) is refused before the body
+/// is read: the server answers an error frame and closes at once, though the body never came.
+#[actix_rt::test]
+async fn oversized_frame_is_refused() {
+    let cluster = Cluster::start(1);
+    let mut bytes = hello("default", None);
+    bytes.put_u32(64 * 1024 * 1024);
+    bytes.put_u16(MAGIC);
+    bytes.put_u8(PROTOCOL_VERSION);
+    bytes.put_u8(3);
+    let frames = exchange(&cluster.addr(0), &bytes).await;
+    assert!(matches!(frames.first(), Some(Frame::Welcome(_))), "{frames:?}");
+    assert!(matches!(frames.last(), Some(Frame::Error(m)) if m.contains("over the limit of 1573888")), "{frames:?}");
+    // A write just under the limit is fine; one over it fails without harming the node.
+    let c = Client::connect(&cluster.addr(0), "default").await.unwrap();
+    c.set("big", &"x".repeat(1_500_000)).await.unwrap();
+    assert!(c.set("huge", &"x".repeat(1_600_000)).await.is_err());
+    let c = Client::connect(&cluster.addr(0), "default").await.unwrap();
+    assert_eq!(c.get("big", Consistency::Linearizable).await.unwrap().map(|v| v.len()), Some(1_500_000));
+}
+
+/// A client connection cannot inject Raft traffic: a vote request is refused and the
+/// connection closed, and the node's term does not move.
+#[actix_rt::test]
+async fn client_connection_cannot_send_raft_messages() {
+    let cluster = Cluster::start(1);
+    cluster.wait_leader(Duration::from_secs(1)).await;
+    let term = cluster.status(0).await.unwrap().term;
+    let mut bytes = hello("default", None);
+    let vote = VoteRequest { term: term + 100, candidate: 7, last_log: LogId::new(term + 100, 1_000), pre_vote: false };
+    bytes.extend_from_slice(&encode_frame(Frame::Request(1, Request::Vote(vote))).unwrap());
+    let frames = exchange(&cluster.addr(0), &bytes).await;
+    assert!(
+        frames
+            .iter()
+            .any(|f| matches!(f, Frame::Response(1, Response::Error(e)) if e.to_string().contains("configured peers"))),
+        "{frames:?}"
+    );
+    assert_eq!(cluster.status(0).await.unwrap().term, term);
+}
+
+/// Garbage instead of a handshake gets an error frame and a close, not a hang or a crash.
+#[actix_rt::test]
+async fn garbage_is_refused() {
+    let cluster = Cluster::start(1);
+    let frames = exchange(&cluster.addr(0), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(matches!(frames.as_slice(), [Frame::Error(_)]), "{frames:?}");
+    // The node still serves.
+    let c = Client::connect(&cluster.addr(0), "default").await.unwrap();
+    c.set("still", "up").await.unwrap();
+}
