@@ -120,8 +120,7 @@ fn simulate(seed: u64) -> Vec<String> {
         Ok(())
     });
     sim.run().expect("simulation");
-    let t = trace.borrow().clone();
-    t
+    trace.borrow().clone()
 }
 
 /// A 3-node cluster inside turmoil elects a leader and commits a write; the same seed gives
