@@ -32,7 +32,8 @@ use crate::storage::StorageConfig;
 use crate::transport::{TcpTransport, TransportRef};
 use crate::wire::{Consistency, Request, Response, StatusInfo, Write, WriteReply};
 
-type QueryRouter = Rc<RefCell<BTreeMap<String, Recipient<Query>>>>;
+/// The namespaces this node applies, with the actor answering each one's queries (if any).
+type QueryRouter = Rc<RefCell<BTreeMap<String, Option<Recipient<Query>>>>>;
 
 /// A running node.
 pub struct Node {
@@ -108,13 +109,11 @@ impl NodeBuilder {
         subscribers.insert(KV_NAMESPACE.to_string(), data_map.clone().recipient());
         subscribers.insert(REGISTRY_NAMESPACE.to_string(), registry.clone().recipient());
         let mut queries = BTreeMap::new();
-        queries.insert(KV_NAMESPACE.to_string(), data_map.clone().recipient());
-        queries.insert(REGISTRY_NAMESPACE.to_string(), registry.clone().recipient());
+        queries.insert(KV_NAMESPACE.to_string(), Some(data_map.clone().recipient()));
+        queries.insert(REGISTRY_NAMESPACE.to_string(), Some(registry.clone().recipient()));
         for (ns, apply, query) in self.state_machines {
             subscribers.insert(ns.clone(), apply);
-            if let Some(q) = query {
-                queries.insert(ns, q);
-            }
+            queries.insert(ns, query);
         }
 
         // Election and LogStore address each other: create Election's context first.
@@ -232,14 +231,12 @@ impl NodeHandle {
         apply: Recipient<ApplyEntries>,
         query: Option<Recipient<Query>>,
     ) {
-        if let Some(q) = query {
-            self.queries.borrow_mut().insert(namespace.to_string(), q);
-        }
+        self.queries.borrow_mut().insert(namespace.to_string(), query);
         self.log_store.do_send(Subscribe { namespace: namespace.to_string(), recipient: apply });
     }
 
     fn knows(&self, namespace: &str) -> bool {
-        namespace == KV_NAMESPACE || namespace == REGISTRY_NAMESPACE || self.queries.borrow().contains_key(namespace)
+        self.queries.borrow().contains_key(namespace)
     }
 
     fn write_inner(&self, write: Write, forwarded: bool) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
@@ -345,7 +342,7 @@ impl NodeHandle {
         data: Bytes,
         consistency: Consistency,
     ) -> LocalBoxFuture<'static, Result<Bytes, ApiError>> {
-        let Some(target) = self.queries.borrow().get(&namespace).cloned() else {
+        let Some(target) = self.queries.borrow().get(&namespace).cloned().flatten() else {
             return async move { Err(ApiError::UnknownNamespace(namespace)) }.boxed_local();
         };
         let index = self.read_index(consistency);

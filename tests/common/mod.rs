@@ -10,8 +10,13 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use dister::wire::StatusInfo;
-use dister::{Client, Config, Node, PeerConfig};
+use dister::{Client, Config, Node, NodeBuilder, PeerConfig};
+
+/// Adds state machines to a node's builder; runs inside the node's own actix system.
+pub type Extend = Arc<dyn Fn(NodeBuilder) -> NodeBuilder + Send + Sync>;
 
 /// Initialises tracing once per test process (RUST_LOG respected, default warnings only).
 pub fn init_tracing() {
@@ -38,6 +43,7 @@ pub struct Cluster {
     /// The nodes' configs (index i is node id i + 1).
     pub configs: Vec<Config>,
     running: Vec<Option<Running>>,
+    extend: Option<Extend>,
     _dir: tempfile::TempDir,
 }
 
@@ -49,6 +55,11 @@ impl Cluster {
 
     /// Starts `n` nodes, letting `tweak` adjust each config.
     pub fn start_with(n: usize, tweak: impl Fn(&mut Config)) -> Cluster {
+        Cluster::start_extended(n, tweak, None)
+    }
+
+    /// Starts `n` nodes, each built through `extend` (to add state machines).
+    pub fn start_extended(n: usize, tweak: impl Fn(&mut Config), extend: Option<Extend>) -> Cluster {
         init_tracing();
         let dir = tempfile::tempdir().expect("tempdir");
         let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
@@ -68,7 +79,7 @@ impl Cluster {
                 c
             })
             .collect();
-        let mut cluster = Cluster { running: (0..n).map(|_| None).collect(), configs, _dir: dir };
+        let mut cluster = Cluster { running: (0..n).map(|_| None).collect(), configs, extend, _dir: dir };
         for i in 0..n {
             cluster.start_node(i);
         }
@@ -89,13 +100,19 @@ impl Cluster {
     pub fn start_node(&mut self, i: usize) {
         assert!(self.running[i].is_none(), "node {} already running", i + 1);
         let config = self.configs[i].clone();
+        let extend = self.extend.clone();
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("node{}", config.id))
             .spawn(move || {
                 let sys = actix_rt::System::new();
-                let started =
-                    sys.block_on(async move { Node::start(config).await.map(|n| (n, actix_rt::System::current())) });
+                let started = sys.block_on(async move {
+                    let mut builder = Node::builder(config);
+                    if let Some(extend) = extend {
+                        builder = extend(builder);
+                    }
+                    builder.start().await.map(|n| (n, actix_rt::System::current()))
+                });
                 match started {
                     Ok((node, system)) => {
                         let _ = tx.send(Ok(system));
