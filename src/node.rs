@@ -25,7 +25,7 @@ use crate::error::{ApiError, NodeError};
 use crate::messages::apply::{ApplyEntries, Query, Subscribe};
 use crate::messages::client::{ClientWrite, GetElectionStatus, GetReadIndex};
 use crate::messages::kv::{GetKey, KV_NAMESPACE, KvCommand, KvOutput, ListKeys};
-use crate::messages::raft::{AppendEntries, GetLogState, RequestVote};
+use crate::messages::raft::{AppendEntries, GetLogState, PeerDisconnected, RequestVote};
 use crate::messages::registry::{GetService, ListServices, REGISTRY_NAMESPACE, RegistryCommand, Service};
 use crate::raft::{LogId, NodeId};
 use crate::storage::StorageConfig;
@@ -417,6 +417,11 @@ impl NodeHandle {
             })
         }
         .boxed_local()
+    }
+
+    /// Tells `Election` that `peer`'s connection to this node closed.
+    pub fn peer_disconnected(&self, peer: NodeId) {
+        self.election.do_send(PeerDisconnected { peer });
     }
 
     /// Serves one wire request. `peer` is the configured peer the connection authenticated

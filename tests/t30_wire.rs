@@ -83,6 +83,7 @@ async fn oversized_frame_is_refused() {
     assert!(matches!(frames.first(), Some(Frame::Welcome(_))), "{frames:?}");
     assert!(matches!(frames.last(), Some(Frame::Error(m)) if m.contains("over the limit of 1573888")), "{frames:?}");
     // A write just under the limit is fine; one over it fails without harming the node.
+    cluster.wait_leader(Duration::from_secs(1)).await;
     let c = Client::connect(&cluster.addr(0), "default").await.unwrap();
     c.set("big", &"x".repeat(1_500_000)).await.unwrap();
     assert!(c.set("huge", &"x".repeat(1_600_000)).await.is_err());
@@ -117,6 +118,7 @@ async fn garbage_is_refused() {
     let frames = exchange(&cluster.addr(0), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(matches!(frames.as_slice(), [Frame::Error(_)]), "{frames:?}");
     // The node still serves.
+    cluster.wait_leader(Duration::from_secs(1)).await;
     let c = Client::connect(&cluster.addr(0), "default").await.unwrap();
     c.set("still", "up").await.unwrap();
 }

@@ -54,6 +54,12 @@ impl Connection {
 
 impl Actor for Connection {
     type Context = Context<Self>;
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Some(peer) = self.peer {
+            self.node.peer_disconnected(peer);
+        }
+    }
 }
 
 impl StreamHandler<Result<Frame, WireError>> for Connection {

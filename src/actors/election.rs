@@ -30,8 +30,8 @@ use crate::error::ApiError;
 use crate::messages::apply::EntriesApplied;
 use crate::messages::client::{ClientWrite, ElectionStatus, GetElectionStatus, GetReadIndex};
 use crate::messages::raft::{
-    AppendEntries, AppendFromLeader, AppendLocal, CommitTo, HigherTermSeen, PeerProgress, Replicate, RequestVote,
-    SaveHardState, StopReplication,
+    AppendEntries, AppendFromLeader, AppendLocal, CommitTo, HigherTermSeen, PeerDisconnected, PeerProgress, Replicate,
+    RequestVote, SaveHardState, StopReplication,
 };
 use crate::raft::commit::{advance_commit, majority_value};
 use crate::raft::vote::{Candidacy, VoterState, should_grant_pre_vote, should_grant_vote};
@@ -654,6 +654,31 @@ impl Handler<HigherTermSeen> for Election {
             self.become_follower(ctx, msg.term, None);
             let fut = self.persist().map(|_, _, _| ());
             ctx.spawn(fut);
+        }
+    }
+}
+
+impl Handler<PeerDisconnected> for Election {
+    type Result = ();
+
+    /// The leader's connection to us closed: stop vouching for it (pre-votes are granted
+    /// again) and move the election deadline close, randomized so the survivors do not split
+    /// the vote. A live leader that merely reconnects keeps its followers: its next
+    /// heartbeat resets both. Timing only; no safety rule depends on it.
+    fn handle(&mut self, msg: PeerDisconnected, ctx: &mut Context<Self>) {
+        if self.role != Role::Follower || self.leader != Some(msg.peer) {
+            return;
+        }
+        self.last_leader_contact = None;
+        let soon = self.rng.random_range(0..=self.config.election_timeout_min_ms / 2);
+        let soon = Instant::now() + Duration::from_millis(soon);
+        if soon < self.deadline {
+            tracing::info!(id = self.id, leader = msg.peer, "leader connection closed; election soon");
+            self.deadline = soon;
+            if let Some(t) = self.timer.take() {
+                ctx.cancel_future(t);
+            }
+            self.arm_timer(ctx);
         }
     }
 }

@@ -160,3 +160,13 @@ pub struct HigherTermSeen {
     /// The peer.
     pub peer: NodeId,
 }
+
+/// A peer's inbound connection closed. When the peer is our leader, its process has most
+/// likely died (a crash closes its sockets at once), so an election need not wait for the
+/// whole timeout.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct PeerDisconnected {
+    /// The peer whose connection closed.
+    pub peer: NodeId,
+}
