@@ -1,6 +1,7 @@
 //! The write benchmark behind `dister bench`: N closed-loop clients, each on its own
 //! connection (spread over the given nodes), setting keys of a fixed size for a fixed time;
-//! reports throughput and latency percentiles.
+//! reports throughput and latency percentiles. Keys start with `bench/` and stay in the
+//! store: run it against a throwaway cluster.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -22,7 +23,7 @@ pub struct BenchOptions {
     pub clients: usize,
     /// How long to measure.
     pub duration: Duration,
-    /// Key size in bytes.
+    /// Key size in bytes (keys are `bench/CLIENT/SEQ/` padded to this size, or longer).
     pub key_size: usize,
     /// Value size in bytes.
     pub value_size: usize,
@@ -72,12 +73,11 @@ impl std::fmt::Display for BenchReport {
     }
 }
 
-fn sized(prefix: String, size: usize) -> String {
-    let mut s = prefix;
+/// Pads `s` with `x` up to `size` bytes (never shortens it, so keys stay unique).
+fn padded(mut s: String, size: usize) -> String {
     if s.len() < size {
         s.extend(std::iter::repeat_n('x', size - s.len()));
     }
-    s.truncate(size.max(1));
     s
 }
 
@@ -86,7 +86,10 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, ClientError> {
     let mut clients = Vec::with_capacity(opts.clients);
     for i in 0..opts.clients {
         let addr = &opts.addrs[i % opts.addrs.len()];
-        clients.push(Client::connect(addr, &opts.group).await?);
+        let client = Client::connect(addr, &opts.group)
+            .await
+            .map_err(|e| ClientError::Unexpected(format!("cannot reach {addr}: {e}")))?;
+        clients.push(client);
     }
     let hist = Rc::new(RefCell::new(
         Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).map_err(|e| ClientError::Unexpected(e.to_string()))?,
@@ -94,7 +97,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, ClientError> {
     let errors = Rc::new(RefCell::new(0u64));
     let start = Instant::now();
     let deadline = start + opts.duration;
-    let value = sized(String::new(), opts.value_size);
+    let value = padded(String::new(), opts.value_size);
     let mut tasks = Vec::new();
     for (i, client) in clients.into_iter().enumerate() {
         let hist = hist.clone();
@@ -105,7 +108,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, ClientError> {
             let mut seq = 0u64;
             while Instant::now() < deadline {
                 seq += 1;
-                let key = sized(format!("{i:05}{seq:011}"), key_size);
+                let key = padded(format!("bench/{i:x}/{seq:x}/"), key_size);
                 let t = Instant::now();
                 match client.set(&key, &value).await {
                     Ok(_) => {

@@ -188,6 +188,21 @@ fn mailbox(e: MailboxError) -> ApiError {
     ApiError::Unavailable(format!("actor stopped: {e}"))
 }
 
+/// Refuses a built-in command that is malformed before it reaches the log, so a bad request
+/// costs an error, not a log entry every node must apply.
+fn validate(write: &Write) -> Result<(), ApiError> {
+    let checked = match write.namespace.as_str() {
+        KV_NAMESPACE => {
+            serde_json::from_slice::<KvCommand>(&write.data).map_err(|e| e.to_string()).and_then(|c| c.validate())
+        }
+        REGISTRY_NAMESPACE => {
+            serde_json::from_slice::<RegistryCommand>(&write.data).map_err(|e| e.to_string()).and_then(|c| c.validate())
+        }
+        _ => Ok(()),
+    };
+    checked.map_err(|e| ApiError::BadRequest(format!("{} command: {e}", write.namespace)))
+}
+
 fn encode<T: serde::Serialize>(value: &T) -> Result<Bytes, ApiError> {
     serde_json::to_vec(value).map(Bytes::from).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
@@ -240,6 +255,9 @@ impl NodeHandle {
     }
 
     fn write_inner(&self, write: Write, forwarded: bool) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
+        if let Err(e) = validate(&write) {
+            return async move { Err(e) }.boxed_local();
+        }
         let max = self.config.max_request_bytes;
         if write.data.len() + write.namespace.len() > max {
             let len = write.data.len();
@@ -268,9 +286,6 @@ impl NodeHandle {
 
     /// Sets every pair in one entry.
     pub fn set(&self, pairs: Vec<(String, String)>) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        if pairs.is_empty() {
-            return async { Err(ApiError::BadRequest("nothing to set".into())) }.boxed_local();
-        }
         match encode(&KvCommand::Set(pairs)) {
             Ok(data) => self.write(Write { namespace: KV_NAMESPACE.into(), data }),
             Err(e) => async move { Err(e) }.boxed_local(),
@@ -279,9 +294,6 @@ impl NodeHandle {
 
     /// Deletes every key in one entry; answers how many existed.
     pub fn delete(&self, keys: Vec<String>) -> LocalBoxFuture<'static, Result<usize, ApiError>> {
-        if keys.is_empty() {
-            return async { Err(ApiError::BadRequest("no key to delete".into())) }.boxed_local();
-        }
         let fut = match encode(&KvCommand::Delete(keys)) {
             Ok(data) => self.write(Write { namespace: KV_NAMESPACE.into(), data }),
             Err(e) => return async move { Err(e) }.boxed_local(),

@@ -30,8 +30,8 @@ use crate::error::ApiError;
 use crate::messages::apply::EntriesApplied;
 use crate::messages::client::{ClientWrite, ElectionStatus, GetElectionStatus, GetReadIndex};
 use crate::messages::raft::{
-    AppendEntries, AppendFromLeader, AppendLocal, CommitTo, HigherTermSeen, PeerDisconnected, PeerProgress, Replicate,
-    RequestVote, SaveHardState, StopReplication,
+    AppendEntries, AppendFromLeader, AppendLocal, AppendResult, CommitTo, HigherTermSeen, PeerDisconnected,
+    PeerProgress, Replicate, RequestVote, SaveHardState, StopReplication,
 };
 use crate::raft::commit::{advance_commit, majority_value};
 use crate::raft::vote::{Candidacy, VoterState, should_grant_pre_vote, should_grant_vote};
@@ -108,6 +108,9 @@ pub struct Election {
     campaign: Option<Campaign>,
     leader_state: Option<LeaderState>,
     waiters: BTreeMap<u64, Waiter>,
+    /// Term and vote as last confirmed durable by `LogStore`: a vote is answered only once
+    /// the state it rests on is in this.
+    durable_vote: (u64, Option<NodeId>),
     storage_failed: bool,
 }
 
@@ -152,6 +155,7 @@ impl Election {
             campaign: None,
             leader_state: None,
             waiters: BTreeMap::new(),
+            durable_vote: (hard_state.term, hard_state.voted_for),
             storage_failed: false,
         }
     }
@@ -233,9 +237,15 @@ impl Election {
     fn persist(&mut self) -> impl ActorFuture<Self, Output = bool> + 'static {
         self.append_seq += 1;
         let seq = self.append_seq;
+        let sent = (self.term, self.voted_for);
         self.log_store.send(self.hard_state_msg()).into_actor(self).map(move |res, act, _| match res {
             Ok(Ok(last)) => {
                 act.update_last_log(seq, last);
+                // Completions may be polled out of order; within a term a vote only appears.
+                let d = act.durable_vote;
+                if sent.0 > d.0 || (sent.0 == d.0 && sent.1.is_some()) {
+                    act.durable_vote = sent;
+                }
                 true
             }
             Ok(Err(e)) => {
@@ -264,10 +274,11 @@ impl Election {
 
     /// Starts a pre-vote (or, after one succeeds, a real election).
     fn start_campaign(&mut self, ctx: &mut Context<Self>, pre_vote: bool) {
+        // The deadline moves first: a node that may not stand must not spin on its timer.
+        self.reset_deadline();
         if self.storage_failed {
             return;
         }
-        self.reset_deadline();
         self.leader = None;
         if pre_vote && !self.peers.is_empty() {
             let term = self.term + 1;
@@ -553,7 +564,8 @@ impl Handler<RequestVote> for Election {
         }
         tracing::info!(id = self.id, candidate = req.candidate, term = req.term, granted, "vote");
         let term = self.term;
-        if (self.term, self.voted_for) == before {
+        let state = (self.term, self.voted_for);
+        if state == before && (!granted || state == self.durable_vote) {
             return Box::pin(actix::fut::ready(VoteResponse { term, granted }));
         }
         // Term and vote are durable before the answer leaves (Figure 2).
@@ -572,13 +584,8 @@ impl Handler<AppendEntries> for Election {
             }));
         }
         if req.term > self.term || self.role != Role::Follower || self.leader != Some(req.leader) {
-            let moved = req.term > self.term;
+            // A newer term is made durable by `LogStore` in the same batch as the entries.
             self.become_follower(ctx, req.term, Some(req.leader));
-            if moved {
-                // Queued before the append below, so durable before its answer.
-                let fut = self.persist().map(|_, _, _| ());
-                ctx.spawn(fut);
-            }
         }
         self.last_leader_contact = Some(Instant::now());
         self.reset_deadline();
@@ -586,34 +593,44 @@ impl Handler<AppendEntries> for Election {
         let leader_commit = req.leader_commit;
         self.append_seq += 1;
         let seq = self.append_seq;
-        let msg = AppendFromLeader { prev: req.prev, entries: req.entries };
+        let msg = AppendFromLeader { term, prev: req.prev, entries: req.entries };
         Box::pin(self.log_store.send(msg).into_actor(self).map(move |res, act, _| {
+            let stale = |act: &Self| AppendEntriesResponse { term: act.term, outcome: AppendOutcome::StaleTerm };
             let reply = match res {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "cannot store entries from the leader");
                     act.storage_failed = true;
-                    return AppendEntriesResponse { term: act.term, outcome: AppendOutcome::StaleTerm };
+                    return stale(act);
                 }
-                Err(_) => return AppendEntriesResponse { term: act.term, outcome: AppendOutcome::StaleTerm },
+                Err(_) => return stale(act),
             };
-            act.update_last_log(seq, reply.last);
+            if reply.durable {
+                act.update_last_log(seq, reply.last);
+            }
             if act.term != term {
                 // We moved to a later term (and may have voted on a shorter log) while these
                 // entries were being written: acknowledging them now could let the old
                 // leader count us for a commit the new one does not have.
-                return AppendEntriesResponse { term: act.term, outcome: AppendOutcome::StaleTerm };
+                return stale(act);
             }
             match reply.result {
-                Ok(match_index) => {
+                AppendResult::Matched(match_index) => {
                     let commit = leader_commit.min(match_index);
                     if commit > act.commit {
                         act.commit = commit;
                         act.log_store.do_send(CommitTo(commit));
                     }
-                    AppendEntriesResponse { term, outcome: AppendOutcome::Success { match_index } }
+                    let outcome =
+                        if reply.durable { AppendOutcome::Success { match_index } } else { AppendOutcome::Heartbeat };
+                    AppendEntriesResponse { term, outcome }
                 }
-                Err(c) => AppendEntriesResponse { term, outcome: AppendOutcome::Conflict { next_index: c.next_index } },
+                AppendResult::Conflict(c) => {
+                    AppendEntriesResponse { term, outcome: AppendOutcome::Conflict { next_index: c.next_index } }
+                }
+                AppendResult::StaleTerm(t) => {
+                    AppendEntriesResponse { term: t.max(act.term), outcome: AppendOutcome::StaleTerm }
+                }
             }
         }))
     }

@@ -19,8 +19,8 @@ use futures::FutureExt;
 use crate::error::StorageError;
 use crate::messages::apply::{ApplyEntries, ApplyOutput, EntriesApplied, Subscribe};
 use crate::messages::raft::{
-    AppendFromLeader, AppendFromLeaderReply, AppendLocal, CommitTo, FetchEntries, FetchEntriesError, FetchedEntries,
-    GetLogState, LogState, SaveHardState,
+    AppendFromLeader, AppendFromLeaderReply, AppendLocal, AppendResult, CommitTo, FetchEntries, FetchEntriesError,
+    FetchedEntries, GetLogState, LogState, SaveHardState,
 };
 use crate::raft::log::MemLog;
 use crate::raft::{Entry, HardState, LogId, Payload};
@@ -209,6 +209,18 @@ impl Handler<AppendLocal> for LogStore {
         }
         let mut writes = Vec::with_capacity(msg.entries.len());
         for e in msg.entries {
+            if e.term > self.hard_state.term {
+                // A leader's term is durable from its candidacy on; anything else is a bug.
+                let reason = format!(
+                    "entry {} of term {} is ahead of the durable term {}",
+                    e.index, e.term, self.hard_state.term
+                );
+                return Box::pin(actix::fut::ready(Err(StorageError::Corrupt {
+                    path: "log".into(),
+                    offset: e.index,
+                    reason,
+                })));
+            }
             if e.index <= self.log.last().index {
                 // A new leader drops the uncommitted suffix it did not report in its candidacy.
                 if let Err(err) = self.refuse_truncating_committed(e.index) {
@@ -240,8 +252,21 @@ impl Handler<AppendFromLeader> for LogStore {
         if let Err(e) = self.check_failed() {
             return Box::pin(actix::fut::ready(Err(e)));
         }
-        let (result, writes) = match self.log.plan_append(msg.prev, &msg.entries) {
-            Err(conflict) => (Err(conflict), Vec::new()),
+        let reply = |result, durable, last| AppendFromLeaderReply { result, durable, last };
+        if msg.term < self.hard_state.term {
+            let r = reply(AppendResult::StaleTerm(self.hard_state.term), false, self.log.last());
+            return Box::pin(actix::fut::ready(Ok(r)));
+        }
+        let mut writes = Vec::new();
+        if msg.term > self.hard_state.term {
+            // The term is durable no later than the entries this request brings.
+            self.hard_state.term = msg.term;
+            self.hard_state.voted_for = None;
+            self.commit_dirty = false;
+            writes.push(LogWrite::HardState(self.hard_state));
+        }
+        let result = match self.log.plan_append(msg.prev, &msg.entries) {
+            Err(conflict) => AppendResult::Conflict(conflict),
             Ok(plan) => {
                 if let Some(from) = plan.truncate_from
                     && let Err(e) = self.refuse_truncating_committed(from)
@@ -249,15 +274,22 @@ impl Handler<AppendFromLeader> for LogStore {
                     return Box::pin(actix::fut::ready(Err(e)));
                 }
                 self.log.apply(&plan);
-                let writes = plan.append.iter().cloned().map(LogWrite::Entry).collect();
-                (Ok(plan.match_index), writes)
+                writes.extend(plan.append.iter().cloned().map(LogWrite::Entry));
+                AppendResult::Matched(plan.match_index)
             }
         };
         let last = self.log.last();
-        // Even a refusal or an empty heartbeat waits for earlier batches: a success must never
-        // overtake the durability of entries it vouches for.
+        if msg.entries.is_empty() && writes.is_empty() {
+            // A heartbeat that changes nothing need not wait for the disk: its answer claims
+            // only that the log matches, which the leader uses for commit propagation and
+            // leadership, never as a durable replica. (Entries already held still wait: an
+            // earlier request may not have made them durable yet.)
+            return Box::pin(actix::fut::ready(Ok(reply(result, false, last))));
+        }
+        // A success must never overtake the durability of entries it vouches for: the
+        // backend completes batches in order.
         let fut = self.submit(writes);
-        self.durable(fut, AppendFromLeaderReply { result, last })
+        self.durable(fut, reply(result, true, last))
     }
 }
 

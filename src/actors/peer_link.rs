@@ -99,6 +99,18 @@ impl PeerLink {
             let stream = tokio::time::timeout(timeout, connect).await.map_err(|_| WireError::Timeout)??;
             handshake::connect(stream, hello, timeout, max_frame).await
         };
+        let peer = self.peer;
+        let fut = async move {
+            let (reader, write, welcome) = fut.await?;
+            // Counting another node's answers as this peer's would count one voter twice.
+            if welcome.node_id != peer {
+                return Err(WireError::Handshake(format!(
+                    "expected node {peer}, the address answered as node {}",
+                    welcome.node_id
+                )));
+            }
+            Ok((reader, write, welcome))
+        };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             if act.generation != generation {
                 return;
@@ -108,10 +120,7 @@ impl PeerLink {
                 _ => Vec::new(),
             };
             match res {
-                Ok((reader, write, welcome)) => {
-                    if welcome.node_id != act.peer {
-                        tracing::warn!(peer = act.peer, addr = %act.addr, answered = welcome.node_id, "peer address answered with another node id");
-                    }
+                Ok((reader, write, _)) => {
                     tracing::debug!(peer = act.peer, addr = %act.addr, "connected to peer");
                     act.failures = 0;
                     let events = reader
@@ -129,7 +138,9 @@ impl PeerLink {
                     // Back off 50 ms, doubling to 1 s, so a dead peer costs little.
                     let backoff = Duration::from_millis((50u64 << act.failures.min(5)).min(1_000));
                     act.retry_at = Some(tokio::time::Instant::now() + backoff);
-                    if act.failures == 1 || act.failures % 20 == 0 {
+                    if matches!(e, WireError::Handshake(_)) && (act.failures == 1 || act.failures % 20 == 0) {
+                        tracing::warn!(peer = act.peer, addr = %act.addr, error = %e, "peer refused the handshake");
+                    } else if act.failures == 1 || act.failures % 20 == 0 {
                         tracing::debug!(peer = act.peer, addr = %act.addr, error = %e, failures = act.failures, "cannot reach peer");
                     }
                     for (id, _) in queued {

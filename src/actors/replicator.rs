@@ -99,9 +99,11 @@ impl Replicator {
         }
     }
 
-    /// Sends what is due, as long as the window has room.
+    /// Sends what is due: batches of entries while the window has room, and a heartbeat
+    /// (no entries, outside the window) when one is due or a read round waits, so a slow
+    /// follower disk never silences the leader.
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        if self.stopped || self.fetching || self.inflight >= self.config.max_inflight_appends {
+        if self.stopped || self.fetching {
             return;
         }
         let now = Instant::now();
@@ -111,10 +113,12 @@ impl Replicator {
             }
             self.paused_until = None;
         }
-        let has_entries = self.next_index <= self.last_index;
+        let window_open = self.inflight < self.config.max_inflight_appends;
         let heartbeat_due = now.duration_since(self.last_sent) >= self.config.heartbeat_interval();
-        let news = self.commit > self.commit_sent || self.round_wanted > self.round_sent;
-        if !(has_entries || heartbeat_due || news) {
+        let round_waits = self.round_wanted > self.round_sent;
+        let commit_news = self.commit > self.commit_sent;
+        let entries = window_open && self.next_index <= self.last_index;
+        if !(entries || heartbeat_due || round_waits || (window_open && commit_news)) {
             return;
         }
         // Only one fetch at a time, so batches leave in log order.
@@ -122,7 +126,7 @@ impl Replicator {
         let epoch = self.epoch;
         let fetch = FetchEntries {
             from: self.next_index,
-            max_count: self.config.max_append_entries,
+            max_count: if entries { self.config.max_append_entries } else { 0 },
             max_bytes: self.config.max_append_bytes,
         };
         ctx.spawn(self.log_store.send(fetch).into_actor(self).map(move |res, act, ctx| {
@@ -161,17 +165,21 @@ impl Replicator {
     fn send(&mut self, req: AppendEntriesRequest, sent_last: u64, ctx: &mut Context<Self>) {
         let epoch = self.epoch;
         let round = self.round_wanted;
+        // Heartbeats ride outside the window: they carry no entries to wait for.
+        let counted = !req.entries.is_empty();
         self.round_sent = round;
         self.commit_sent = req.leader_commit;
         self.next_index = sent_last + 1;
-        self.inflight += 1;
+        if counted {
+            self.inflight += 1;
+        }
         self.last_sent = Instant::now();
         let call = Call { request: Request::AppendEntries(req), timeout: self.append_timeout() };
         ctx.spawn(self.link.send(call).into_actor(self).map(move |res, act, ctx| {
             if act.stopped {
                 return;
             }
-            if epoch == act.epoch {
+            if counted && epoch == act.epoch {
                 act.inflight = act.inflight.saturating_sub(1);
             }
             match res {
@@ -188,6 +196,9 @@ impl Replicator {
                             act.match_index = act.match_index.max(match_index);
                             act.report(round, moved.then_some(act.match_index));
                         }
+                        // The follower matched but did not wait for its disk: leadership
+                        // is confirmed, replication is not.
+                        AppendOutcome::Heartbeat => act.report(round, None),
                         AppendOutcome::Conflict { next_index } => {
                             act.report(round, None);
                             if epoch == act.epoch {

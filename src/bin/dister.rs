@@ -15,11 +15,11 @@ use dister::{ApiError, Client, ClientError, Config, Consistency, Node, PeerConfi
 #[command(name = "dister", version, about)]
 struct Cli {
     /// Node to talk to (client commands).
-    #[arg(long, global = true, default_value = "127.0.0.1:7070", env = "DISTER_ADDR")]
+    #[arg(long, default_value = "127.0.0.1:7070", env = "DISTER_ADDR")]
     addr: String,
-    /// Cluster group (client commands; for `server`, overrides the config file).
-    #[arg(long, global = true, env = "DISTER_GROUP")]
-    group: Option<String>,
+    /// Cluster group to join as a client.
+    #[arg(long, default_value = "default", env = "DISTER_GROUP")]
+    group: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -58,6 +58,9 @@ struct ServerArgs {
     /// Another member, as ID=HOST:PORT; repeat for each (replaces the file's list).
     #[arg(long = "peer", value_name = "ID=HOST:PORT")]
     peers: Vec<String>,
+    /// Cluster group name (overrides the config file).
+    #[arg(long)]
+    group: Option<String>,
     /// Seed for the node's random choices (replays a run).
     #[arg(long)]
     seed: Option<u64>,
@@ -102,10 +105,10 @@ struct BenchArgs {
     #[arg(long, value_delimiter = ',')]
     nodes: Vec<String>,
     /// Concurrent clients.
-    #[arg(long, default_value_t = 16)]
-    clients: usize,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    clients: u64,
     /// Seconds to run.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     secs: u64,
     /// Key size in bytes.
     #[arg(long, default_value_t = 16)]
@@ -122,7 +125,7 @@ fn init_logging(default: &str) {
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
 }
 
-fn server_config(args: ServerArgs, group: Option<String>) -> anyhow::Result<Config> {
+fn server_config(args: ServerArgs) -> anyhow::Result<Config> {
     let mut config = match &args.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
@@ -139,7 +142,7 @@ fn server_config(args: ServerArgs, group: Option<String>) -> anyhow::Result<Conf
     if !args.peers.is_empty() {
         config.peers = args.peers.iter().map(|p| p.parse::<PeerConfig>()).collect::<Result<_, _>>()?;
     }
-    if let Some(g) = group {
+    if let Some(g) = args.group {
         config.group = g;
     }
     if args.seed.is_some() {
@@ -174,51 +177,82 @@ impl From<ClientError> for Failure {
     }
 }
 
-async fn run_client(addr: &str, group: &str, command: Command) -> Result<(), Failure> {
+/// Runs a client command; returns what to print on stdout.
+async fn run_client(addr: &str, group: &str, command: Command) -> Result<String, Failure> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let client =
         Client::connect(addr, group).await.map_err(|e| Failure::Other(anyhow::anyhow!("cannot reach {addr}: {e}")))?;
     match command {
         Command::Kv(KvCommand::Set { key, value }) => {
             let reply = retry(|| client.set(&key, &value)).await?;
             tracing::debug!(index = reply.index, "set");
-            println!("OK");
+            out.push_str("OK\n");
         }
         Command::Kv(KvCommand::Get { key, stale }) => {
             let consistency = if stale { Consistency::Stale } else { Consistency::Linearizable };
             match retry(|| client.get(&key, consistency)).await? {
-                Some(v) => println!("{v}"),
+                Some(v) => {
+                    let _ = writeln!(out, "{v}");
+                }
                 None => return Err(Failure::NotFound(format!("key {key:?} not found"))),
             }
         }
         Command::Kv(KvCommand::Del { keys }) => {
             let n = retry(|| client.delete(keys.clone())).await?;
-            println!("{n}");
+            let _ = writeln!(out, "{n}");
         }
         Command::Kv(KvCommand::List { prefix, stale }) => {
             let consistency = if stale { Consistency::Stale } else { Consistency::Linearizable };
             let prefix = prefix.unwrap_or_default();
             for (k, v) in retry(|| client.list(&prefix, consistency)).await? {
-                println!("{k}\t{v}");
+                let _ = writeln!(out, "{k}\t{v}");
             }
         }
         Command::Status { json } => {
             let s = client.status().await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&s).map_err(|e| Failure::Other(e.into()))?);
+                let mut value = serde_json::to_value(&s).map_err(|e| Failure::Other(e.into()))?;
+                // `match_index` is known only on the leader: leave it out elsewhere.
+                if let Some(peers) = value.get_mut("peers").and_then(|p| p.as_array_mut()) {
+                    for p in peers.iter_mut().filter_map(|p| p.as_object_mut()) {
+                        if p.get("match_index").is_some_and(|m| m.is_null()) {
+                            p.remove("match_index");
+                        }
+                    }
+                }
+                let json = serde_json::to_string_pretty(&value).map_err(|e| Failure::Other(e.into()))?;
+                let _ = writeln!(out, "{json}");
             } else {
-                println!("id {} ({}) term {} leader {:?}", s.id, s.role, s.term, s.leader);
-                println!(
+                let leader = s.leader.map_or("none".to_string(), |l| l.to_string());
+                let _ = writeln!(out, "id {} ({}) term {} leader {leader}", s.id, s.role, s.term);
+                let _ = writeln!(
+                    out,
                     "log last {} (term {}) commit {} applied {}",
                     s.last_log_index, s.last_log_term, s.commit_index, s.applied_index
                 );
                 for p in s.peers {
-                    println!("peer {} {} match {:?}", p.id, p.addr, p.match_index);
+                    let m = p.match_index.map_or(String::new(), |m| format!(" match {m}"));
+                    let _ = writeln!(out, "peer {} {}{m}", p.id, p.addr);
                 }
             }
         }
         Command::Server(_) | Command::Bench(_) => unreachable!("handled in main"),
     }
-    Ok(())
+    Ok(out)
+}
+
+/// Writes `text` to stdout; a closed pipe (`| head`) is not an error.
+fn print(text: &str) -> ExitCode {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("error: cannot write output: {e}");
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::SUCCESS,
+    }
 }
 
 /// Retries while the cluster has no leader (an election takes well under a second), up to
@@ -245,11 +279,11 @@ where
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let group = cli.group.clone().unwrap_or_else(|| "default".into());
+    let group = cli.group.clone();
     match cli.command {
         Command::Server(args) => {
             init_logging("info");
-            let config = match server_config(args, cli.group) {
+            let config = match server_config(args) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -267,8 +301,8 @@ fn main() -> ExitCode {
             let opts = BenchOptions {
                 addrs: if args.nodes.is_empty() { vec![cli.addr] } else { args.nodes },
                 group,
-                clients: args.clients.max(1),
-                duration: Duration::from_secs(args.secs.max(1)),
+                clients: args.clients as usize,
+                duration: Duration::from_secs(args.secs),
                 key_size: args.key_size,
                 value_size: args.value_size,
             };
@@ -289,7 +323,7 @@ fn main() -> ExitCode {
         command => {
             init_logging("warn");
             match actix_rt::System::new().block_on(run_client(&cli.addr, &group, command)) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(out) => print(&out),
                 Err(Failure::NotFound(m)) => {
                     eprintln!("{m}");
                     ExitCode::FAILURE

@@ -16,6 +16,23 @@ pub enum KvCommand {
     Delete(Vec<String>),
 }
 
+impl KvCommand {
+    /// Refuses what no key/value store should hold: an empty key, or nothing to do.
+    pub fn validate(&self) -> Result<(), String> {
+        let keys: Vec<&String> = match self {
+            KvCommand::Set(pairs) => pairs.iter().map(|(k, _)| k).collect(),
+            KvCommand::Delete(keys) => keys.iter().collect(),
+        };
+        if keys.is_empty() {
+            return Err("no key given".into());
+        }
+        if keys.iter().any(|k| k.is_empty()) {
+            return Err("a key must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
 /// What applying a [`KvCommand`] answers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvOutput {

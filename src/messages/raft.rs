@@ -29,11 +29,15 @@ pub struct AppendLocal {
     pub entries: Vec<Arc<Entry>>,
 }
 
-/// A leader's entries on a follower, for `LogStore`: consistency check, conflict truncation,
-/// append; answered once durable.
+/// A leader's entries on a follower, for `LogStore`: term check, consistency check,
+/// conflict truncation, append; answered once durable (an empty append that changes nothing
+/// is answered at once, claiming no durability).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<AppendFromLeaderReply, StorageError>")]
 pub struct AppendFromLeader {
+    /// The leader's term. `LogStore` refuses an older one and makes a newer one durable in
+    /// the same batch as the entries, so no message ordering is needed for that rule.
+    pub term: u64,
     /// The entry before `entries`.
     pub prev: LogId,
     /// The entries.
@@ -41,11 +45,25 @@ pub struct AppendFromLeader {
 }
 
 /// What an append from the leader did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendResult {
+    /// The log matches the leader's up to this index.
+    Matched(u64),
+    /// The consistency check failed.
+    Conflict(AppendConflict),
+    /// The log's hard state has a later term than the request.
+    StaleTerm(u64),
+}
+
+/// The answer to [`AppendFromLeader`].
 #[derive(Debug, Clone, Copy)]
 pub struct AppendFromLeaderReply {
-    /// The match index, or where the leader should retry from.
-    pub result: Result<u64, AppendConflict>,
-    /// The log's last entry after this append (durable when this reply is sent).
+    /// What happened.
+    pub result: AppendResult,
+    /// Whether this reply waited for every earlier write to be durable (only then may a
+    /// match be reported to the leader as replicated).
+    pub durable: bool,
+    /// The log's last entry as of this request.
     pub last: LogId,
 }
 

@@ -77,6 +77,20 @@ pub enum RegistryCommand {
     Remove(Vec<String>),
 }
 
+impl RegistryCommand {
+    /// Refuses services without a name, and empty commands.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            RegistryCommand::Set(services) if services.is_empty() => Err("no service given".into()),
+            RegistryCommand::Set(services) if services.iter().any(|s| s.name.is_empty()) => {
+                Err("a service name must not be empty".into())
+            }
+            RegistryCommand::Remove(names) if names.is_empty() => Err("no service name given".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A registry query, as carried by a generic `Query` (JSON).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RegistryQuery {

@@ -72,13 +72,17 @@ impl MemLog {
     }
 
     /// Entries from `from` on, at most `max_count` of them and at most `max_bytes` of
-    /// payload (but always one if any is there, so an oversized entry still moves).
+    /// payload (but one if any is there and `max_count` is not 0, so an oversized entry still
+    /// moves).
     pub fn slice(&self, from: u64, max_count: usize, max_bytes: usize) -> Vec<Arc<Entry>> {
         let mut out = Vec::new();
         let mut bytes = 0;
         let Some(offset) = from.checked_sub(self.first_index()) else {
             return out;
         };
+        if max_count == 0 {
+            return out;
+        }
         for e in self.entries.iter().skip(offset as usize) {
             if !out.is_empty() && (out.len() >= max_count || bytes + e.size_hint() > max_bytes) {
                 break;
@@ -222,6 +226,7 @@ mod tests {
         assert_eq!(l.slice(2, 2, usize::MAX).len(), 2);
         assert_eq!(l.slice(2, 10, 1).len(), 1);
         assert_eq!(l.slice(5, 10, 10).len(), 0);
+        assert_eq!(l.slice(2, 0, usize::MAX).len(), 0);
     }
 
     #[test]

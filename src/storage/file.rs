@@ -278,10 +278,14 @@ fn read_record(rest: &[u8]) -> Result<(Record, usize), Bad> {
     if crc32fast::hash(payload) != crc {
         return bad("checksum mismatch".into(), torn);
     }
+    // The checksum passed, so these bytes are what was written: a record that does not decode
+    // is a format mismatch, not a torn write, and must not be cut silently. The one exception
+    // is an all-zero header (length 0 has checksum 0): zero fill after a crash, never a record.
+    let zero_fill = len == 0 && torn;
     match postcard::take_from_bytes::<Record>(payload) {
         Ok((record, [])) => Ok((record, HEADER + len)),
-        Ok((_, extra)) => bad(format!("{} bytes left after the record", extra.len()), torn),
-        Err(e) => bad(format!("undecodable record: {e}"), torn),
+        Ok((_, extra)) => bad(format!("{} bytes left after the record", extra.len()), zero_fill),
+        Err(e) => bad(format!("undecodable record: {e}"), zero_fill),
     }
 }
 
@@ -490,6 +494,25 @@ mod tests {
         data[second + HEADER + 2] ^= 0x40;
         fs::write(&seg, &data).expect("write");
         assert_eq!(corrupt_at(dir.path(), SEG), (seg, second as u64));
+    }
+
+    /// A last record whose checksum is right but which does not decode was written whole:
+    /// it is a format mismatch, not a torn write, and is never cut silently.
+    #[test]
+    fn a_complete_but_undecodable_last_record_is_corruption() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = open(dir.path(), SEG);
+        write(&mut log, vec![e(1, 1)]);
+        drop(log);
+        let seg = segments(dir.path()).remove(0);
+        let mut data = fs::read(&seg).expect("read");
+        let at = data.len();
+        let payload = [0xEEu8, 0x01, 0x02];
+        data.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        data.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        data.extend_from_slice(&payload);
+        fs::write(&seg, &data).expect("write");
+        assert_eq!(corrupt_at(dir.path(), SEG), (seg, at as u64));
     }
 
     #[test]

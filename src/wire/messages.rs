@@ -46,8 +46,12 @@ pub enum AppendOutcome {
         /// Where the leader should retry from.
         next_index: u64,
     },
-    /// The request's term is stale; `term` in the response says which is current.
+    /// The request's term is stale; `term` in the response says which is current. Also
+    /// answered when the follower could not store the entries.
     StaleTerm,
+    /// A heartbeat (no entries) that matched: the follower takes this leader for its term,
+    /// but claims nothing about durability, so it could answer without waiting for its disk.
+    Heartbeat,
 }
 
 /// RequestVote (§5.2), or a pre-vote (thesis §9.6) that changes no state.
