@@ -19,6 +19,8 @@ pub struct BenchOptions {
     pub addrs: Vec<String>,
     /// Cluster group.
     pub group: String,
+    /// Cluster token, if the cluster has one.
+    pub token: Option<String>,
     /// Concurrent clients, one connection each.
     pub clients: usize,
     /// How long to measure.
@@ -86,7 +88,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, ClientError> {
     let mut clients = Vec::with_capacity(opts.clients);
     for i in 0..opts.clients {
         let addr = &opts.addrs[i % opts.addrs.len()];
-        let client = Client::connect(addr, &opts.group)
+        let client = Client::connect_with_token(addr, &opts.group, opts.token.as_deref())
             .await
             .map_err(|e| ClientError::Unexpected(format!("cannot reach {addr}: {e}")))?;
         clients.push(client);

@@ -30,21 +30,26 @@ pub struct Client {
 impl Client {
     /// Connects to `addr` over TCP and joins `group` as a client.
     pub async fn connect(addr: &str, group: &str) -> Result<Client, ClientError> {
+        Client::connect_with_token(addr, group, None).await
+    }
+
+    /// Connects presenting the cluster token (required when the cluster has one).
+    pub async fn connect_with_token(addr: &str, group: &str, token: Option<&str>) -> Result<Client, ClientError> {
         let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
             .await
             .map_err(|_| WireError::Timeout)?
             .map_err(WireError::Io)?;
         stream.set_nodelay(true).map_err(WireError::Io)?;
-        Client::handshake(stream, group).await
+        Client::handshake(stream, group, token).await
     }
 
     /// Runs the handshake on an open stream (any transport) and starts the connection task on
     /// the current thread's `LocalSet` (an actix system, or a simulation host).
-    pub async fn handshake<S>(stream: S, group: &str) -> Result<Client, ClientError>
+    pub async fn handshake<S>(stream: S, group: &str, token: Option<&str>) -> Result<Client, ClientError>
     where
         S: AsyncRead + AsyncWrite + Unpin + 'static,
     {
-        let hello = Hello { group: group.to_string(), node_id: None, token: None };
+        let hello = Hello { group: group.to_string(), node_id: None, token: token.map(str::to_string) };
         let (mut reader, write, _welcome) =
             handshake::connect(stream, hello, Duration::from_secs(5), CLIENT_MAX_RESPONSE).await?;
         let writer = spawn_writer(write);

@@ -71,6 +71,10 @@ pub struct Config {
     /// Seed for the node's random choices (election timeouts). `None` draws one at start;
     /// a simulation sets it to replay a run.
     pub seed: Option<u64>,
+    /// Shared secret every connection (peer or client) must present in its handshake.
+    pub cluster_token: Option<String>,
+    /// Allow listening beyond loopback without a cluster token (refused otherwise).
+    pub insecure: bool,
 }
 
 impl Default for Config {
@@ -92,6 +96,8 @@ impl Default for Config {
             segment_bytes: 64 * 1024 * 1024,
             handshake_timeout_ms: 5_000,
             seed: None,
+            cluster_token: None,
+            insecure: false,
         }
     }
 }
@@ -157,6 +163,17 @@ impl Config {
                 self.max_append_bytes, self.max_request_bytes
             ));
         }
+        if self.cluster_token.as_deref().is_some_and(|t| t.len() < 16) {
+            return bad("cluster_token must be at least 16 characters".into());
+        }
+        if self.cluster_token.is_none() && !self.insecure && !is_loopback(&self.listen) {
+            return bad(format!(
+                "listen address {} is reachable beyond this machine and no cluster_token is set: \
+                 anyone who can reach it could join the cluster or send it writes; set cluster_token \
+                 (--token), listen on 127.0.0.1, or pass --insecure",
+                self.listen
+            ));
+        }
         if self.segment_bytes < 4096 {
             return bad(format!("segment_bytes ({}) must be at least 4096", self.segment_bytes));
         }
@@ -195,6 +212,13 @@ impl Config {
     }
 }
 
+/// Whether `addr` (`host:port`) only accepts connections from this machine.
+pub fn is_loopback(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +236,23 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("heartbeat_interval_ms (200)"));
         let c = Config { peers: vec![PeerConfig { id: 1, addr: "a:1".into() }], ..Config::default() };
         assert!(c.validate().unwrap_err().to_string().contains("own id"));
+    }
+
+    /// Secure by default: beyond loopback, a token or an explicit `insecure`.
+    #[test]
+    fn refuses_to_listen_beyond_loopback_without_a_token() {
+        for listen in ["127.0.0.1:1", "127.0.0.5:1", "localhost:1", "[::1]:1"] {
+            Config { listen: listen.into(), ..Config::default() }.validate().unwrap();
+        }
+        for listen in ["0.0.0.0:1", "10.1.2.3:1", "[::]:1", "node1:1"] {
+            let err = Config { listen: listen.into(), ..Config::default() }.validate().unwrap_err();
+            assert!(err.to_string().contains("no cluster_token"), "{err}");
+            Config { listen: listen.into(), insecure: true, ..Config::default() }.validate().unwrap();
+            let token = Some("0123456789abcdef".to_string());
+            Config { listen: listen.into(), cluster_token: token, ..Config::default() }.validate().unwrap();
+        }
+        let short = Config { cluster_token: Some("short".into()), ..Config::default() };
+        assert!(short.validate().unwrap_err().to_string().contains("at least 16"));
     }
 
     #[test]

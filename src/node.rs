@@ -16,7 +16,7 @@ use futures::future::LocalBoxFuture;
 
 use crate::actors::data_map::DataMap;
 use crate::actors::election::{Election, Peer};
-use crate::actors::listener::{Listener, StopListener};
+use crate::actors::listener::{CountRefusal, GetRefusals, Listener, StopListener};
 use crate::actors::log_store::LogStore;
 use crate::actors::peer_link::{PeerLink, StopLink};
 use crate::actors::service_registry::ServiceRegistry;
@@ -127,15 +127,17 @@ impl NodeBuilder {
             peers.insert(p.id, Peer { addr: p.addr.clone(), link });
         }
         let election = election_ctx.run(Election::new(config.clone(), hard_state, last_log, peers, log_store.clone()));
+        let listener_ctx = Context::<Listener>::new();
         let handle = NodeHandle {
             config: config.clone(),
             election,
             log_store,
             data_map,
             registry,
+            listener: listener_ctx.address(),
             queries: Rc::new(RefCell::new(queries)),
         };
-        let listener = Listener::new(listener, handle.clone()).start();
+        let listener = listener_ctx.run(Listener::new(listener, handle.clone()));
         Ok(Node { handle, local_addr, listener, links })
     }
 }
@@ -181,6 +183,7 @@ pub struct NodeHandle {
     log_store: Addr<LogStore>,
     data_map: Addr<DataMap>,
     registry: Addr<ServiceRegistry>,
+    listener: Addr<Listener>,
     queries: QueryRouter,
 }
 
@@ -411,10 +414,12 @@ impl NodeHandle {
     pub fn status(&self) -> LocalBoxFuture<'static, Result<StatusInfo, ApiError>> {
         let e = self.election.send(GetElectionStatus);
         let l = self.log_store.send(GetLogState);
+        let r = self.listener.send(GetRefusals);
         let group = self.config.group.clone();
         async move {
             let e = e.await.map_err(mailbox)?;
             let l = l.await.map_err(mailbox)?;
+            let refused = r.await.unwrap_or_default();
             Ok(StatusInfo {
                 id: e.id,
                 group,
@@ -426,9 +431,15 @@ impl NodeHandle {
                 last_log_index: l.last.index,
                 last_log_term: l.last.term,
                 peers: e.peers,
+                refused,
             })
         }
         .boxed_local()
+    }
+
+    /// Counts a connection refused after its handshake.
+    pub fn count_refusal(&self, kind: crate::wire::RefusalKind) {
+        self.listener.do_send(CountRefusal(kind));
     }
 
     /// Tells `Election` that `peer`'s connection to this node closed.

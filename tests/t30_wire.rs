@@ -122,3 +122,90 @@ async fn garbage_is_refused() {
     let c = Client::connect(&cluster.addr(0), "default").await.unwrap();
     c.set("still", "up").await.unwrap();
 }
+
+const TOKEN: &str = "a-cluster-token-of-some-length";
+
+/// With a cluster token, peers present it and form a cluster; a client must present it too:
+/// none, or a wrong one, is refused, closed and counted in `status`.
+#[actix_rt::test]
+async fn cluster_token_is_required_and_refusals_are_counted() {
+    let cluster = Cluster::start_with(3, |c| c.cluster_token = Some(TOKEN.into()));
+    let leader = cluster.wait_leader(Duration::from_secs(2)).await;
+    cluster.client(leader).await.set("k", "v").await.unwrap();
+    let addr = cluster.addr(0);
+    let refused = |r: Result<Client, ClientError>, what: &str| match r {
+        Err(ClientError::Wire(e)) => assert!(e.to_string().contains(what), "{e}"),
+        Ok(_) => panic!("connection without the right token was accepted"),
+        Err(e) => panic!("unexpected error {e}"),
+    };
+    refused(Client::connect(&addr, "default").await, "requires a token");
+    refused(
+        Client::connect_with_token(&addr, "default", Some("a-wrong-token-of-some-length")).await,
+        "wrong cluster token",
+    );
+    let ok = Client::connect_with_token(&addr, "default", Some(TOKEN)).await.unwrap();
+    assert_eq!(ok.get("k", Consistency::Linearizable).await.unwrap().as_deref(), Some("v"));
+    let s = cluster.status(0).await.unwrap();
+    assert_eq!(s.refused.bad_token, 2, "{:?}", s.refused);
+}
+
+/// Each refusal is counted under its reason: wrong group, wrong version, unknown node id,
+/// Raft traffic from a client, and garbage.
+#[actix_rt::test]
+async fn refusals_are_counted_by_reason() {
+    let cluster = Cluster::start(1);
+    cluster.wait_leader(Duration::from_secs(1)).await;
+    let addr = cluster.addr(0);
+    exchange(&addr, &hello("other", None)).await;
+    let mut v2 = hello("default", None);
+    v2[6] = PROTOCOL_VERSION + 1;
+    exchange(&addr, &v2).await;
+    exchange(&addr, &hello("default", Some(42))).await;
+    let mut raft = hello("default", None);
+    let vote = VoteRequest { term: 9, candidate: 7, last_log: LogId::new(9, 9), pre_vote: false };
+    raft.extend_from_slice(&encode_frame(Frame::Request(1, Request::Vote(vote))).unwrap());
+    exchange(&addr, &raft).await;
+    exchange(&addr, b"\x00\x00\x00\x08GARBAGE!").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let r = cluster.status(0).await.unwrap().refused;
+        let want = (1, 1, 1, 1, 1);
+        if (r.wrong_group, r.wrong_version, r.unknown_node, r.raft_from_client, r.malformed) == want {
+            assert_eq!(r.bad_token, 0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "counts {r:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Secure by default: the binary refuses to listen beyond loopback without a cluster token,
+/// saying why, unless `--insecure` is given.
+#[test]
+fn refuses_to_listen_beyond_loopback_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dister"))
+        .args(["server", "--listen", &format!("0.0.0.0:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no cluster_token is set") && err.contains("--insecure"), "{err}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dister"))
+        .args(["server", "--insecure", "--listen", &format!("0.0.0.0:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "--insecure node did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

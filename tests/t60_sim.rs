@@ -46,6 +46,8 @@ impl Transport for SimTransport {
 }
 
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
+/// The simulated nodes listen on every address, so the cluster needs a token.
+const TOKEN: &str = "simulation-token-0123";
 
 fn config(i: usize, seed: u64) -> Config {
     Config {
@@ -56,6 +58,7 @@ fn config(i: usize, seed: u64) -> Config {
             .map(|j| PeerConfig { id: j as u64 + 1, addr: format!("{}:7070", NODES[j]) })
             .collect(),
         seed: Some(seed),
+        cluster_token: Some(TOKEN.into()),
         ..Config::default()
     }
 }
@@ -83,7 +86,7 @@ fn simulate(seed: u64) -> Vec<String> {
     sim.client("client", async move {
         let start = tokio::time::Instant::now();
         let stream = turmoil::net::TcpStream::connect("n1:7070").await?;
-        let c = Client::handshake(stream, "default").await?;
+        let c = Client::handshake(stream, "default", Some(TOKEN)).await?;
         let status = loop {
             let s = c.status().await?;
             if s.leader.is_some() {
@@ -110,9 +113,8 @@ fn simulate(seed: u64) -> Vec<String> {
         let v = c.get("greeting", Consistency::Linearizable).await?;
         out.borrow_mut().push(format!("read {v:?}"));
         for name in NODES {
-            let c =
-                Client::handshake(turmoil::net::TcpStream::connect(format!("{name}:7070").as_str()).await?, "default")
-                    .await?;
+            let stream = turmoil::net::TcpStream::connect(format!("{name}:7070").as_str()).await?;
+            let c = Client::handshake(stream, "default", Some(TOKEN)).await?;
             let s = c.status().await?;
             out.borrow_mut()
                 .push(format!("{name}: {} term {} leader {:?} last {}", s.role, s.term, s.leader, s.last_log_index));

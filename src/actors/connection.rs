@@ -68,6 +68,7 @@ impl StreamHandler<Result<Frame, WireError>> for Connection {
             Ok(Frame::Request(id, request)) => {
                 if request.is_peer_only() && self.peer.is_none() {
                     tracing::warn!(remote = %self.remote, "client connection sent a peer-only request; closing");
+                    self.node.count_refusal(crate::wire::RefusalKind::RaftFromClient);
                     let err = ApiError::BadRequest("raft messages are accepted only from configured peers".into());
                     self.send(Frame::Response(id, Response::Error(err)));
                     self.close_with(ctx, "peer-only request on a client connection".into());

@@ -7,40 +7,64 @@ use std::net::SocketAddr;
 
 use actix::prelude::*;
 use futures::stream;
+use subtle::ConstantTimeEq;
 
 use crate::actors::connection::Connection;
+use crate::config::Config;
 use crate::node::NodeHandle;
 use crate::transport::{BoxStream, Listener as BoundListener};
-use crate::wire::{Hello, Welcome, handshake};
+use crate::wire::handshake::AcceptError;
+use crate::wire::{Hello, Refusal, RefusalKind, RefusedConnections, Welcome, handshake};
 
 /// Stop accepting.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct StopListener;
 
-/// The accepting actor.
+/// A connection was refused after its handshake (a client sent Raft traffic): count it.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct CountRefusal(pub RefusalKind);
+
+/// Ask for the refusal counts.
+#[derive(Debug, Message)]
+#[rtype(result = "RefusedConnections")]
+pub struct GetRefusals;
+
+/// The accepting actor; owns the counts of refused connections.
 pub struct Listener {
     bound: Option<Box<dyn BoundListener>>,
     node: NodeHandle,
+    refused: RefusedConnections,
 }
 
 impl Listener {
     /// A listener on an already bound socket.
     pub fn new(bound: Box<dyn BoundListener>, node: NodeHandle) -> Self {
-        Listener { bound: Some(bound), node }
+        Listener { bound: Some(bound), node, refused: RefusedConnections::default() }
     }
 }
 
 /// Decides whether a `Hello` may open a connection, and with what frame limit.
-fn admit(node: &NodeHandle, hello: &Hello) -> Result<usize, String> {
-    let config = node.config();
+pub fn admit(config: &Config, hello: &Hello) -> Result<usize, Refusal> {
     if hello.group != config.group {
-        return Err(format!("wrong group {:?}: this node belongs to {:?}", hello.group, config.group));
+        let m = format!("wrong group {:?}: this node belongs to {:?}", hello.group, config.group);
+        return Err(Refusal::new(RefusalKind::WrongGroup, m));
+    }
+    if let Some(token) = &config.cluster_token {
+        // Constant time, so the answer's timing does not leak how much of a guess was right.
+        let presented = hello.token.as_deref().unwrap_or_default();
+        if !bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
+            let m = if hello.token.is_some() { "wrong cluster token" } else { "this cluster requires a token" };
+            return Err(Refusal::new(RefusalKind::BadToken, m));
+        }
     }
     match hello.node_id {
         None => Ok(config.client_max_frame()),
         Some(id) if config.peers.iter().any(|p| p.id == id) => Ok(config.peer_max_frame()),
-        Some(id) => Err(format!("node id {id} is not a member of this cluster")),
+        Some(id) => {
+            Err(Refusal::new(RefusalKind::UnknownNode, format!("node id {id} is not a member of this cluster")))
+        }
     }
 }
 
@@ -73,20 +97,48 @@ impl StreamHandler<Accepted> for Listener {
         let welcome = Welcome { group: node.config().group.clone(), node_id: node.id() };
         let timeout = node.config().handshake_timeout();
         let fut = async move {
-            let admit_node = node.clone();
-            match handshake::accept(stream, welcome, timeout, move |h| admit(&admit_node, h)).await {
+            let config = node.config().clone();
+            match handshake::accept(stream, welcome, timeout, move |h| admit(&config, h)).await {
                 Ok((reader, write, hello)) => {
                     tracing::debug!(%remote, peer = ?hello.node_id, "connection accepted");
                     Connection::start(node, hello.node_id, remote, reader, write);
+                    None
                 }
-                Err(e) => tracing::warn!(%remote, error = %e, "connection refused"),
+                Err(AcceptError::Refused(r)) => {
+                    tracing::warn!(%remote, reason = ?r.kind, message = %r.message, "connection refused");
+                    Some(r.kind)
+                }
+                Err(AcceptError::Gone(e)) => {
+                    tracing::debug!(%remote, error = %e, "connection closed during handshake");
+                    None
+                }
             }
         };
-        ctx.spawn(fut.into_actor(self));
+        ctx.spawn(fut.into_actor(self).map(|refused, act, _| {
+            if let Some(kind) = refused {
+                act.refused.count(kind);
+            }
+        }));
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
         ctx.stop();
+    }
+}
+
+impl Handler<CountRefusal> for Listener {
+    type Result = ();
+
+    fn handle(&mut self, msg: CountRefusal, _: &mut Context<Self>) {
+        self.refused.count(msg.0);
+    }
+}
+
+impl Handler<GetRefusals> for Listener {
+    type Result = MessageResult<GetRefusals>;
+
+    fn handle(&mut self, _: GetRefusals, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.refused)
     }
 }
 

@@ -72,7 +72,8 @@ const MAX_QUEUED: usize = 65_536;
 impl PeerLink {
     /// A link from this node (`config.id`) to `peer` at `addr`.
     pub fn new(peer: NodeId, addr: String, config: Rc<Config>, transport: TransportRef) -> Self {
-        let hello = Hello { group: config.group.clone(), node_id: Some(config.id), token: None };
+        let hello =
+            Hello { group: config.group.clone(), node_id: Some(config.id), token: config.cluster_token.clone() };
         PeerLink {
             peer,
             addr,

@@ -20,6 +20,9 @@ struct Cli {
     /// Cluster group to join as a client.
     #[arg(long, default_value = "default", env = "DISTER_GROUP")]
     group: String,
+    /// Cluster token to present (client commands; required when the cluster has one).
+    #[arg(long, env = "DISTER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -61,6 +64,12 @@ struct ServerArgs {
     /// Cluster group name (overrides the config file).
     #[arg(long)]
     group: Option<String>,
+    /// Cluster token every peer and client must present (at least 16 characters).
+    #[arg(long, env = "DISTER_CLUSTER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Allow listening beyond loopback without a cluster token.
+    #[arg(long)]
+    insecure: bool,
     /// Seed for the node's random choices (replays a run).
     #[arg(long)]
     seed: Option<u64>,
@@ -148,6 +157,12 @@ fn server_config(args: ServerArgs) -> anyhow::Result<Config> {
     if args.seed.is_some() {
         config.seed = args.seed;
     }
+    if args.token.is_some() {
+        config.cluster_token = args.token;
+    }
+    if args.insecure {
+        config.insecure = true;
+    }
     config.validate()?;
     Ok(config)
 }
@@ -178,11 +193,12 @@ impl From<ClientError> for Failure {
 }
 
 /// Runs a client command; returns what to print on stdout.
-async fn run_client(addr: &str, group: &str, command: Command) -> Result<String, Failure> {
+async fn run_client(addr: &str, group: &str, token: Option<&str>, command: Command) -> Result<String, Failure> {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let client =
-        Client::connect(addr, group).await.map_err(|e| Failure::Other(anyhow::anyhow!("cannot reach {addr}: {e}")))?;
+    let client = Client::connect_with_token(addr, group, token)
+        .await
+        .map_err(|e| Failure::Other(anyhow::anyhow!("cannot reach {addr}: {e}")))?;
     match command {
         Command::Kv(KvCommand::Set { key, value }) => {
             let reply = retry(|| client.set(&key, &value)).await?;
@@ -301,6 +317,7 @@ fn main() -> ExitCode {
             let opts = BenchOptions {
                 addrs: if args.nodes.is_empty() { vec![cli.addr] } else { args.nodes },
                 group,
+                token: cli.token.clone(),
                 clients: args.clients as usize,
                 duration: Duration::from_secs(args.secs),
                 key_size: args.key_size,
@@ -322,7 +339,7 @@ fn main() -> ExitCode {
         }
         command => {
             init_logging("warn");
-            match actix_rt::System::new().block_on(run_client(&cli.addr, &group, command)) {
+            match actix_rt::System::new().block_on(run_client(&cli.addr, &group, cli.token.as_deref(), command)) {
                 Ok(out) => print(&out),
                 Err(Failure::NotFound(m)) => {
                     eprintln!("{m}");

@@ -64,43 +64,92 @@ where
     Ok((reader, write, welcome))
 }
 
+/// Why a connection was refused at (or right after) its handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefusalKind {
+    /// The hello named another cluster group.
+    WrongGroup,
+    /// The frame header carried another protocol version.
+    WrongVersion,
+    /// The cluster token was missing or wrong.
+    BadToken,
+    /// A node id that is not a configured member.
+    UnknownNode,
+    /// A client connection sent a peer-only (Raft) request.
+    RaftFromClient,
+    /// Not a dister frame, or not a hello first.
+    Malformed,
+    /// No hello within the handshake timeout.
+    Timeout,
+}
+
+/// A refused connection: why, and what the other side was told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The category, for counting.
+    pub kind: RefusalKind,
+    /// The message sent in the error frame.
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal of `kind` saying `message`.
+    pub fn new(kind: RefusalKind, message: impl Into<String>) -> Self {
+        Refusal { kind, message: message.into() }
+    }
+}
+
+/// How an accepted socket failed to become a connection.
+#[derive(Debug)]
+pub enum AcceptError {
+    /// Refused, and told why.
+    Refused(Refusal),
+    /// The other side went away first.
+    Gone(WireError),
+}
+
 /// Acceptor side: read `Hello`, ask `admit` whether to take it (it returns the frame limit for
-/// the connection, or why not), answer `Welcome` or an `Error` frame.
+/// the connection, or a refusal), answer `Welcome` or an `Error` frame and close.
 pub async fn accept<S, F>(
     stream: S,
     welcome: Welcome,
     timeout: Duration,
     admit: F,
-) -> Result<(FrameReader<S>, WriteHalf<S>, Hello), WireError>
+) -> Result<(FrameReader<S>, WriteHalf<S>, Hello), AcceptError>
 where
     S: AsyncRead + AsyncWrite,
-    F: FnOnce(&Hello) -> Result<usize, String>,
+    F: FnOnce(&Hello) -> Result<usize, Refusal>,
 {
     let (read, mut write) = tokio::io::split(stream);
     let mut reader = FramedRead::new(read, FrameCodec::handshake());
-    let first = tokio::time::timeout(timeout, reader.next()).await.map_err(|_| WireError::Timeout)?;
-    let refusal = match first {
-        Some(Ok(Frame::Hello(hello))) => match admit(&hello) {
+    let refusal = match tokio::time::timeout(timeout, reader.next()).await {
+        Err(_) => Refusal::new(RefusalKind::Timeout, format!("no hello within {} ms", timeout.as_millis())),
+        Ok(Some(Ok(Frame::Hello(hello)))) => match admit(&hello) {
             Ok(max_frame) => {
-                write.write_all(&encode_frame(Frame::Welcome(welcome))?).await?;
+                let buf = encode_frame(Frame::Welcome(welcome)).map_err(AcceptError::Gone)?;
+                write.write_all(&buf).await.map_err(|e| AcceptError::Gone(e.into()))?;
                 reader.decoder_mut().set_max_frame(max_frame);
                 return Ok((reader, write, hello));
             }
-            Err(why) => why,
+            Err(refusal) => refusal,
         },
-        Some(Ok(other)) => format!("expected hello, got {}", frame_name(&other)),
-        Some(Err(e)) => e.to_string(),
-        None => return Err(WireError::Closed),
+        Ok(Some(Ok(other))) => {
+            Refusal::new(RefusalKind::Malformed, format!("expected hello, got {}", frame_name(&other)))
+        }
+        Ok(Some(Err(e @ WireError::Version { .. }))) => Refusal::new(RefusalKind::WrongVersion, e.to_string()),
+        Ok(Some(Err(e @ WireError::Io(_)))) => return Err(AcceptError::Gone(e)),
+        Ok(Some(Err(e))) => Refusal::new(RefusalKind::Malformed, e.to_string()),
+        Ok(None) => return Err(AcceptError::Gone(WireError::Closed)),
     };
     // Best effort: the connection closes either way.
-    if let Ok(buf) = encode_frame(Frame::Error(refusal.clone())) {
+    if let Ok(buf) = encode_frame(Frame::Error(refusal.message.clone())) {
         let _ = tokio::time::timeout(timeout, async {
             let _ = write.write_all(&buf).await;
             let _ = write.shutdown().await;
         })
         .await;
     }
-    Err(WireError::Handshake(refusal))
+    Err(AcceptError::Refused(refusal))
 }
 
 fn frame_name(f: &Frame) -> &'static str {

@@ -115,6 +115,42 @@ pub struct PeerStatus {
     pub match_index: Option<u64>,
 }
 
+/// Connections refused since the node started, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedConnections {
+    /// Another cluster group.
+    pub wrong_group: u64,
+    /// Another protocol version.
+    pub wrong_version: u64,
+    /// Missing or wrong cluster token.
+    pub bad_token: u64,
+    /// A node id that is not a member.
+    pub unknown_node: u64,
+    /// Raft traffic from a client connection.
+    pub raft_from_client: u64,
+    /// Not a dister handshake.
+    pub malformed: u64,
+    /// No hello in time.
+    pub timeout: u64,
+}
+
+impl RefusedConnections {
+    /// Counts one refusal.
+    pub fn count(&mut self, kind: crate::wire::RefusalKind) {
+        use crate::wire::RefusalKind as K;
+        let slot = match kind {
+            K::WrongGroup => &mut self.wrong_group,
+            K::WrongVersion => &mut self.wrong_version,
+            K::BadToken => &mut self.bad_token,
+            K::UnknownNode => &mut self.unknown_node,
+            K::RaftFromClient => &mut self.raft_from_client,
+            K::Malformed => &mut self.malformed,
+            K::Timeout => &mut self.timeout,
+        };
+        *slot += 1;
+    }
+}
+
 /// A node's view of itself and the cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusInfo {
@@ -138,6 +174,8 @@ pub struct StatusInfo {
     pub last_log_term: u64,
     /// The other members.
     pub peers: Vec<PeerStatus>,
+    /// Connections refused since start, by reason.
+    pub refused: RefusedConnections,
 }
 
 /// Everything a connection may ask.

@@ -16,6 +16,6 @@ pub mod messages;
 pub mod writer;
 
 pub use codec::{Frame, FrameCodec, HEADER_LEN, MAGIC, PROTOCOL_VERSION};
-pub use handshake::{Hello, Welcome};
+pub use handshake::{Hello, Refusal, RefusalKind, Welcome};
 pub use messages::*;
 pub use writer::{FrameSender, spawn_writer};

@@ -154,17 +154,20 @@ impl Cluster {
         self.configs.len()
     }
 
+    /// Connects to node `i` as a client, with the cluster's group and token.
+    pub async fn connect(&self, i: usize) -> Result<Client, dister::ClientError> {
+        let c = &self.configs[i];
+        Client::connect_with_token(&c.listen, &c.group, c.cluster_token.as_deref()).await
+    }
+
     /// A client of node `i`.
     pub async fn client(&self, i: usize) -> Client {
-        Client::connect(&self.addr(i), &self.configs[i].group)
-            .await
-            .expect("connect")
-            .with_timeout(Duration::from_secs(10))
+        self.connect(i).await.expect("connect").with_timeout(Duration::from_secs(10))
     }
 
     /// The status of node `i`, if it answers.
     pub async fn status(&self, i: usize) -> Option<StatusInfo> {
-        let c = Client::connect(&self.addr(i), &self.configs[i].group).await.ok()?.with_timeout(Duration::from_secs(2));
+        let c = self.connect(i).await.ok()?.with_timeout(Duration::from_secs(2));
         c.status().await.ok()
     }
 
@@ -201,7 +204,7 @@ impl Cluster {
                 continue;
             }
             loop {
-                let got = match Client::connect(&self.addr(i), &self.configs[i].group).await {
+                let got = match self.connect(i).await {
                     Ok(c) => c.list("", dister::Consistency::Stale).await.ok(),
                     Err(_) => None,
                 };
