@@ -30,8 +30,8 @@ use crate::error::ApiError;
 use crate::messages::apply::EntriesApplied;
 use crate::messages::client::{ClientWrite, ElectionStatus, GetElectionStatus, GetReadIndex};
 use crate::messages::raft::{
-    AppendEntries, AppendFromLeader, AppendLocal, AppendResult, CommitTo, HigherTermSeen, PeerDisconnected,
-    PeerProgress, Replicate, RequestVote, SaveHardState, StopReplication,
+    AppendEntries, AppendFromLeader, AppendLocal, AppendResult, CommitTo, HigherTermSeen, LeaderElected,
+    PeerDisconnected, PeerProgress, Replicate, RequestVote, SaveHardState, StopReplication, WatchLeadership,
 };
 use crate::raft::commit::{advance_commit, majority_value};
 use crate::raft::vote::{Candidacy, VoterState, should_grant_pre_vote, should_grant_vote};
@@ -112,6 +112,7 @@ pub struct Election {
     /// the state it rests on is in this.
     durable_vote: (u64, Option<NodeId>),
     storage_failed: bool,
+    watchers: Vec<Recipient<LeaderElected>>,
 }
 
 /// Used once by `Node` to flush proposals after the mailbox drains.
@@ -157,6 +158,7 @@ impl Election {
             waiters: BTreeMap::new(),
             durable_vote: (hard_state.term, hard_state.voted_for),
             storage_failed: false,
+            watchers: Vec::new(),
         }
     }
 
@@ -344,6 +346,9 @@ impl Election {
 
     fn become_leader(&mut self, ctx: &mut Context<Self>) {
         tracing::info!(id = self.id, term = self.term, last_index = self.last_log.index, "became leader");
+        for w in &self.watchers {
+            w.do_send(LeaderElected { node: self.id, term: self.term });
+        }
         self.role = Role::Leader;
         self.leader = Some(self.id);
         self.campaign = None;
@@ -790,6 +795,17 @@ impl Handler<EntriesApplied> for Election {
         if self.waiters.len() > 1024 {
             self.waiters.retain(|_, w| !w.tx.is_canceled());
         }
+    }
+}
+
+impl Handler<WatchLeadership> for Election {
+    type Result = ();
+
+    fn handle(&mut self, msg: WatchLeadership, _: &mut Context<Self>) {
+        if self.role == Role::Leader {
+            msg.0.do_send(LeaderElected { node: self.id, term: self.term });
+        }
+        self.watchers.push(msg.0);
     }
 }
 

@@ -17,7 +17,7 @@ use actix::prelude::*;
 use futures::FutureExt;
 
 use crate::error::StorageError;
-use crate::messages::apply::{ApplyEntries, ApplyOutput, EntriesApplied, Subscribe};
+use crate::messages::apply::{ApplyEntries, ApplyOutput, EntriesApplied, Follow, Subscribe};
 use crate::messages::raft::{
     AppendFromLeader, AppendFromLeaderReply, AppendLocal, AppendResult, CommitTo, FetchEntries, FetchEntriesError,
     FetchedEntries, GetLogState, LogState, SaveHardState,
@@ -36,6 +36,9 @@ pub struct LogStore {
     dispatched: u64,
     applied: u64,
     subscribers: BTreeMap<String, Recipient<ApplyEntries>>,
+    /// Actors that follow the commit stream without owning a namespace (audit, metrics,
+    /// watches): `None` follows every entry, blanks included.
+    followers: Vec<(Option<String>, Recipient<ApplyEntries>)>,
     election: Recipient<EntriesApplied>,
     failed: Option<String>,
 }
@@ -62,6 +65,7 @@ impl LogStore {
             dispatched: 0,
             applied: 0,
             subscribers,
+            followers: Vec::new(),
             election,
             failed: None,
         }
@@ -123,7 +127,21 @@ impl LogStore {
         Ok(())
     }
 
-    /// Sends newly committed entries to their state machines and reports their outputs.
+    /// Entries `from..=to` held in the log, of `namespace` only if given.
+    fn committed_entries(&self, from: u64, to: u64, namespace: Option<&str>) -> Vec<Arc<Entry>> {
+        (from.max(self.log.first_index())..=to)
+            .filter_map(|i| self.log.get(i))
+            .filter(|e| match (namespace, &e.payload) {
+                (None, _) => true,
+                (Some(ns), Payload::Command { namespace, .. }) => namespace == ns,
+                (Some(_), Payload::Blank) => false,
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Sends newly committed entries to their state machines and followers, and reports the
+    /// state machines' outputs.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
         let commit = self.hard_state.commit;
         if commit <= self.dispatched {
@@ -146,6 +164,10 @@ impl LogStore {
                 }),
                 Payload::Blank => outputs.push(ApplyOutput { index, term: entry.term, result: Ok(Default::default()) }),
             }
+        }
+        for (filter, follower) in &self.followers {
+            let entries = self.committed_entries(self.dispatched + 1, commit, filter.as_deref());
+            follower.do_send(ApplyEntries { entries, applied_to: commit });
         }
         self.dispatched = commit;
         let mut sends = Vec::new();
@@ -344,13 +366,19 @@ impl Handler<Subscribe> for LogStore {
 
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
         // Replay what this namespace has already committed, then follow the stream.
-        let entries: Vec<Arc<Entry>> = (self.log.first_index()..=self.dispatched)
-            .filter_map(|i| self.log.get(i))
-            .filter(|e| matches!(&e.payload, Payload::Command { namespace, .. } if *namespace == msg.namespace))
-            .cloned()
-            .collect();
+        let entries = self.committed_entries(1, self.dispatched, Some(&msg.namespace));
         msg.recipient.do_send(ApplyEntries { entries, applied_to: self.dispatched });
         self.subscribers.insert(msg.namespace, msg.recipient);
+    }
+}
+
+impl Handler<Follow> for LogStore {
+    type Result = ();
+
+    fn handle(&mut self, msg: Follow, _: &mut Context<Self>) {
+        let entries = self.committed_entries(1, self.dispatched, msg.namespace.as_deref());
+        msg.recipient.do_send(ApplyEntries { entries, applied_to: self.dispatched });
+        self.followers.push((msg.namespace, msg.recipient));
     }
 }
 

@@ -245,9 +245,10 @@ impl Replicator {
         self.progress.do_send(PeerProgress { peer: self.peer, term: self.term, acked_round: round, match_index });
     }
 
-    /// A follower answers after an fsync, and a large batch takes longer than a heartbeat.
+    /// A follower answers after an fsync, and a large batch takes longer than a heartbeat; but
+    /// a request lost on the way must not hold a window slot for long.
     fn append_timeout(&self) -> Duration {
-        Duration::from_millis(self.config.election_timeout_max_ms.max(1_000) * 4)
+        Duration::from_millis((self.config.election_timeout_max_ms * 2).max(500))
     }
 }
 

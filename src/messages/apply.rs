@@ -32,6 +32,19 @@ pub struct Subscribe {
     pub recipient: Recipient<ApplyEntries>,
 }
 
+/// Follow the commit stream without owning a namespace: committed entries (of `namespace`,
+/// or every entry, blanks included, when `None`) arrive in index order, starting with a
+/// replay of those already committed; the follower's outputs are ignored. For audit,
+/// metrics, watches, and the checks of the fault suite.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Follow {
+    /// The namespace to follow, or `None` for all.
+    pub namespace: Option<String>,
+    /// The follower.
+    pub recipient: Recipient<ApplyEntries>,
+}
+
 /// What applying one entry produced, for the writer waiting on it.
 #[derive(Debug, Clone)]
 pub struct ApplyOutput {

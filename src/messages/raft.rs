@@ -188,3 +188,20 @@ pub struct PeerDisconnected {
     /// The peer whose connection closed.
     pub peer: NodeId,
 }
+
+/// Event: this node became leader of `term`. Sent to every watcher registered with
+/// [`WatchLeadership`]; the fault suite checks Election Safety (one leader per term) from these.
+#[derive(Debug, Message, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct LeaderElected {
+    /// The node.
+    pub node: NodeId,
+    /// The term it leads.
+    pub term: u64,
+}
+
+/// Register a watcher of [`LeaderElected`] events; if the node leads already, the watcher
+/// hears of it at once.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct WatchLeadership(pub actix::Recipient<LeaderElected>);

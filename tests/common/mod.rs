@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod faults;
+
 use std::path::PathBuf;
 use std::sync::Once;
 use std::sync::mpsc;
@@ -44,6 +46,8 @@ pub struct Cluster {
     pub configs: Vec<Config>,
     running: Vec<Option<Running>>,
     extend: Option<Extend>,
+    /// The fault layer, when the cluster was started with one.
+    pub faults: Option<Arc<faults::Faults>>,
     _dir: tempfile::TempDir,
 }
 
@@ -60,6 +64,20 @@ impl Cluster {
 
     /// Starts `n` nodes, each built through `extend` (to add state machines).
     pub fn start_extended(n: usize, tweak: impl Fn(&mut Config), extend: Option<Extend>) -> Cluster {
+        Cluster::build(n, tweak, extend, None)
+    }
+
+    /// Starts `n` nodes whose sockets go through the fault layer (no faults until asked).
+    pub fn start_faulty(n: usize, tweak: impl Fn(&mut Config)) -> Cluster {
+        Cluster::build(n, tweak, None, Some(faults::Faults::new(0x5eed)))
+    }
+
+    fn build(
+        n: usize,
+        tweak: impl Fn(&mut Config),
+        extend: Option<Extend>,
+        faults: Option<Arc<faults::Faults>>,
+    ) -> Cluster {
         init_tracing();
         let dir = tempfile::tempdir().expect("tempdir");
         let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
@@ -79,11 +97,29 @@ impl Cluster {
                 c
             })
             .collect();
-        let mut cluster = Cluster { running: (0..n).map(|_| None).collect(), configs, extend, _dir: dir };
+        let mut cluster = Cluster { running: (0..n).map(|_| None).collect(), configs, extend, faults, _dir: dir };
         for i in 0..n {
             cluster.start_node(i);
         }
         cluster
+    }
+
+    /// The fault layer (the cluster must have been started with `start_faulty`).
+    pub fn faults(&self) -> &faults::Faults {
+        self.faults.as_deref().expect("cluster started without the fault layer")
+    }
+
+    /// Node ids, 1-based.
+    pub fn ids(&self) -> Vec<u64> {
+        self.configs.iter().map(|c| c.id).collect()
+    }
+
+    /// Freezes node `i`'s whole actor system (its thread) for `d`, as SIGSTOP would; its
+    /// storage thread and sockets stay, and it resumes where it was.
+    pub fn pause(&self, i: usize, d: Duration) {
+        if let Some(r) = &self.running[i] {
+            r.system.arbiter().spawn_fn(move || std::thread::sleep(d));
+        }
     }
 
     /// The client address of node `i` (0-based).
@@ -101,13 +137,20 @@ impl Cluster {
         assert!(self.running[i].is_none(), "node {} already running", i + 1);
         let config = self.configs[i].clone();
         let extend = self.extend.clone();
+        let faults = self.faults.clone();
+        let nodes: std::collections::BTreeMap<String, u64> =
+            self.configs.iter().map(|c| (c.listen.clone(), c.id)).collect();
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("node{}", config.id))
             .spawn(move || {
                 let sys = actix_rt::System::new();
                 let started = sys.block_on(async move {
+                    let me = config.id;
                     let mut builder = Node::builder(config);
+                    if let Some(faults) = faults {
+                        builder = builder.transport(std::rc::Rc::new(faults::FaultyTransport { me, nodes, faults }));
+                    }
                     if let Some(extend) = extend {
                         builder = extend(builder);
                     }
