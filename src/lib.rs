@@ -36,6 +36,7 @@
 
 pub mod actors;
 pub mod bench;
+pub mod check;
 pub mod client;
 pub mod config;
 pub mod error;
