@@ -60,6 +60,10 @@ pub struct PeerLink {
     transport: TransportRef,
     state: State,
     pending: BTreeMap<u64, Reply>,
+    /// When the oldest call still waiting was sent, and when the peer last said anything:
+    /// a connection that takes requests and never answers is dropped and reopened.
+    waiting_since: Option<tokio::time::Instant>,
+    last_heard: tokio::time::Instant,
     next_id: u64,
     /// Connection generation, so events from a replaced connection are ignored.
     generation: u64,
@@ -82,6 +86,8 @@ impl PeerLink {
             transport,
             state: State::Idle,
             pending: BTreeMap::new(),
+            waiting_since: None,
+            last_heard: tokio::time::Instant::now(),
             next_id: 1,
             generation: 0,
             failures: 0,
@@ -162,8 +168,30 @@ impl PeerLink {
             ctx.cancel_future(reader);
         }
         self.generation += 1;
+        self.waiting_since = None;
         for (_, tx) in std::mem::take(&mut self.pending) {
             let _ = tx.send(Err(WireError::Closed));
+        }
+    }
+}
+
+impl PeerLink {
+    /// A peer that neither answers nor closes (a silently dropped connection, a half-open
+    /// socket behind a dead middlebox) would hold every call until its timeout forever:
+    /// when calls have waited a whole election timeout and nothing came back since, the
+    /// connection is dropped and the next call opens a new one.
+    fn check_liveness(&mut self, ctx: &mut Context<Self>) {
+        self.pending.retain(|_, tx| !tx.is_canceled());
+        if self.pending.is_empty() {
+            self.waiting_since = None;
+            return;
+        }
+        let limit = Duration::from_millis(self.config.election_timeout_max_ms);
+        let now = tokio::time::Instant::now();
+        let since = *self.waiting_since.get_or_insert(now);
+        if now.duration_since(since) >= limit && now.duration_since(self.last_heard) >= limit {
+            tracing::debug!(peer = self.peer, addr = %self.addr, "peer connection unresponsive; reconnecting");
+            self.disconnect(ctx, "unresponsive");
         }
     }
 }
@@ -174,7 +202,8 @@ impl Actor for PeerLink {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(65_536);
         // Drop reply slots whose caller gave up (timed out), so a silent peer cannot grow them.
-        ctx.run_interval(Duration::from_secs(1), |act, _| act.pending.retain(|_, tx| !tx.is_canceled()));
+        let period = Duration::from_millis(self.config.election_timeout_min_ms.max(100));
+        ctx.run_interval(period, |act, ctx| act.check_liveness(ctx));
     }
 }
 
@@ -220,6 +249,8 @@ impl StreamHandler<Event> for PeerLink {
         match event {
             Event::Frame(g, _) | Event::Closed(g) if g != self.generation => {}
             Event::Frame(_, Ok(Frame::Response(id, resp))) => {
+                self.last_heard = tokio::time::Instant::now();
+                self.waiting_since = None;
                 if let Some(tx) = self.pending.remove(&id) {
                     let _ = tx.send(Ok(resp));
                 }

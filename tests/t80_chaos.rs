@@ -1,0 +1,630 @@
+//! t80: the deterministic chaos suite. The real actors of three nodes run inside turmoil with
+//! an in-memory log that loses what was not yet synced when a node crashes; clients read and
+//! write a few keys while a nemesis partitions (majority/minority, isolated leader, bridge,
+//! one-way), delays and drops messages, pauses nodes and crashes and restarts them. Every run
+//! is fully determined by its seed, printed on failure; replaying a seed replays the run.
+//!
+//! Each run ends by healing and checking: the clients' history is linearizable (per key);
+//! every acknowledged write was committed; all nodes converge to the same state; at most one
+//! leader per term (Election Safety); no two nodes ever applied different entries at the same
+//! index (State Machine Safety), checked from the nodes' own commit streams.
+//!
+//! CI runs `DISTER_SEEDS` seeds (default 200 in release builds, 10 in debug ones, which
+//! simulate 14 times slower) of `DISTER_SIM_SECS` simulated seconds (default 10);
+//! `DISTER_SEED=N` replays one seed. Pinned regressions live in `pinned_seeds`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use dister::check::{History, Op, Outcome};
+use dister::messages::apply::{ApplyEntries, Follow};
+use dister::messages::raft::{LeaderElected, WatchLeadership};
+use dister::raft::Payload;
+use dister::storage::{MemoryStorage, StorageConfig};
+use dister::transport::{BoxStream, Listener, Transport};
+use dister::{ApiError, Client, ClientError, Config, Consistency, Node, PeerConfig};
+use futures::future::LocalBoxFuture;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+const NODES: [&str; 3] = ["n1", "n2", "n3"];
+const KEYS: [&str; 3] = ["a", "b", "c"];
+const CLIENTS: usize = 3;
+const TOKEN: &str = "chaos-suite-token-0123";
+
+// ---- the simulated network -----------------------------------------------------------------
+
+struct SimTransport;
+struct SimListener(turmoil::net::TcpListener);
+
+impl Listener for SimListener {
+    fn accept(&mut self) -> LocalBoxFuture<'_, std::io::Result<(BoxStream, std::net::SocketAddr)>> {
+        Box::pin(async move {
+            let (s, a) = self.0.accept().await?;
+            Ok((Box::new(s) as BoxStream, a))
+        })
+    }
+
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+impl Transport for SimTransport {
+    fn bind(&self, addr: &str) -> LocalBoxFuture<'static, std::io::Result<Box<dyn Listener>>> {
+        let addr = addr.to_string();
+        Box::pin(async move {
+            Ok(Box::new(SimListener(turmoil::net::TcpListener::bind(addr.as_str()).await?)) as Box<dyn Listener>)
+        })
+    }
+
+    fn connect(&self, addr: &str) -> LocalBoxFuture<'static, std::io::Result<BoxStream>> {
+        let addr = addr.to_string();
+        Box::pin(async move { Ok(Box::new(turmoil::net::TcpStream::connect(addr.as_str()).await?) as BoxStream) })
+    }
+}
+
+// ---- what the nodes themselves report --------------------------------------------------------
+
+/// Records from the nodes' own commit streams and leadership events.
+#[derive(Default, Debug)]
+struct Records {
+    /// Every (term, leader) a node announced.
+    leaders: BTreeMap<u64, BTreeSet<u64>>,
+    /// Per node, what it applied at each index: (term, payload digest).
+    applied: BTreeMap<u64, BTreeMap<u64, (u64, String)>>,
+    /// Safety violations seen as they happened.
+    violations: Vec<String>,
+}
+
+type Shared = Arc<Mutex<Records>>;
+
+/// Follows one node's commit stream (every entry) and its leadership events.
+struct Recorder {
+    node: u64,
+    records: Shared,
+}
+
+impl Actor for Recorder {
+    type Context = Context<Self>;
+}
+
+impl Handler<ApplyEntries> for Recorder {
+    type Result = Vec<Result<Bytes, String>>;
+
+    fn handle(&mut self, msg: ApplyEntries, _: &mut Context<Self>) -> Self::Result {
+        let mut r = self.records.lock().unwrap();
+        for e in &msg.entries {
+            let digest = match &e.payload {
+                Payload::Blank => "blank".to_string(),
+                Payload::Command { namespace, data } => format!("{namespace}:{}", String::from_utf8_lossy(data)),
+            };
+            let mine = r.applied.entry(self.node).or_default();
+            match mine.get(&e.index) {
+                Some(seen) if *seen != (e.term, digest.clone()) => {
+                    let v = format!(
+                        "node {} applied {:?} and then {:?} at index {}",
+                        self.node,
+                        seen,
+                        (e.term, &digest),
+                        e.index
+                    );
+                    r.violations.push(v);
+                }
+                _ => {
+                    mine.insert(e.index, (e.term, digest));
+                }
+            }
+        }
+        Vec::new()
+    }
+}
+
+impl Handler<LeaderElected> for Recorder {
+    type Result = ();
+
+    fn handle(&mut self, msg: LeaderElected, _: &mut Context<Self>) {
+        let mut r = self.records.lock().unwrap();
+        let leaders = r.leaders.entry(msg.term).or_default();
+        leaders.insert(msg.node);
+        if leaders.len() > 1 {
+            let v = format!("two leaders in term {}: {:?}", msg.term, leaders);
+            r.violations.push(v);
+        }
+    }
+}
+
+// ---- the nodes -------------------------------------------------------------------------------
+
+fn config(i: usize, seed: u64) -> Config {
+    Config {
+        id: i as u64 + 1,
+        listen: "0.0.0.0:7070".into(),
+        peers: (0..NODES.len())
+            .filter(|&j| j != i)
+            .map(|j| PeerConfig { id: j as u64 + 1, addr: format!("{}:7070", NODES[j]) })
+            .collect(),
+        seed: Some(seed.wrapping_mul(31).wrapping_add(i as u64)),
+        cluster_token: Some(TOKEN.into()),
+        request_timeout_ms: 1_000,
+        handshake_timeout_ms: 1_000,
+        ..Config::default()
+    }
+}
+
+// ---- clients ---------------------------------------------------------------------------------
+
+fn now() -> u64 {
+    turmoil::sim_elapsed().map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// Whether a failed write definitely did not happen: refused before it was proposed, or its
+/// entry was replaced. Anything else (timeouts, lost connections, an unreachable leader that
+/// may have received it) is unknown.
+fn definitely_failed(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Api(
+            ApiError::NoLeader { .. }
+                | ApiError::NotLeader { .. }
+                | ApiError::Dropped { .. }
+                | ApiError::BadRequest(_)
+                | ApiError::UnknownNamespace(_)
+        )
+    )
+}
+
+async fn connect(node: &str) -> Option<Client> {
+    let stream = tokio::time::timeout(
+        Duration::from_millis(500),
+        turmoil::net::TcpStream::connect(format!("{node}:7070").as_str()),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let c = Client::handshake(stream, "default", Some(TOKEN)).await.ok()?;
+    Some(c.with_timeout(Duration::from_secs(2)))
+}
+
+/// One client: random reads and writes of random keys through random nodes until `until`.
+async fn client(id: u64, seed: u64, until: Duration, history: History, acked: Arc<Mutex<Vec<(String, String)>>>) {
+    let mut rng = StdRng::seed_from_u64(seed ^ (id << 32) ^ 0xC11E);
+    let mut conns: BTreeMap<usize, Client> = BTreeMap::new();
+    let mut n = 0u64;
+    while turmoil::elapsed() < until {
+        let node = rng.random_range(0..NODES.len());
+        let key = KEYS[rng.random_range(0..KEYS.len())];
+        if !conns.contains_key(&node) {
+            match connect(NODES[node]).await {
+                Some(c) => {
+                    conns.insert(node, c);
+                }
+                None => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conns.get(&node).cloned() else { continue };
+        if rng.random_bool(0.6) {
+            n += 1;
+            let value = format!("c{id}-{n}");
+            let op = history.invoke(id, key, Op::Write(value.clone()));
+            let outcome = match c.set(key, &value).await {
+                Ok(_) => {
+                    acked.lock().unwrap().push((key.to_string(), value));
+                    Outcome::Ok
+                }
+                Err(e) if definitely_failed(&e) => Outcome::Fail,
+                Err(_) => {
+                    conns.remove(&node);
+                    Outcome::Unknown
+                }
+            };
+            history.complete(op, outcome);
+        } else {
+            let op = history.invoke(id, key, Op::Read);
+            match c.get(key, Consistency::Linearizable).await {
+                Ok(v) => history.complete(op, Outcome::Read(v)),
+                Err(e) => {
+                    if !definitely_failed(&e) {
+                        conns.remove(&node);
+                    }
+                    history.complete(op, Outcome::Unknown);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..20))).await;
+    }
+}
+
+// ---- the nemesis -----------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Fault {
+    /// One node cut off from the other two (for a leader: the isolated-leader case).
+    Isolate(usize),
+    /// Two nodes cannot talk; both still reach the third (a bridge).
+    Bridge(usize, usize),
+    /// Messages from one node to another are lost, the reverse still flows.
+    OneWay(usize, usize),
+    /// Every link slow.
+    Delay(Duration),
+    /// Links randomly break and repair.
+    Lossy(f64),
+    /// One node's links are held (its messages wait), then released all at once.
+    Pause(usize),
+    /// One node crashes, losing un-synced writes, and restarts later.
+    Crash(usize),
+    /// The whole cluster crashes at once and restarts.
+    CrashAll,
+}
+
+struct Nemesis {
+    rng: StdRng,
+    active: Option<Fault>,
+    next_at: Duration,
+    until: Duration,
+    log: Vec<String>,
+}
+
+impl Nemesis {
+    fn new(seed: u64, until: Duration) -> Self {
+        Nemesis {
+            rng: StdRng::seed_from_u64(seed ^ 0x0E3E_5155),
+            active: None,
+            next_at: Duration::from_secs(1),
+            until,
+            log: Vec::new(),
+        }
+    }
+
+    fn pick(&mut self, leader: Option<usize>) -> Fault {
+        let a = self.rng.random_range(0..NODES.len());
+        let b = (a + self.rng.random_range(1..NODES.len())) % NODES.len();
+        match self.rng.random_range(0..9) {
+            0 => Fault::Isolate(leader.unwrap_or(a)),
+            1 => Fault::Isolate(a),
+            2 => Fault::Bridge(a, b),
+            3 => Fault::OneWay(leader.unwrap_or(a), b),
+            4 => Fault::Delay(Duration::from_millis(self.rng.random_range(20..120))),
+            5 => Fault::Lossy(self.rng.random_range(0.02..0.15)),
+            6 => Fault::Pause(leader.unwrap_or(a)),
+            7 => Fault::Crash(leader.unwrap_or(a)),
+            _ if self.rng.random_bool(0.3) => Fault::CrashAll,
+            _ => Fault::Crash(a),
+        }
+    }
+
+    fn apply(&mut self, sim: &mut turmoil::Sim<'_>, fault: &Fault) {
+        match *fault {
+            Fault::Isolate(n) => {
+                for o in 0..NODES.len() {
+                    if o != n {
+                        sim.partition(NODES[n], NODES[o]);
+                    }
+                }
+            }
+            Fault::Bridge(a, b) => sim.partition(NODES[a], NODES[b]),
+            Fault::OneWay(a, b) => sim.partition_oneway(NODES[a], NODES[b]),
+            Fault::Delay(d) => {
+                for a in 0..NODES.len() {
+                    for b in a + 1..NODES.len() {
+                        sim.set_link_latency(NODES[a], NODES[b], d);
+                    }
+                }
+            }
+            Fault::Lossy(p) => {
+                for a in 0..NODES.len() {
+                    for b in a + 1..NODES.len() {
+                        sim.set_link_fail_rate(NODES[a], NODES[b], p);
+                    }
+                }
+            }
+            Fault::Pause(n) => {
+                for o in 0..NODES.len() {
+                    if o != n {
+                        sim.hold(NODES[n], NODES[o]);
+                    }
+                }
+            }
+            Fault::Crash(n) => sim.crash(NODES[n]),
+            Fault::CrashAll => {
+                for n in NODES {
+                    sim.crash(n);
+                }
+            }
+        }
+    }
+
+    fn heal(&mut self, sim: &mut turmoil::Sim<'_>, fault: &Fault) {
+        for a in 0..NODES.len() {
+            for b in 0..NODES.len() {
+                if a != b {
+                    sim.repair(NODES[a], NODES[b]);
+                    sim.release(NODES[a], NODES[b]);
+                }
+            }
+        }
+        for a in 0..NODES.len() {
+            for b in a + 1..NODES.len() {
+                sim.set_link_latency(NODES[a], NODES[b], Duration::from_millis(1));
+                sim.set_link_fail_rate(NODES[a], NODES[b], 0.0);
+            }
+        }
+        match *fault {
+            Fault::Crash(n) => sim.bounce(NODES[n]),
+            Fault::CrashAll => {
+                for n in NODES {
+                    sim.bounce(n);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Called between simulation steps: starts or ends a fault when its time comes.
+    fn tick(&mut self, sim: &mut turmoil::Sim<'_>, leader: Option<usize>) {
+        let now = sim.elapsed();
+        if now < self.next_at {
+            return;
+        }
+        if let Some(f) = self.active.take() {
+            self.heal(sim, &f);
+            self.log.push(format!("{:>6} ms heal {f:?}", now.as_millis()));
+            self.next_at = now + Duration::from_millis(self.rng.random_range(300..1_500));
+        } else if now < self.until {
+            let f = self.pick(leader);
+            self.apply(sim, &f);
+            self.log.push(format!("{:>6} ms {f:?}", now.as_millis()));
+            self.active = Some(f);
+            self.next_at = now + Duration::from_millis(self.rng.random_range(300..2_000));
+        }
+    }
+}
+
+// ---- one run ---------------------------------------------------------------------------------
+
+/// What one seed did.
+#[derive(Debug, PartialEq)]
+struct Summary {
+    ops: usize,
+    acked_writes: usize,
+    terms: usize,
+    faults: usize,
+    /// A digest of every operation (with its times and outcome) and of the fault schedule:
+    /// equal digests mean the same run.
+    digest: u64,
+}
+
+fn run_seed(seed: u64, secs: u64) -> Result<Summary, String> {
+    let chaos = Duration::from_secs(secs);
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .simulation_duration(chaos + Duration::from_secs(60))
+        .min_message_latency(Duration::from_millis(0))
+        .max_message_latency(Duration::from_millis(2))
+        .tcp_capacity(4096)
+        .build();
+    let records: Shared = Arc::default();
+    for (i, name) in NODES.iter().enumerate() {
+        // Writes reach "disk" 1 ms after they are submitted; a crash loses the rest.
+        let storage = MemoryStorage::with_sync_delay(Duration::from_millis(1));
+        let records = records.clone();
+        sim.host(*name, move || {
+            let (storage, records) = (storage.clone(), records.clone());
+            async move {
+                let node = Node::builder(config(i, seed))
+                    .transport(Rc::new(SimTransport))
+                    .storage(StorageConfig::Memory(storage))
+                    .start()
+                    .await?;
+                let handle = node.handle();
+                let recorder = Recorder { node: i as u64 + 1, records }.start();
+                handle.log_store().do_send(Follow { namespace: None, recipient: recorder.clone().recipient() });
+                handle.election().do_send(WatchLeadership(recorder.recipient()));
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        });
+    }
+    let history = History::with_clock(now);
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    for id in 0..CLIENTS as u64 {
+        let (history, acked) = (history.clone(), acked.clone());
+        sim.client(format!("client{id}"), async move {
+            client(id, seed, chaos, history, acked).await;
+            Ok(())
+        });
+    }
+    // After the chaos: wait for a healed cluster, read every key linearizably (part of the
+    // history), and collect each node's own copy until they agree.
+    let finals: Arc<Mutex<Option<Vec<Vec<(String, String)>>>>> = Arc::default();
+    {
+        let (history, finals) = (history.clone(), finals.clone());
+        sim.client("checker", async move {
+            tokio::time::sleep(chaos + Duration::from_secs(3)).await;
+            'keys: for key in KEYS {
+                for _ in 0..100 {
+                    for node in NODES {
+                        if let Some(c) = connect(node).await {
+                            let op = history.invoke(99, key, Op::Read);
+                            match c.get(key, Consistency::Linearizable).await {
+                                Ok(v) => {
+                                    history.complete(op, Outcome::Read(v));
+                                    continue 'keys;
+                                }
+                                Err(_) => history.complete(op, Outcome::Unknown),
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                return Err(format!("no node answered a read of {key} after healing").into());
+            }
+            let mut seen = Vec::new();
+            for _ in 0..100 {
+                let mut states = Vec::new();
+                seen.clear();
+                for node in NODES {
+                    match connect(node).await {
+                        Some(c) => {
+                            if let Ok(l) = c.list("", Consistency::Stale).await {
+                                states.push(l);
+                            }
+                            seen.push(format!("{node}: {:?}", c.status().await.map_err(|e| e.to_string())));
+                        }
+                        None => seen.push(format!("{node}: unreachable")),
+                    }
+                }
+                if states.len() == NODES.len() && states.windows(2).all(|w| w[0] == w[1]) {
+                    *finals.lock().unwrap() = Some(states);
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(format!("nodes did not converge after healing:\n{}", seen.join("\n")).into())
+        });
+    }
+    let mut nemesis = Nemesis::new(seed, chaos);
+    loop {
+        let leader = {
+            let r = records.lock().unwrap();
+            r.leaders.iter().next_back().and_then(|(_, l)| l.iter().next()).map(|&n| n as usize - 1)
+        };
+        nemesis.tick(&mut sim, leader);
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => return Err(format!("simulation failed: {e}\nfaults:\n{}", nemesis.log.join("\n"))),
+        }
+    }
+    if let Some(f) = nemesis.active.take() {
+        nemesis.heal(&mut sim, &f);
+    }
+    let fail = |what: String| Err(format!("{what}\nfaults:\n{}", nemesis.log.join("\n")));
+
+    // Linearizable, per key.
+    let ops = history.operations();
+    if let Err(e) = dister::check::check(&ops) {
+        return fail(format!("history is not linearizable: {e}"));
+    }
+    let r = records.lock().unwrap();
+    if !r.violations.is_empty() {
+        return fail(format!("safety violations: {:#?}", r.violations));
+    }
+    // State Machine Safety across nodes: one entry per index.
+    let mut by_index: BTreeMap<u64, &(u64, String)> = BTreeMap::new();
+    for (node, applied) in &r.applied {
+        for (index, entry) in applied {
+            if let Some(other) = by_index.insert(*index, entry)
+                && other != entry
+            {
+                return fail(format!("index {index}: node {node} applied {entry:?}, another node {other:?}"));
+            }
+        }
+    }
+    // Every acknowledged write was committed (it is in the commit stream).
+    let committed: BTreeSet<&str> = by_index.values().map(|(_, d)| d.as_str()).collect();
+    for (key, value) in acked.lock().unwrap().iter() {
+        let json =
+            serde_json::to_string(&dister::messages::kv::KvCommand::Set(vec![(key.clone(), value.clone())])).unwrap();
+        if !committed.contains(format!("kv:{json}").as_str()) {
+            return fail(format!("acknowledged write {key}={value} is not in any node's commit stream"));
+        }
+    }
+    if finals.lock().unwrap().is_none() {
+        return fail("nodes did not converge".into());
+    }
+    let digest = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        ops.hash(&mut h);
+        nemesis.log.hash(&mut h);
+        h.finish()
+    };
+    Ok(Summary {
+        ops: ops.len(),
+        acked_writes: acked.lock().unwrap().len(),
+        terms: r.leaders.len(),
+        faults: nemesis.log.len(),
+        digest,
+    })
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The chaos suite: `DISTER_SEEDS` seeds (default 200) of `DISTER_SIM_SECS` simulated
+/// seconds (default 10), or the single seed `DISTER_SEED`. Fails with the seed and the fault
+/// schedule of the first run that breaks a check.
+#[test]
+fn chaos_seeds_stay_linearizable_and_safe() {
+    common::init_tracing();
+    let secs = env_u64("DISTER_SIM_SECS", 10);
+    // A debug build simulates about 14 times slower: CI runs the suite in release with the
+    // full 200 seeds; a plain `cargo test` runs a smoke of 10 and says so.
+    let default_seeds = if cfg!(debug_assertions) { 10 } else { 200 };
+    let seeds: Vec<u64> = match std::env::var("DISTER_SEED").ok().and_then(|s| s.parse().ok()) {
+        Some(seed) => vec![seed],
+        None => (1..=env_u64("DISTER_SEEDS", default_seeds)).collect(),
+    };
+    if cfg!(debug_assertions) && std::env::var("DISTER_SEEDS").is_err() {
+        eprintln!("chaos: debug build, {} seeds (CI runs 200 in release: cargo test --release)", seeds.len());
+    }
+    let started = std::time::Instant::now();
+    let (mut ops, mut acked, mut terms, mut faults) = (0, 0, 0, 0);
+    for &seed in &seeds {
+        match run_seed(seed, secs) {
+            Ok(s) => {
+                ops += s.ops;
+                acked += s.acked_writes;
+                terms += s.terms;
+                faults += s.faults;
+            }
+            Err(e) => {
+                panic!("seed {seed} failed (replay: DISTER_SEED={seed} cargo test --release --test t80_chaos): {e}")
+            }
+        }
+    }
+    eprintln!(
+        "chaos: {} seeds x {secs} s simulated in {:.1} s: {ops} client ops, {acked} acknowledged writes, {terms} terms, {faults} fault events",
+        seeds.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Seeds that once failed, replayed every run (t90 style). Each entry: the seed and what it
+/// found.
+#[test]
+fn pinned_seeds() {
+    common::init_tracing();
+    let pinned: &[(u64, &str)] = &[(
+        1,
+        "a peer link whose connection went silent in a partition kept it forever: one follower \
+         never rejoined after healing (fixed: PeerLink drops an unresponsive connection)",
+    )];
+    for (seed, found) in pinned {
+        if let Err(e) = run_seed(*seed, 10) {
+            panic!("pinned seed {seed} ({found}) fails again: {e}");
+        }
+    }
+}
+
+/// The same seed gives the same run, operation for operation.
+#[test]
+fn a_seed_replays_exactly() {
+    common::init_tracing();
+    let a = run_seed(7, 4).expect("seed 7");
+    let b = run_seed(7, 4).expect("seed 7");
+    assert_eq!(a, b);
+    assert!(a.ops > 50 && a.faults > 0, "the run did too little to prove anything: {a:?}");
+    assert_ne!(run_seed(8, 4).expect("seed 8").digest, a.digest, "another seed gave the same run");
+}
