@@ -200,10 +200,10 @@ async fn client(id: u64, seed: u64, until: Duration, history: History, acked: Ar
     while turmoil::elapsed() < until {
         let node = rng.random_range(0..NODES.len());
         let key = KEYS[rng.random_range(0..KEYS.len())];
-        if !conns.contains_key(&node) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = conns.entry(node) {
             match connect(NODES[node]).await {
                 Some(c) => {
-                    conns.insert(node, c);
+                    slot.insert(c);
                 }
                 None => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -245,6 +245,16 @@ async fn client(id: u64, seed: u64, until: Duration, history: History, acked: Ar
 }
 
 // ---- the nemesis -----------------------------------------------------------------------------
+
+/// Every unordered pair of nodes.
+fn pairs() -> impl Iterator<Item = (&'static str, &'static str)> {
+    NODES.iter().enumerate().flat_map(|(i, a)| NODES[i + 1..].iter().map(move |b| (*a, *b)))
+}
+
+/// Every node but `n`.
+fn others(n: usize) -> impl Iterator<Item = &'static str> {
+    NODES.iter().enumerate().filter(move |(i, _)| *i != n).map(|(_, o)| *o)
+}
 
 #[derive(Debug, Clone)]
 enum Fault {
@@ -304,67 +314,29 @@ impl Nemesis {
 
     fn apply(&mut self, sim: &mut turmoil::Sim<'_>, fault: &Fault) {
         match *fault {
-            Fault::Isolate(n) => {
-                for o in 0..NODES.len() {
-                    if o != n {
-                        sim.partition(NODES[n], NODES[o]);
-                    }
-                }
-            }
+            Fault::Isolate(n) => others(n).for_each(|o| sim.partition(NODES[n], o)),
             Fault::Bridge(a, b) => sim.partition(NODES[a], NODES[b]),
             Fault::OneWay(a, b) => sim.partition_oneway(NODES[a], NODES[b]),
-            Fault::Delay(d) => {
-                for a in 0..NODES.len() {
-                    for b in a + 1..NODES.len() {
-                        sim.set_link_latency(NODES[a], NODES[b], d);
-                    }
-                }
-            }
-            Fault::Lossy(p) => {
-                for a in 0..NODES.len() {
-                    for b in a + 1..NODES.len() {
-                        sim.set_link_fail_rate(NODES[a], NODES[b], p);
-                    }
-                }
-            }
-            Fault::Pause(n) => {
-                for o in 0..NODES.len() {
-                    if o != n {
-                        sim.hold(NODES[n], NODES[o]);
-                    }
-                }
-            }
+            Fault::Delay(d) => pairs().for_each(|(a, b)| sim.set_link_latency(a, b, d)),
+            Fault::Lossy(p) => pairs().for_each(|(a, b)| sim.set_link_fail_rate(a, b, p)),
+            Fault::Pause(n) => others(n).for_each(|o| sim.hold(NODES[n], o)),
             Fault::Crash(n) => sim.crash(NODES[n]),
-            Fault::CrashAll => {
-                for n in NODES {
-                    sim.crash(n);
-                }
-            }
+            Fault::CrashAll => NODES.iter().for_each(|n| sim.crash(*n)),
         }
     }
 
     fn heal(&mut self, sim: &mut turmoil::Sim<'_>, fault: &Fault) {
-        for a in 0..NODES.len() {
-            for b in 0..NODES.len() {
-                if a != b {
-                    sim.repair(NODES[a], NODES[b]);
-                    sim.release(NODES[a], NODES[b]);
-                }
+        for (a, b) in pairs() {
+            for (x, y) in [(a, b), (b, a)] {
+                sim.repair(x, y);
+                sim.release(x, y);
             }
-        }
-        for a in 0..NODES.len() {
-            for b in a + 1..NODES.len() {
-                sim.set_link_latency(NODES[a], NODES[b], Duration::from_millis(1));
-                sim.set_link_fail_rate(NODES[a], NODES[b], 0.0);
-            }
+            sim.set_link_latency(a, b, Duration::from_millis(1));
+            sim.set_link_fail_rate(a, b, 0.0);
         }
         match *fault {
             Fault::Crash(n) => sim.bounce(NODES[n]),
-            Fault::CrashAll => {
-                for n in NODES {
-                    sim.bounce(n);
-                }
-            }
+            Fault::CrashAll => NODES.iter().for_each(|n| sim.bounce(*n)),
             _ => {}
         }
     }
@@ -445,7 +417,8 @@ fn run_seed(seed: u64, secs: u64) -> Result<Summary, String> {
     }
     // After the chaos: wait for a healed cluster, read every key linearizably (part of the
     // history), and collect each node's own copy until they agree.
-    let finals: Arc<Mutex<Option<Vec<Vec<(String, String)>>>>> = Arc::default();
+    type NodeStates = Vec<Vec<(String, String)>>;
+    let finals: Arc<Mutex<Option<NodeStates>>> = Arc::default();
     {
         let (history, finals) = (history.clone(), finals.clone());
         sim.client("checker", async move {
