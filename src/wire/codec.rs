@@ -99,8 +99,14 @@ impl Decoder for FrameCodec {
             }
         }
         if src.len() < 4 + len {
-            // The length is within the limit, so reserving it is bounded.
-            src.reserve(4 + len - src.len());
+            // Room for the whole frame, within the limit. Not `reserve`: it may double the
+            // buffer, so a length under the limit could make it hold up to twice the limit.
+            if !src.try_reclaim(4 + len - src.len()) {
+                let most = self.max_frame.saturating_add(4);
+                let mut room = BytesMut::with_capacity((2 * src.capacity()).clamp(4 + len, most));
+                room.extend_from_slice(src);
+                *src = room;
+            }
             return Ok(None);
         }
         src.advance(4);
@@ -198,6 +204,33 @@ mod tests {
         let err = FrameCodec::new(1024).decode(&mut buf).unwrap_err();
         assert!(matches!(err, WireError::FrameTooLarge { len, max: 1024 } if len == 0xffff_fff0));
         assert!(buf.capacity() < 64);
+    }
+
+    /// Found by t35's fuzzing: `reserve` may double the buffer, so a length within the limit
+    /// arriving in a buffer that already held part of its frame grew it to twice the limit.
+    #[test]
+    fn room_for_a_frame_stays_within_the_limit() {
+        let max = 1024;
+        // As `FramedRead` leaves it: 1000 bytes of room, the start of a frame claiming the
+        // whole limit at its front (so there is nothing to reclaim).
+        let mut buf = BytesMut::with_capacity(1000);
+        buf.put_u32(max as u32);
+        buf.put_u16(MAGIC);
+        buf.put_u8(PROTOCOL_VERSION);
+        buf.put_u8(KIND_ERROR);
+        buf.put_bytes(0, 900);
+        assert!(FrameCodec::new(max).decode(&mut buf).unwrap().is_none());
+        assert_eq!(buf.capacity(), 4 + max, "room for the frame, and no more");
+    }
+
+    /// A codec without a limit (as `encode_frame` builds) still makes room for a frame.
+    #[test]
+    fn room_without_a_limit_does_not_overflow() {
+        let mut buf = encode_frame(Frame::Error("boom".into())).unwrap();
+        buf.truncate(buf.len() - 1);
+        let mut buf = BytesMut::from(&buf[..]);
+        assert!(FrameCodec::new(usize::MAX).decode(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() > buf.len());
     }
 
     #[test]

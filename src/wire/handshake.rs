@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::time::{Instant, timeout_at};
 use tokio_util::codec::FramedRead;
 
 use super::codec::{Frame, FrameCodec, encode_frame};
@@ -100,16 +101,19 @@ impl Refusal {
 }
 
 /// How an accepted socket failed to become a connection.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum AcceptError {
     /// Refused, and told why.
+    #[error("refused ({:?}): {}", .0.kind, .0.message)]
     Refused(Refusal),
     /// The other side went away first.
+    #[error("gone: {0}")]
     Gone(WireError),
 }
 
 /// Acceptor side: read `Hello`, ask `admit` whether to take it (it returns the frame limit for
-/// the connection, or a refusal), answer `Welcome` or an `Error` frame and close.
+/// the connection, or a refusal), answer `Welcome` or an `Error` frame and close. The whole
+/// exchange, answer included, ends within `timeout`.
 pub async fn accept<S, F>(
     stream: S,
     welcome: Welcome,
@@ -120,14 +124,20 @@ where
     S: AsyncRead + AsyncWrite,
     F: FnOnce(&Hello) -> Result<usize, Refusal>,
 {
+    // One deadline for every step: a client that reads nothing must not hold the acceptor
+    // past it while the answer waits to be written.
+    let deadline = Instant::now() + timeout;
     let (read, mut write) = tokio::io::split(stream);
     let mut reader = FramedRead::new(read, FrameCodec::handshake());
-    let refusal = match tokio::time::timeout(timeout, reader.next()).await {
+    let refusal = match timeout_at(deadline, reader.next()).await {
         Err(_) => Refusal::new(RefusalKind::Timeout, format!("no hello within {} ms", timeout.as_millis())),
         Ok(Some(Ok(Frame::Hello(hello)))) => match admit(&hello) {
             Ok(max_frame) => {
-                let buf = encode_frame(Frame::Welcome(welcome)).map_err(AcceptError::Gone)?;
-                write.write_all(&buf).await.map_err(|e| AcceptError::Gone(e.into()))?;
+                let answer = encode_frame(Frame::Welcome(welcome)).map_err(AcceptError::Gone)?;
+                timeout_at(deadline, write.write_all(&answer))
+                    .await
+                    .map_err(|_| AcceptError::Gone(WireError::Timeout))?
+                    .map_err(|e| AcceptError::Gone(e.into()))?;
                 reader.decoder_mut().set_max_frame(max_frame);
                 return Ok((reader, write, hello));
             }
@@ -143,7 +153,7 @@ where
     };
     // Best effort: the connection closes either way.
     if let Ok(buf) = encode_frame(Frame::Error(refusal.message.clone())) {
-        let _ = tokio::time::timeout(timeout, async {
+        let _ = timeout_at(deadline, async {
             let _ = write.write_all(&buf).await;
             let _ = write.shutdown().await;
         })
