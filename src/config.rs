@@ -75,6 +75,16 @@ pub struct Config {
     pub cluster_token: Option<String>,
     /// Allow listening beyond loopback without a cluster token (refused otherwise).
     pub insecure: bool,
+    /// `host:port` for the HTTP API (dister's paths); `None` turns it off.
+    pub http: Option<String>,
+    /// Default interval of an instance's health check.
+    pub check_interval_ms: u64,
+    /// A TTL-checked (or ephemeral) instance silent this long is marked unhealthy.
+    pub ephemeral_unhealthy_after_ms: u64,
+    /// An ephemeral instance silent this long is removed.
+    pub ephemeral_remove_after_ms: u64,
+    /// Allow `script` health checks (they run commands on the leader's machine).
+    pub allow_script_checks: bool,
 }
 
 impl Default for Config {
@@ -98,6 +108,11 @@ impl Default for Config {
             seed: None,
             cluster_token: None,
             insecure: false,
+            http: None,
+            check_interval_ms: 2_000,
+            ephemeral_unhealthy_after_ms: 15_000,
+            ephemeral_remove_after_ms: 30_000,
+            allow_script_checks: false,
         }
     }
 }
@@ -172,6 +187,27 @@ impl Config {
                  anyone who can reach it could join the cluster or send it writes; set cluster_token \
                  (--token), listen on 127.0.0.1, or pass --insecure",
                 self.listen
+            ));
+        }
+        if let Some(http) = &self.http {
+            if !http.contains(':') {
+                return bad(format!("http address {http:?} is not host:port"));
+            }
+            if self.cluster_token.is_none() && !self.insecure && !is_loopback(http) {
+                return bad(format!(
+                    "http address {http} is reachable beyond this machine and no cluster_token is set; \
+                     set cluster_token, listen on 127.0.0.1, or pass --insecure"
+                ));
+            }
+        }
+        if self.check_interval_ms == 0 {
+            return bad("check_interval_ms must be above 0".into());
+        }
+        if self.ephemeral_unhealthy_after_ms == 0 || self.ephemeral_remove_after_ms < self.ephemeral_unhealthy_after_ms
+        {
+            return bad(format!(
+                "ephemeral_remove_after_ms ({}) must be at least ephemeral_unhealthy_after_ms ({}), which must be above 0",
+                self.ephemeral_remove_after_ms, self.ephemeral_unhealthy_after_ms
             ));
         }
         if self.segment_bytes < 4096 {

@@ -140,6 +140,9 @@ pub enum ApiError {
         /// Why.
         reason: String,
     },
+    /// The thing asked for does not exist (a service, an instance, an available instance).
+    #[error("not found: {0}")]
+    NotFound(String),
     /// No state machine handles this namespace on this node.
     #[error("unknown namespace {0:?}")]
     UnknownNamespace(String),

@@ -43,6 +43,7 @@ pub mod error;
 pub mod messages;
 pub mod node;
 pub mod raft;
+pub mod registry;
 pub mod state_machine;
 pub mod storage;
 pub mod transport;

@@ -4,10 +4,10 @@
 //! that chain two actors (a linearizable read: `Election` for the read index, then the state
 //! machine).
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -25,15 +25,20 @@ use crate::error::{ApiError, NodeError};
 use crate::messages::apply::{ApplyEntries, Query, Subscribe};
 use crate::messages::client::{ClientWrite, GetElectionStatus, GetReadIndex};
 use crate::messages::kv::{GetKey, KV_NAMESPACE, KvCommand, KvOutput, ListKeys};
-use crate::messages::raft::{AppendEntries, GetLogState, PeerDisconnected, RequestVote};
-use crate::messages::registry::{GetService, ListServices, REGISTRY_NAMESPACE, RegistryCommand, Service};
+use crate::messages::raft::{
+    AppendEntries, ForwardToLeader, GetLogState, PeerDisconnected, RequestVote, WatchLeadership,
+};
+use crate::messages::registry::{
+    Balance, Beat, GetService, InstanceKey, ListServices, REGISTRY_NAMESPACE, RegistryCommand, Service, ServiceNode,
+    Strategy,
+};
 use crate::raft::{LogId, NodeId};
 use crate::storage::StorageConfig;
 use crate::transport::{TcpTransport, TransportRef};
 use crate::wire::{Consistency, Request, Response, StatusInfo, Write, WriteReply};
 
 /// The namespaces this node applies, with the actor answering each one's queries (if any).
-type QueryRouter = Rc<RefCell<BTreeMap<String, Option<Recipient<Query>>>>>;
+type QueryRouter = Arc<Mutex<BTreeMap<String, Option<Recipient<Query>>>>>;
 
 /// A running node.
 pub struct Node {
@@ -90,7 +95,7 @@ impl NodeBuilder {
             .map_err(|source| NodeError::Bind { addr: config.listen.clone(), source })?;
         let local_addr =
             listener.local_addr().map_err(|source| NodeError::Bind { addr: config.listen.clone(), source })?;
-        let config = Rc::new(config);
+        let config = Arc::new(config);
 
         let hard_state = recovered.hard_state;
         let last_log = recovered.entries.last().map(|e| e.log_id()).unwrap_or(LogId::default());
@@ -103,8 +108,12 @@ impl NodeBuilder {
             "starting node"
         );
 
+        // Election and LogStore address each other, and the registry proposes health changes
+        // to Election: create Election's context first.
+        let election_ctx = Context::<Election>::new();
         let data_map = DataMap::new().start();
-        let registry = ServiceRegistry::new().start();
+        let registry =
+            ServiceRegistry::new(config.clone(), election_ctx.address().recipient(), self.transport.clone()).start();
         let mut subscribers = BTreeMap::new();
         subscribers.insert(KV_NAMESPACE.to_string(), data_map.clone().recipient());
         subscribers.insert(REGISTRY_NAMESPACE.to_string(), registry.clone().recipient());
@@ -116,8 +125,6 @@ impl NodeBuilder {
             queries.insert(ns, query);
         }
 
-        // Election and LogStore address each other: create Election's context first.
-        let election_ctx = Context::<Election>::new();
         let log_store = LogStore::new(backend, recovered, subscribers, election_ctx.address().recipient()).start();
         let mut peers = BTreeMap::new();
         let mut links = Vec::new();
@@ -127,6 +134,7 @@ impl NodeBuilder {
             peers.insert(p.id, Peer { addr: p.addr.clone(), link });
         }
         let election = election_ctx.run(Election::new(config.clone(), hard_state, last_log, peers, log_store.clone()));
+        election.do_send(WatchLeadership(registry.clone().recipient()));
         let listener_ctx = Context::<Listener>::new();
         let handle = NodeHandle {
             config: config.clone(),
@@ -135,7 +143,7 @@ impl NodeBuilder {
             data_map,
             registry,
             listener: listener_ctx.address(),
-            queries: Rc::new(RefCell::new(queries)),
+            queries: Arc::new(Mutex::new(queries)),
         };
         let listener = listener_ctx.run(Listener::new(listener, handle.clone()));
         Ok(Node { handle, local_addr, listener, links })
@@ -174,11 +182,11 @@ impl Node {
 }
 
 /// The way into a running node: typed calls that send the right messages to its actors.
-/// Cheap to clone; usable only on the node's own thread (actix addresses are thread-bound in
-/// spirit: the actors run there).
+/// Cheap to clone and `Send`: a handle may be used from other threads (the HTTP workers); the
+/// futures its calls return run on the caller's thread.
 #[derive(Clone)]
 pub struct NodeHandle {
-    config: Rc<Config>,
+    config: Arc<Config>,
     election: Addr<Election>,
     log_store: Addr<LogStore>,
     data_map: Addr<DataMap>,
@@ -249,12 +257,16 @@ impl NodeHandle {
         apply: Recipient<ApplyEntries>,
         query: Option<Recipient<Query>>,
     ) {
-        self.queries.borrow_mut().insert(namespace.to_string(), query);
+        self.router().insert(namespace.to_string(), query);
         self.log_store.do_send(Subscribe { namespace: namespace.to_string(), recipient: apply });
     }
 
+    fn router(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Option<Recipient<Query>>>> {
+        self.queries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn knows(&self, namespace: &str) -> bool {
-        self.queries.borrow().contains_key(namespace)
+        self.router().contains_key(namespace)
     }
 
     fn write_inner(&self, write: Write, forwarded: bool) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
@@ -357,7 +369,7 @@ impl NodeHandle {
         data: Bytes,
         consistency: Consistency,
     ) -> LocalBoxFuture<'static, Result<Bytes, ApiError>> {
-        let Some(target) = self.queries.borrow().get(&namespace).cloned().flatten() else {
+        let Some(target) = self.router().get(&namespace).cloned().flatten() else {
             return async move { Err(ApiError::UnknownNamespace(namespace)) }.boxed_local();
         };
         let index = self.read_index(consistency);
@@ -382,6 +394,57 @@ impl NodeHandle {
             Ok(data) => self.write(Write { namespace: REGISTRY_NAMESPACE.into(), data }),
             Err(e) => async move { Err(e) }.boxed_local(),
         }
+    }
+
+    /// Creates or updates one instance (and its service, if new).
+    pub fn register_instance(
+        &self,
+        service: String,
+        kind: String,
+        node: ServiceNode,
+    ) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
+        match encode(&RegistryCommand::Register { service, kind, node }) {
+            Ok(data) => self.write(Write { namespace: REGISTRY_NAMESPACE.into(), data }),
+            Err(e) => async move { Err(e) }.boxed_local(),
+        }
+    }
+
+    /// Removes one instance.
+    pub fn deregister_instance(&self, key: InstanceKey) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
+        match encode(&RegistryCommand::Deregister(key)) {
+            Ok(data) => self.write(Write { namespace: REGISTRY_NAMESPACE.into(), data }),
+            Err(e) => async move { Err(e) }.boxed_local(),
+        }
+    }
+
+    /// One available instance of `name`, picked from this node's copy of the registry.
+    pub fn balance(&self, name: String, strategy: Strategy) -> LocalBoxFuture<'static, Result<ServiceNode, ApiError>> {
+        let fut = self.registry.send(Balance { name, strategy });
+        async move { fut.await.map_err(mailbox)? }.boxed_local()
+    }
+
+    /// An instance says it is alive: the leader's registry records it (a follower passes it
+    /// on, unless it was passed on already).
+    pub fn beat(&self, key: InstanceKey, forwarded: bool) -> LocalBoxFuture<'static, Result<(), ApiError>> {
+        let local = self.registry.send(Beat(key.clone()));
+        let election = self.election.clone();
+        async move {
+            match local.await.map_err(mailbox)? {
+                Err(ApiError::NotLeader { .. }) if !forwarded => {
+                    match election
+                        .send(ForwardToLeader(Request::Beat { key, forwarded: true }))
+                        .await
+                        .map_err(mailbox)?
+                    {
+                        Ok(Response::Done) => Ok(()),
+                        Ok(other) => Err(ApiError::Unavailable(format!("unexpected answer to a beat: {other:?}"))),
+                        Err(e) => Err(e),
+                    }
+                }
+                other => other,
+            }
+        }
+        .boxed_local()
     }
 
     /// One service.
@@ -490,6 +553,10 @@ impl NodeHandle {
             Request::Query { namespace, data, consistency } => {
                 let fut = self.query(namespace, data, consistency);
                 async move { answer(fut.await, Response::QueryReply) }.boxed_local()
+            }
+            Request::Beat { key, forwarded } => {
+                let fut = self.beat(key, forwarded);
+                async move { answer(fut.await, |()| Response::Done) }.boxed_local()
             }
             Request::Status => {
                 let fut = self.status();

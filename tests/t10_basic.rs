@@ -127,7 +127,7 @@ async fn bad_writes_are_refused_before_the_log() {
 /// The service registry applies replicated service set/remove on every node.
 ///
 /// 1. Through a follower, register two services (dister's shape: name, type, nodes with
-///    their fields; unknown fields are kept).
+///    their fields; dister's `priority` is the weight; unknown fields are kept).
 /// 2. Every node answers a linearizable get and list with them; removing one removes it
 ///    everywhere.
 #[actix_rt::test]
@@ -137,8 +137,8 @@ async fn service_registry_replicates() {
     let leader = cluster.wait_leader(Duration::from_secs(2)).await;
     let c = cluster.client((leader + 1) % 3).await;
     let set = r#"{"Set":[
-        {"name":"db","type":"mysql","node":[{"host":"10.0.0.1","port":3306,"weight":2,"check":"tcp"}]},
-        {"name":"web","type":"http","node":[{"host":"10.0.0.2","port":80},{"host":"10.0.0.3","port":80,"enabled":false}]}
+        {"name":"db","type":"mysql","node":[{"host":"127.0.0.1","port":3306,"priority":2,"owner":"team-a"}]},
+        {"name":"web","type":"http","node":[{"host":"127.0.0.2","port":80},{"host":"127.0.0.3","port":80,"enabled":false}]}
     ]}"#;
     retry(Duration::from_secs(5), || c.write("registry", set.into())).await.unwrap();
     for i in 0..3 {
@@ -148,7 +148,7 @@ async fn service_registry_replicates() {
             serde_json::from_slice(&ci.query("registry", q.into(), Consistency::Linearizable).await.unwrap()).unwrap();
         let db = db.expect("db registered");
         assert_eq!((db.kind.as_str(), db.nodes[0].port, db.nodes[0].weight), ("mysql", 3306, 2));
-        assert_eq!(db.nodes[0].extra.get("check"), Some(&serde_json::json!("tcp")));
+        assert_eq!(db.nodes[0].extra.get("owner"), Some(&serde_json::json!("team-a")), "unknown fields are kept");
         let q = serde_json::to_vec(&RegistryQuery::List).unwrap();
         let all: Vec<Service> =
             serde_json::from_slice(&ci.query("registry", q.into(), Consistency::Linearizable).await.unwrap()).unwrap();

@@ -24,7 +24,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 use dister::check::{History, Op, Outcome};
 use dister::messages::apply::{ApplyEntries, Follow};
-use dister::messages::raft::{LeaderElected, WatchLeadership};
+use dister::messages::raft::{LeadershipChanged, WatchLeadership};
 use dister::raft::Payload;
 use dister::storage::{MemoryStorage, StorageConfig};
 use dister::transport::{BoxStream, Listener, Transport};
@@ -126,10 +126,13 @@ impl Handler<ApplyEntries> for Recorder {
     }
 }
 
-impl Handler<LeaderElected> for Recorder {
+impl Handler<LeadershipChanged> for Recorder {
     type Result = ();
 
-    fn handle(&mut self, msg: LeaderElected, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: LeadershipChanged, _: &mut Context<Self>) {
+        if !msg.is_leader {
+            return;
+        }
         let mut r = self.records.lock().unwrap();
         let leaders = r.leaders.entry(msg.term).or_default();
         leaders.insert(msg.node);

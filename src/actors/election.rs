@@ -13,7 +13,7 @@
 //! out only after the entries are durable, and only if the term has not changed meanwhile.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -30,8 +30,9 @@ use crate::error::ApiError;
 use crate::messages::apply::EntriesApplied;
 use crate::messages::client::{ClientWrite, ElectionStatus, GetElectionStatus, GetReadIndex};
 use crate::messages::raft::{
-    AppendEntries, AppendFromLeader, AppendLocal, AppendResult, CommitTo, HigherTermSeen, LeaderElected,
-    PeerDisconnected, PeerProgress, Replicate, RequestVote, SaveHardState, StopReplication, WatchLeadership,
+    AppendEntries, AppendFromLeader, AppendLocal, AppendResult, CommitTo, ForwardToLeader, HigherTermSeen,
+    LeadershipChanged, PeerDisconnected, PeerProgress, Replicate, RequestVote, SaveHardState, StopReplication,
+    WatchLeadership,
 };
 use crate::raft::commit::{advance_commit, majority_value};
 use crate::raft::vote::{Candidacy, VoterState, should_grant_pre_vote, should_grant_vote};
@@ -87,7 +88,7 @@ struct LeaderState {
 /// The election and commit actor.
 pub struct Election {
     id: NodeId,
-    config: Rc<Config>,
+    config: Arc<Config>,
     peers: BTreeMap<NodeId, Peer>,
     log_store: Addr<LogStore>,
     rng: StdRng,
@@ -112,7 +113,7 @@ pub struct Election {
     /// the state it rests on is in this.
     durable_vote: (u64, Option<NodeId>),
     storage_failed: bool,
-    watchers: Vec<Recipient<LeaderElected>>,
+    watchers: Vec<Recipient<LeadershipChanged>>,
 }
 
 /// Used once by `Node` to flush proposals after the mailbox drains.
@@ -127,7 +128,7 @@ struct IssueReadRound;
 impl Election {
     /// An election actor starting from the durable state recovered by `LogStore`.
     pub fn new(
-        config: Rc<Config>,
+        config: Arc<Config>,
         hard_state: HardState,
         last_log: LogId,
         peers: BTreeMap<NodeId, Peer>,
@@ -203,6 +204,7 @@ impl Election {
 
     /// Steps down (or stays) as follower in `term`; the caller persists if the term moved.
     fn become_follower(&mut self, ctx: &mut Context<Self>, term: u64, leader: Option<NodeId>) {
+        let led = self.term;
         if term > self.term {
             self.term = term;
             self.voted_for = None;
@@ -214,6 +216,9 @@ impl Election {
         self.leader = leader;
         self.campaign = None;
         if let Some(ls) = self.leader_state.take() {
+            for w in &self.watchers {
+                w.do_send(LeadershipChanged { node: self.id, term: led, is_leader: false });
+            }
             ctx.cancel_future(ls.check_quorum);
             if !ls.pending.is_empty() {
                 // Entries already stamped go to the log anyway, so the mirror stays true; they
@@ -347,7 +352,7 @@ impl Election {
     fn become_leader(&mut self, ctx: &mut Context<Self>) {
         tracing::info!(id = self.id, term = self.term, last_index = self.last_log.index, "became leader");
         for w in &self.watchers {
-            w.do_send(LeaderElected { node: self.id, term: self.term });
+            w.do_send(LeadershipChanged { node: self.id, term: self.term, is_leader: true });
         }
         self.role = Role::Leader;
         self.leader = Some(self.id);
@@ -803,9 +808,25 @@ impl Handler<WatchLeadership> for Election {
 
     fn handle(&mut self, msg: WatchLeadership, _: &mut Context<Self>) {
         if self.role == Role::Leader {
-            msg.0.do_send(LeaderElected { node: self.id, term: self.term });
+            msg.0.do_send(LeadershipChanged { node: self.id, term: self.term, is_leader: true });
         }
         self.watchers.push(msg.0);
+    }
+}
+
+impl Handler<ForwardToLeader> for Election {
+    type Result = ResponseFuture<Result<Response, ApiError>>;
+
+    fn handle(&mut self, msg: ForwardToLeader, _: &mut Context<Self>) -> Self::Result {
+        if self.role == Role::Leader {
+            // Leadership moved here since the caller asked: it should retry locally.
+            let retry_after_ms = self.config.heartbeat_interval_ms;
+            return Box::pin(async move { Err(ApiError::NoLeader { retry_after_ms }) });
+        }
+        self.forward(msg.0, |r| match r {
+            Response::Error(e) => Err(e),
+            other => Ok(other),
+        })
     }
 }
 

@@ -6,7 +6,7 @@
 //! matched by id.
 
 use std::collections::BTreeMap;
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -56,7 +56,7 @@ pub struct PeerLink {
     peer: NodeId,
     addr: String,
     hello: Hello,
-    config: Rc<Config>,
+    config: Arc<Config>,
     transport: TransportRef,
     state: State,
     pending: BTreeMap<u64, Reply>,
@@ -75,7 +75,7 @@ const MAX_QUEUED: usize = 65_536;
 
 impl PeerLink {
     /// A link from this node (`config.id`) to `peer` at `addr`.
-    pub fn new(peer: NodeId, addr: String, config: Rc<Config>, transport: TransportRef) -> Self {
+    pub fn new(peer: NodeId, addr: String, config: Arc<Config>, transport: TransportRef) -> Self {
         let hello =
             Hello { group: config.group.clone(), node_id: Some(config.id), token: config.cluster_token.clone() };
         PeerLink {

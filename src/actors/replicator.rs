@@ -10,7 +10,7 @@
 //! optimistically when a batch is sent. A conflict or a link error starts a new epoch: the
 //! window is emptied, `next_index` is reset, and answers from the old epoch only report match.
 
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -30,7 +30,7 @@ pub struct Replicator {
     peer: NodeId,
     leader: NodeId,
     term: u64,
-    config: Rc<Config>,
+    config: Arc<Config>,
     link: Addr<PeerLink>,
     log_store: Addr<LogStore>,
     progress: Recipient<PeerProgress>,
@@ -71,7 +71,7 @@ impl Replicator {
         leader: NodeId,
         term: u64,
         next_index: u64,
-        config: Rc<Config>,
+        config: Arc<Config>,
         links: ReplicatorLinks,
     ) -> Self {
         Replicator {

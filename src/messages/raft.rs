@@ -189,19 +189,28 @@ pub struct PeerDisconnected {
     pub peer: NodeId,
 }
 
-/// Event: this node became leader of `term`. Sent to every watcher registered with
-/// [`WatchLeadership`]; the fault suite checks Election Safety (one leader per term) from these.
+/// Event: this node became leader of `term` (`is_leader`), or stopped leading it. Sent to
+/// every watcher registered with [`WatchLeadership`]: the service registry runs health checks
+/// only while its node leads; the fault suite checks Election Safety from these.
 #[derive(Debug, Message, Clone, Copy)]
 #[rtype(result = "()")]
-pub struct LeaderElected {
+pub struct LeadershipChanged {
     /// The node.
     pub node: NodeId,
-    /// The term it leads.
+    /// The term it leads, or led.
     pub term: u64,
+    /// Whether it now leads.
+    pub is_leader: bool,
 }
 
-/// Register a watcher of [`LeaderElected`] events; if the node leads already, the watcher
-/// hears of it at once.
+/// Register a watcher of [`LeadershipChanged`] events; if the node leads already, the
+/// watcher hears of it at once.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct WatchLeadership(pub actix::Recipient<LeaderElected>);
+pub struct WatchLeadership(pub actix::Recipient<LeadershipChanged>);
+
+/// Send `request` to the current leader and relay its answer (a follower passing on
+/// something only the leader can do, such as a beat).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<crate::wire::Response, crate::error::ApiError>")]
+pub struct ForwardToLeader(pub crate::wire::Request);

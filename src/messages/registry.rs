@@ -1,25 +1,43 @@
-//! The service-registry namespace: services as dister's `ServiceConfig` describes them
-//! (a name, a type, and nodes with their fields), replicated through the log.
+//! The service-registry namespace: services as dister's `ServiceConfig` describes them (a
+//! name, a type, and nodes with their fields), replicated through the log; the health their
+//! checks find; the queries and the leader-only beats that keep ephemeral instances alive.
 
 use std::collections::BTreeMap;
 
 use actix::Message;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
 
 /// The namespace `ServiceRegistry` owns.
 pub const REGISTRY_NAMESPACE: &str = "registry";
 
-/// Health of one instance, as the checks (a later step) will set it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Health of one instance.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     /// Not checked yet.
     #[default]
     Unknown,
-    /// The last check passed.
+    /// The last check passed (or the instance has no check, or beats in time).
     Healthy,
-    /// The last check failed.
+    /// The last check failed (or beats stopped).
     Unhealthy,
+}
+
+/// How the leader checks an instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// Connect to host:port.
+    Tcp,
+    /// GET `url` (default `http://host:port/`); healthy on 2xx.
+    Http,
+    /// Run `script` with `sh -c`; healthy on exit 0 (only where the config allows scripts).
+    Script,
+    /// Healthy while the instance beats at least every `ttl_ms`.
+    Ttl,
 }
 
 /// One instance of a service.
@@ -29,22 +47,100 @@ pub struct ServiceNode {
     pub host: String,
     /// Port.
     pub port: u16,
-    /// Weight for balancing (dister's priority); 0 takes no traffic.
-    #[serde(default = "default_weight")]
+    /// Weight for balancing (dister calls it priority); 0 takes no traffic.
+    #[serde(default = "default_weight", alias = "priority")]
     pub weight: u32,
     /// Whether the instance takes traffic.
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// Health status.
+    /// Health status, as the leader's checks last found it.
     #[serde(default)]
     pub health: Health,
     /// Free-form metadata.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
-    /// Any other field the service definition carries (check settings and the like), kept
-    /// as given so that nothing a client sent is lost.
+    /// An ephemeral instance lives by its beats (as Nacos' do): marked unhealthy when they
+    /// stop, removed some time later.
+    #[serde(default)]
+    pub ephemeral: bool,
+    /// The health check, if any (an ephemeral instance is checked by its beats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckKind>,
+    /// URL for an `http` check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Command for a `script` check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    /// How often to check (default: the node's `check_interval_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_ms: Option<u64>,
+    /// How long a probe may take before it counts as failed (default: the interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// For `ttl` checks and ephemeral instances: beats must come this often (default: the
+    /// node's `ephemeral_unhealthy_after_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    /// Any other field the service definition carries, kept as given so that nothing a client
+    /// sent is lost.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl ServiceNode {
+    /// A plain instance: weight 1, enabled, healthy, no check.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        ServiceNode {
+            host: host.into(),
+            port,
+            weight: 1,
+            enabled: true,
+            health: Health::Healthy,
+            metadata: BTreeMap::new(),
+            ephemeral: false,
+            check: None,
+            url: None,
+            script: None,
+            interval_ms: None,
+            timeout_ms: None,
+            ttl_ms: None,
+            extra: BTreeMap::new(),
+        }
+    }
+
+    /// `host:port`.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// How this instance is checked: its own check, or beats for an ephemeral one.
+    pub fn effective_check(&self) -> Option<CheckKind> {
+        if self.ephemeral { Some(CheckKind::Ttl) } else { self.check }
+    }
+
+    /// Whether it may take traffic: enabled, healthy, with weight.
+    pub fn is_available(&self) -> bool {
+        self.enabled && self.health == Health::Healthy && self.weight > 0
+    }
+
+    /// The same instance, with the same way of being checked (so its health carries over
+    /// when its service is set again).
+    fn same_checking(&self, other: &ServiceNode) -> bool {
+        (self.host.as_str(), self.port, self.effective_check(), &self.url, &self.script)
+            == (other.host.as_str(), other.port, other.effective_check(), &other.url, &other.script)
+    }
+
+    /// The health a (re-)registered instance starts with: kept from `before` if it is the
+    /// same instance checked the same way; else healthy if nothing checks it or it lives by
+    /// beats (registering is a sign of life), unknown until its first probe otherwise.
+    pub fn initial_health(&self, before: Option<&ServiceNode>) -> Health {
+        match (before, self.effective_check()) {
+            (Some(b), _) if b.same_checking(self) => b.health,
+            (_, None | Some(CheckKind::Ttl)) => Health::Healthy,
+            _ => Health::Unknown,
+        }
+    }
 }
 
 fn default_weight() -> u32 {
@@ -68,25 +164,110 @@ pub struct Service {
     pub nodes: Vec<ServiceNode>,
 }
 
-/// A registry command, as stored in a log entry (JSON).
+/// Names one instance.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct InstanceKey {
+    /// Its service.
+    pub service: String,
+    /// Its host.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+}
+
+impl std::fmt::Display for InstanceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}:{}", self.service, self.host, self.port)
+    }
+}
+
+/// A registry command, as stored in a log entry (JSON, so old entries stay readable when
+/// fields are added).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum RegistryCommand {
     /// Create or replace each service.
     Set(Vec<Service>),
     /// Remove each named service; absent names are ignored.
     Remove(Vec<String>),
+    /// Create or update one instance (creating its service if needed).
+    Register {
+        /// The service.
+        service: String,
+        /// The service's type, when the service is created.
+        #[serde(default)]
+        kind: String,
+        /// The instance.
+        node: ServiceNode,
+    },
+    /// Remove one instance (and its service, if it was the last one and the service was
+    /// created by a registration).
+    Deregister(InstanceKey),
+    /// The leader's checks found this health (written only when it changes).
+    SetHealth {
+        /// The instance.
+        key: InstanceKey,
+        /// Its health.
+        health: Health,
+    },
 }
 
 impl RegistryCommand {
-    /// Refuses services without a name, and empty commands.
+    /// Refuses services without a name, instances without a host, and empty commands.
     pub fn validate(&self) -> Result<(), String> {
+        let node_ok = |n: &ServiceNode| {
+            if n.host.is_empty() {
+                return Err("an instance needs a host".to_string());
+            }
+            if n.check == Some(CheckKind::Script) && n.script.as_deref().is_none_or(str::is_empty) {
+                return Err(format!("instance {} has a script check but no script", n.addr()));
+            }
+            Ok(())
+        };
         match self {
             RegistryCommand::Set(services) if services.is_empty() => Err("no service given".into()),
-            RegistryCommand::Set(services) if services.iter().any(|s| s.name.is_empty()) => {
-                Err("a service name must not be empty".into())
+            RegistryCommand::Set(services) => {
+                for s in services {
+                    if s.name.is_empty() {
+                        return Err("a service name must not be empty".into());
+                    }
+                    s.nodes.iter().try_for_each(node_ok)?;
+                }
+                Ok(())
             }
             RegistryCommand::Remove(names) if names.is_empty() => Err("no service name given".into()),
+            RegistryCommand::Register { service, node, .. } => {
+                if service.is_empty() {
+                    return Err("a service name must not be empty".into());
+                }
+                node_ok(node)
+            }
+            RegistryCommand::Deregister(k) | RegistryCommand::SetHealth { key: k, .. } if k.service.is_empty() => {
+                Err("a service name must not be empty".into())
+            }
             _ => Ok(()),
+        }
+    }
+}
+
+/// How `balance` picks an instance.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// At random, in proportion to weight (dister's rule).
+    #[default]
+    Weighted,
+    /// Each available instance in turn.
+    RoundRobin,
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "weighted" | "random" | "" => Ok(Strategy::Weighted),
+            "round_robin" | "roundrobin" | "rr" => Ok(Strategy::RoundRobin),
+            other => Err(format!("unknown strategy {other:?}: use weighted or round_robin")),
         }
     }
 }
@@ -98,6 +279,14 @@ pub enum RegistryQuery {
     Get(String),
     /// Every service, by name.
     List,
+    /// One available instance of a service.
+    Balance {
+        /// The service.
+        name: String,
+        /// How to pick.
+        #[serde(default)]
+        strategy: Strategy,
+    },
 }
 
 /// Read one service, once `min_applied` is applied.
@@ -117,3 +306,23 @@ pub struct ListServices {
     /// Answer only after applying this index.
     pub min_applied: u64,
 }
+
+/// Pick one available (enabled, healthy, weighted) instance of a service from this node's
+/// copy of the registry.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<ServiceNode, ApiError>")]
+pub struct Balance {
+    /// The service.
+    pub name: String,
+    /// How to pick.
+    pub strategy: Strategy,
+}
+
+/// An instance says it is alive. Only the leader tracks beats; elsewhere the answer is
+/// `NotLeader` and the caller forwards it.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), ApiError>")]
+pub struct Beat(pub InstanceKey);
+
+/// The registry's answer to a generic query, in JSON.
+pub type QueryAnswer = Result<Bytes, ApiError>;

@@ -214,6 +214,13 @@ pub enum Request {
         /// How fresh.
         consistency: Consistency,
     },
+    /// An instance is alive (a TTL check or an ephemeral instance); the leader records it.
+    Beat {
+        /// The instance.
+        key: crate::messages::registry::InstanceKey,
+        /// True once passed on to the leader; not passed on again.
+        forwarded: bool,
+    },
     /// This node's status.
     Status,
 }
@@ -245,6 +252,8 @@ pub enum Response {
     QueryReply(Bytes),
     /// To Status.
     Status(Box<StatusInfo>),
+    /// Done, nothing to say (a beat).
+    Done,
     /// The request failed.
     Error(ApiError),
 }

@@ -66,6 +66,10 @@ fn request() -> impl Strategy<Value = Request> {
             data,
             consistency
         }),
+        (text(), text(), any::<u16>(), any::<bool>()).prop_map(|(service, host, port, forwarded)| Request::Beat {
+            key: dister::messages::registry::InstanceKey { service, host, port },
+            forwarded
+        }),
         Just(Request::Status),
     ]
 }
@@ -90,6 +94,7 @@ fn api_error() -> impl Strategy<Value = ApiError> {
         text().prop_map(ApiError::BadRequest),
         text().prop_map(ApiError::Apply),
         text().prop_map(ApiError::Unavailable),
+        text().prop_map(ApiError::NotFound),
     ]
 }
 
@@ -135,6 +140,7 @@ fn response() -> impl Strategy<Value = Response> {
         data().prop_map(Response::QueryReply),
         status().prop_map(|s| Response::Status(Box::new(s))),
         api_error().prop_map(Response::Error),
+        Just(Response::Done),
     ]
 }
 
@@ -177,6 +183,7 @@ pub fn variant(f: &Frame) -> &'static str {
             Request::Get { .. } => "request/get",
             Request::List { .. } => "request/list",
             Request::Query { .. } => "request/query",
+            Request::Beat { .. } => "request/beat",
             Request::Status => "request/status",
         },
         Frame::Response(_, r) => match r {
@@ -188,6 +195,7 @@ pub fn variant(f: &Frame) -> &'static str {
             Response::Pairs(_) => "response/pairs",
             Response::QueryReply(_) => "response/query-reply",
             Response::Status(_) => "response/status",
+            Response::Done => "response/done",
             Response::Error(e) => match e {
                 ApiError::NoLeader { .. } => "response/error/no-leader",
                 ApiError::NotLeader { .. } => "response/error/not-leader",
@@ -198,13 +206,14 @@ pub fn variant(f: &Frame) -> &'static str {
                 ApiError::BadRequest(_) => "response/error/bad-request",
                 ApiError::Apply(_) => "response/error/apply",
                 ApiError::Unavailable(_) => "response/error/unavailable",
+                ApiError::NotFound(_) => "response/error/not-found",
             },
         },
     }
 }
 
 /// Every name [`variant`] can return.
-pub const VARIANTS: usize = 3 + 9 + 8 + 9;
+pub const VARIANTS: usize = 3 + 10 + 9 + 10;
 
 /// Encodes frames back to back, as one connection would carry them.
 pub fn encode_all(frames: &[Frame]) -> Vec<u8> {
