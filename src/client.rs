@@ -11,6 +11,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{ApiError, ClientError, WireError};
 use crate::messages::kv::{KV_NAMESPACE, KvCommand, KvOutput};
+use crate::messages::registry::{
+    InstanceKey, REGISTRY_NAMESPACE, RegistryCommand, RegistryQuery, Service, ServiceNode, Strategy,
+};
 use crate::wire::{
     Consistency, Frame, Hello, Request, Response, StatusInfo, Write, WriteReply, handshake, spawn_writer,
 };
@@ -161,6 +164,69 @@ impl Client {
     pub async fn query(&self, namespace: &str, data: Bytes, consistency: Consistency) -> Result<Bytes, ClientError> {
         match self.call(Request::Query { namespace: namespace.into(), data, consistency }).await? {
             Response::QueryReply(b) => Ok(b),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Creates or replaces services.
+    pub async fn set_services(&self, services: Vec<Service>) -> Result<WriteReply, ClientError> {
+        self.registry_write(RegistryCommand::Set(services)).await
+    }
+
+    /// Removes services by name.
+    pub async fn remove_services(&self, names: Vec<String>) -> Result<WriteReply, ClientError> {
+        self.registry_write(RegistryCommand::Remove(names)).await
+    }
+
+    /// Creates or updates one instance.
+    pub async fn register_instance(
+        &self,
+        service: &str,
+        kind: &str,
+        node: ServiceNode,
+    ) -> Result<WriteReply, ClientError> {
+        self.registry_write(RegistryCommand::Register { service: service.into(), kind: kind.into(), node }).await
+    }
+
+    /// Removes one instance.
+    pub async fn deregister_instance(&self, key: InstanceKey) -> Result<WriteReply, ClientError> {
+        self.registry_write(RegistryCommand::Deregister(key)).await
+    }
+
+    async fn registry_write(&self, cmd: RegistryCommand) -> Result<WriteReply, ClientError> {
+        let data = serde_json::to_vec(&cmd).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        self.write(REGISTRY_NAMESPACE, data.into()).await
+    }
+
+    async fn registry_query<T: serde::de::DeserializeOwned>(
+        &self,
+        q: RegistryQuery,
+        consistency: Consistency,
+    ) -> Result<T, ClientError> {
+        let data = serde_json::to_vec(&q).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let answer = self.query(REGISTRY_NAMESPACE, data.into(), consistency).await?;
+        serde_json::from_slice(&answer).map_err(|e| ClientError::Unexpected(e.to_string()))
+    }
+
+    /// One service.
+    pub async fn get_service(&self, name: &str, consistency: Consistency) -> Result<Option<Service>, ClientError> {
+        self.registry_query(RegistryQuery::Get(name.into()), consistency).await
+    }
+
+    /// Every service.
+    pub async fn list_services(&self, consistency: Consistency) -> Result<Vec<Service>, ClientError> {
+        self.registry_query(RegistryQuery::List, consistency).await
+    }
+
+    /// One available instance of a service, picked by the node.
+    pub async fn balance(&self, name: &str, strategy: Strategy) -> Result<ServiceNode, ClientError> {
+        self.registry_query(RegistryQuery::Balance { name: name.into(), strategy }, Consistency::Stale).await
+    }
+
+    /// An instance is alive.
+    pub async fn beat(&self, key: InstanceKey) -> Result<(), ClientError> {
+        match self.call(Request::Beat { key, forwarded: false }).await? {
+            Response::Done => Ok(()),
             other => Err(unexpected(other)),
         }
     }

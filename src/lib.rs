@@ -40,6 +40,7 @@ pub mod check;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod messages;
 pub mod node;
 pub mod raft;

@@ -44,6 +44,7 @@ type QueryRouter = Arc<Mutex<BTreeMap<String, Option<Recipient<Query>>>>>;
 pub struct Node {
     handle: NodeHandle,
     local_addr: SocketAddr,
+    http: Option<crate::http::HttpApi>,
     listener: Addr<Listener>,
     links: Vec<Addr<PeerLink>>,
 }
@@ -146,7 +147,16 @@ impl NodeBuilder {
             queries: Arc::new(Mutex::new(queries)),
         };
         let listener = listener_ctx.run(Listener::new(listener, handle.clone()));
-        Ok(Node { handle, local_addr, listener, links })
+        let http = match &config.http {
+            Some(addr) => {
+                let api = crate::http::start(handle.clone(), addr)
+                    .map_err(|source| NodeError::Bind { addr: addr.clone(), source })?;
+                tracing::info!(addr = %api.addr, "http api listening");
+                Some(api)
+            }
+            None => None,
+        };
+        Ok(Node { handle, local_addr, http, listener, links })
     }
 }
 
@@ -171,10 +181,18 @@ impl Node {
         self.local_addr
     }
 
+    /// Where the HTTP API listens, if it is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|h| h.addr)
+    }
+
     /// Stops accepting connections and closes links to peers. The actors wind down when the
     /// last handle is dropped; stopping the actix system stops everything at once.
     pub fn stop(&self) {
         self.listener.do_send(StopListener);
+        if let Some(h) = &self.http {
+            drop(h.handle.stop(false));
+        }
         for l in &self.links {
             l.do_send(StopLink);
         }

@@ -837,10 +837,15 @@ impl Handler<GetElectionStatus> for Election {
         let peers = self
             .peers
             .iter()
-            .map(|(&id, p)| PeerStatus {
-                id,
-                addr: p.addr.clone(),
-                match_index: self.leader_state.as_ref().and_then(|ls| ls.match_index.get(&id).copied()),
+            .map(|(&id, p)| {
+                let ls = self.leader_state.as_ref();
+                let window = Duration::from_millis(self.config.election_timeout_max_ms);
+                PeerStatus {
+                    id,
+                    addr: p.addr.clone(),
+                    match_index: ls.and_then(|ls| ls.match_index.get(&id).copied()),
+                    alive: ls.and_then(|ls| ls.last_ack.get(&id)).map(|t| t.elapsed() < window),
+                }
             })
             .collect();
         MessageResult(ElectionStatus {

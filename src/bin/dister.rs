@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use dister::bench::{self, BenchOptions};
+use dister::messages::registry::{InstanceKey, Service, Strategy};
 use dister::{ApiError, Client, ClientError, Config, Consistency, Node, PeerConfig};
 
 /// A Raft-replicated key/value, config and service-registry node.
@@ -40,8 +41,59 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Service registry commands.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Print one healthy, enabled instance of a service (host:port).
+    Balance {
+        /// The service.
+        name: String,
+        /// Take instances in turn instead of at random by weight.
+        #[arg(long)]
+        round_robin: bool,
+        /// Print the instance as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Instance commands.
+    #[command(subcommand)]
+    Instance(InstanceCommand),
     /// Drive concurrent writers against a cluster and report throughput and latency.
     Bench(BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum ServiceCommand {
+    /// Create or replace services from a JSON file (an array of services, or one), `-` for stdin.
+    Set {
+        /// The file, or `-`.
+        file: String,
+    },
+    /// Print a service as JSON, or every service.
+    Get {
+        /// The service (all when absent).
+        name: Option<String>,
+        /// Read from this node's copy at once.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Remove services.
+    Del {
+        /// The services.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum InstanceCommand {
+    /// Tell the leader an instance is alive (ephemeral instances and TTL checks live by beats).
+    Beat {
+        /// The service.
+        service: String,
+        /// The instance, HOST:PORT.
+        addr: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -70,6 +122,9 @@ struct ServerArgs {
     /// Allow listening beyond loopback without a cluster token.
     #[arg(long)]
     insecure: bool,
+    /// Serve the HTTP API on HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    http: Option<String>,
     /// Seed for the node's random choices (replays a run).
     #[arg(long)]
     seed: Option<u64>,
@@ -163,6 +218,9 @@ fn server_config(args: ServerArgs) -> anyhow::Result<Config> {
     if args.insecure {
         config.insecure = true;
     }
+    if args.http.is_some() {
+        config.http = args.http;
+    }
     config.validate()?;
     Ok(config)
 }
@@ -182,7 +240,11 @@ async fn run_server(config: Config) -> anyhow::Result<()> {
 
 /// A client command's failure, with the exit code it maps to.
 enum Failure {
+    /// Exit 1: what was asked for does not exist.
     NotFound(String),
+    /// Exit 2: the arguments are wrong.
+    Usage(String),
+    /// Exit 1: anything else.
     Other(anyhow::Error),
 }
 
@@ -251,6 +313,64 @@ async fn run_client(addr: &str, group: &str, token: Option<&str>, command: Comma
                     let m = p.match_index.map_or(String::new(), |m| format!(" match {m}"));
                     let _ = writeln!(out, "peer {} {}{m}", p.id, p.addr);
                 }
+            }
+        }
+        Command::Service(ServiceCommand::Set { file }) => {
+            let text = if file == "-" {
+                std::io::read_to_string(std::io::stdin()).map_err(|e| Failure::Other(anyhow::anyhow!("stdin: {e}")))?
+            } else {
+                std::fs::read_to_string(&file).map_err(|e| Failure::Other(anyhow::anyhow!("{file}: {e}")))?
+            };
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Failure::Other(anyhow::anyhow!("{file}: not JSON: {e}")))?;
+            let services: Vec<Service> = match value {
+                serde_json::Value::Array(_) => serde_json::from_value(value),
+                other => serde_json::from_value(other).map(|s| vec![s]),
+            }
+            .map_err(|e| Failure::Other(anyhow::anyhow!("{file}: bad service: {e}")))?;
+            let n = services.len();
+            retry(|| client.set_services(services.clone())).await?;
+            let _ = writeln!(out, "{n}");
+        }
+        Command::Service(ServiceCommand::Get { name, stale }) => {
+            let consistency = if stale { Consistency::Stale } else { Consistency::Linearizable };
+            let json = match name {
+                Some(name) => match retry(|| client.get_service(&name, consistency)).await? {
+                    Some(s) => serde_json::to_string_pretty(&s),
+                    None => return Err(Failure::NotFound(format!("service {name:?} not found"))),
+                },
+                None => serde_json::to_string_pretty(&retry(|| client.list_services(consistency)).await?),
+            };
+            let _ = writeln!(out, "{}", json.map_err(|e| Failure::Other(e.into()))?);
+        }
+        Command::Service(ServiceCommand::Del { names }) => {
+            let reply = retry(|| client.remove_services(names.clone())).await?;
+            let _ = writeln!(out, "{}", String::from_utf8_lossy(&reply.output));
+        }
+        Command::Balance { name, round_robin, json } => {
+            let strategy = if round_robin { Strategy::RoundRobin } else { Strategy::Weighted };
+            match client.balance(&name, strategy).await {
+                Ok(n) if json => {
+                    let _ =
+                        writeln!(out, "{}", serde_json::to_string_pretty(&n).map_err(|e| Failure::Other(e.into()))?);
+                }
+                Ok(n) => {
+                    let _ = writeln!(out, "{}", n.addr());
+                }
+                Err(ClientError::Api(ApiError::NotFound(m))) => return Err(Failure::NotFound(m)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Command::Instance(InstanceCommand::Beat { service, addr }) => {
+            let (host, port) = addr
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+                .ok_or_else(|| Failure::Usage(format!("{addr:?} is not HOST:PORT")))?;
+            let key = InstanceKey { service, host, port };
+            match retry(|| client.beat(key.clone())).await {
+                Ok(()) => out.push_str("OK\n"),
+                Err(ClientError::Api(ApiError::NotFound(m))) => return Err(Failure::NotFound(m)),
+                Err(e) => return Err(e.into()),
             }
         }
         Command::Server(_) | Command::Bench(_) => unreachable!("handled in main"),
@@ -344,6 +464,10 @@ fn main() -> ExitCode {
                 Err(Failure::NotFound(m)) => {
                     eprintln!("{m}");
                     ExitCode::FAILURE
+                }
+                Err(Failure::Usage(m)) => {
+                    eprintln!("error: {m}");
+                    ExitCode::from(2)
                 }
                 Err(Failure::Other(e)) => {
                     eprintln!("error: {e:#}");

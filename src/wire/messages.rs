@@ -113,6 +113,8 @@ pub struct PeerStatus {
     pub addr: String,
     /// On the leader: highest index known replicated to it.
     pub match_index: Option<u64>,
+    /// On the leader: whether it answered within the last election timeout.
+    pub alive: Option<bool>,
 }
 
 /// Connections refused since the node started, by reason.

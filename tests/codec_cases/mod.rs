@@ -100,11 +100,8 @@ fn api_error() -> impl Strategy<Value = ApiError> {
 
 fn status() -> impl Strategy<Value = StatusInfo> {
     let role = prop_oneof![Just(Role::Follower), Just(Role::Candidate), Just(Role::Leader)];
-    let peer = (any::<u64>(), text(), option::of(any::<u64>())).prop_map(|(id, addr, match_index)| PeerStatus {
-        id,
-        addr,
-        match_index,
-    });
+    let peer = (any::<u64>(), text(), option::of(any::<u64>()), option::of(any::<bool>()))
+        .prop_map(|(id, addr, match_index, alive)| PeerStatus { id, addr, match_index, alive });
     (
         (any::<u64>(), text(), role, any::<u64>(), option::of(any::<u64>())),
         (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), vec(peer, 0..3)),

@@ -1,0 +1,329 @@
+//! The HTTP API (actix-web): a second door onto the same actor messages as the wire, with
+//! dister's paths and envelope so its users' scripts keep working. Every response is
+//! `{"result":1|0,"message":"ok"|error,"data":...}`; bad input is a 400 that says what is wrong,
+//! never a 500 or a panic. No logic lives here: each handler parses, calls `NodeHandle`, and
+//! wraps the answer.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use actix_web::dev::ServerHandle;
+use actix_web::http::StatusCode;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+use crate::messages::registry::{InstanceKey, Service, Strategy};
+use crate::node::NodeHandle;
+use crate::raft::Role;
+use crate::wire::Consistency;
+
+/// A running HTTP server.
+pub struct HttpApi {
+    /// Stops the server.
+    pub handle: ServerHandle,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+/// Binds `addr` and serves the API for `node` on one worker thread (HTTP parsing stays off
+/// the node's own thread).
+pub fn start(node: NodeHandle, addr: &str) -> std::io::Result<HttpApi> {
+    let server = HttpServer::new(move || App::new().app_data(web::Data::new(node.clone())).configure(routes))
+        .workers(1)
+        .disable_signals()
+        .bind(addr)?;
+    let bound = server.addrs().first().copied().ok_or_else(|| std::io::Error::other("http: nothing bound"))?;
+    let server = server.run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    Ok(HttpApi { handle, addr: bound })
+}
+
+/// The routes, for `App::configure`.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/kv", web::get().to(kv_get))
+        .route("/kv", web::post().to(kv_set))
+        .route("/kv", web::delete().to(kv_delete))
+        .route("/node", web::get().to(node_get))
+        .route("/node", web::post().to(node_change))
+        .route("/node", web::delete().to(node_change))
+        .route("/service", web::get().to(service_get))
+        .route("/service", web::post().to(service_set))
+        .route("/service", web::delete().to(service_delete))
+        .route("/balance", web::get().to(balance))
+        .route("/beat", web::post().to(beat))
+        .route("/beat", web::put().to(beat))
+        .route("/health", web::get().to(health))
+        .route("/status", web::get().to(status))
+        .default_service(web::to(|| async { fail(StatusCode::NOT_FOUND, "no such path".into()) }));
+}
+
+#[derive(Serialize)]
+struct Envelope<T> {
+    result: u8,
+    message: String,
+    data: T,
+}
+
+fn ok<T: Serialize>(data: T) -> HttpResponse {
+    HttpResponse::Ok().json(Envelope { result: 1, message: "ok".into(), data })
+}
+
+fn fail(status: StatusCode, message: String) -> HttpResponse {
+    HttpResponse::build(status).json(Envelope { result: 0, message, data: Value::Null })
+}
+
+/// Maps what went wrong to the status a client can act on.
+fn api_fail(e: ApiError) -> HttpResponse {
+    let status = match &e {
+        ApiError::BadRequest(_) | ApiError::UnknownNamespace(_) | ApiError::Apply(_) => StatusCode::BAD_REQUEST,
+        ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+        ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        ApiError::Dropped { .. } => StatusCode::CONFLICT,
+        ApiError::NoLeader { .. }
+        | ApiError::NotLeader { .. }
+        | ApiError::Unreachable { .. }
+        | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    fail(status, e.to_string())
+}
+
+fn bad(message: String) -> HttpResponse {
+    fail(StatusCode::BAD_REQUEST, message)
+}
+
+/// When the cluster has a token, HTTP callers present it too (`X-Dister-Token` header or
+/// `token` query parameter); `None` means the request may go on.
+fn refuse_without_token(
+    node: &NodeHandle,
+    req: &HttpRequest,
+    query: &BTreeMap<String, String>,
+) -> Option<HttpResponse> {
+    let want = node.config().cluster_token.as_deref()?;
+    let given = req
+        .headers()
+        .get("x-dister-token")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| query.get("token").map(String::as_str))
+        .unwrap_or_default();
+    if bool::from(given.as_bytes().ct_eq(want.as_bytes())) {
+        None
+    } else {
+        Some(fail(StatusCode::FORBIDDEN, "this cluster requires its token (X-Dister-Token header)".into()))
+    }
+}
+
+type Query = web::Query<BTreeMap<String, String>>;
+
+fn consistency(q: &BTreeMap<String, String>) -> Consistency {
+    match q.get("stale").map(String::as_str) {
+        Some("" | "1" | "true" | "yes") => Consistency::Stale,
+        _ => Consistency::Linearizable,
+    }
+}
+
+/// Parses a JSON body; the error says what the body must be and what is wrong with it.
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str) -> Result<T, String> {
+    if body.is_empty() {
+        return Err(format!("the body must be {what}"));
+    }
+    serde_json::from_slice(body).map_err(|e| format!("the body must be {what}: {e}"))
+}
+
+macro_rules! guard {
+    ($node:expr, $req:expr, $q:expr) => {
+        if let Some(refusal) = refuse_without_token(&$node, &$req, &$q) {
+            return refusal;
+        }
+    };
+}
+
+async fn kv_get(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) -> HttpResponse {
+    guard!(node, req, q);
+    match q.get("k") {
+        Some(k) if k.is_empty() => bad("k must not be empty".into()),
+        Some(k) => match node.get(k.clone(), consistency(&q)).await {
+            Ok(v) => ok(v),
+            Err(e) => api_fail(e),
+        },
+        None => match node.list(q.get("prefix").cloned().unwrap_or_default(), consistency(&q)).await {
+            Ok(pairs) => ok(pairs.into_iter().collect::<BTreeMap<_, _>>()),
+            Err(e) => api_fail(e),
+        },
+    }
+}
+
+async fn kv_set(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, body: web::Bytes) -> HttpResponse {
+    guard!(node, req, q);
+    let map: serde_json::Map<String, Value> = match parse(&body, "a JSON object of key/value pairs") {
+        Ok(m) => m,
+        Err(m) => return bad(m),
+    };
+    let mut pairs = Vec::with_capacity(map.len());
+    for (k, v) in map {
+        match v {
+            Value::String(s) => pairs.push((k, s)),
+            other => return bad(format!("the value of {k:?} must be a string, not {other}")),
+        }
+    }
+    match node.set(pairs).await {
+        Ok(w) => ok(json!({ "index": w.index })),
+        Err(e) => api_fail(e),
+    }
+}
+
+async fn kv_delete(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, body: web::Bytes) -> HttpResponse {
+    guard!(node, req, q);
+    let keys: Vec<String> = match parse(&body, "a JSON array of keys") {
+        Ok(k) => k,
+        Err(m) => return bad(m),
+    };
+    match node.delete(keys).await {
+        Ok(n) => ok(json!({ "deleted": n })),
+        Err(e) => api_fail(e),
+    }
+}
+
+async fn node_get(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) -> HttpResponse {
+    guard!(node, req, q);
+    let s = match node.status().await {
+        Ok(s) => s,
+        Err(e) => return api_fail(e),
+    };
+    let raft_role = |id: u64| match s.leader {
+        Some(l) if l == id => "leader",
+        Some(_) => "follower",
+        None => "unknown",
+    };
+    let mut nodes = vec![json!({
+        "id": s.id,
+        "name": format!("node-{}", s.id),
+        "address": node.config().listen,
+        "role": "server",
+        "raft_role": s.role.to_string(),
+        "status": "alive",
+        "last_log_index": s.last_log_index,
+    })];
+    for p in &s.peers {
+        nodes.push(json!({
+            "id": p.id,
+            "name": format!("node-{}", p.id),
+            "address": p.addr,
+            "role": "server",
+            "raft_role": raft_role(p.id),
+            // Only the leader hears from every peer; elsewhere a peer's state is unknown.
+            "status": match (s.role, p.alive) {
+                (Role::Leader, Some(true)) => "alive",
+                (Role::Leader, _) => "unreachable",
+                _ => "unknown",
+            },
+            "last_log_index": p.match_index,
+        }));
+    }
+    ok(nodes)
+}
+
+async fn node_change(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) -> HttpResponse {
+    guard!(node, req, q);
+    fail(
+        StatusCode::NOT_IMPLEMENTED,
+        "membership changes are not supported yet: peers are configured (--peer) when each node starts".into(),
+    )
+}
+
+async fn service_get(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) -> HttpResponse {
+    guard!(node, req, q);
+    match q.get("name") {
+        Some(name) => match node.get_service(name.clone(), consistency(&q)).await {
+            Ok(Some(s)) => ok(s),
+            Ok(None) => fail(StatusCode::NOT_FOUND, format!("service {name:?} is not registered")),
+            Err(e) => api_fail(e),
+        },
+        None => match node.list_services(consistency(&q)).await {
+            Ok(all) => ok(all),
+            Err(e) => api_fail(e),
+        },
+    }
+}
+
+async fn service_set(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, body: web::Bytes) -> HttpResponse {
+    guard!(node, req, q);
+    // dister takes an array; one object is taken as an array of one.
+    let services: Vec<Service> = match parse::<Value>(&body, "a JSON array of services") {
+        Ok(Value::Array(a)) => match serde_json::from_value(Value::Array(a)) {
+            Ok(s) => s,
+            Err(e) => return bad(format!("bad service: {e}")),
+        },
+        Ok(obj @ Value::Object(_)) => match serde_json::from_value(obj) {
+            Ok(s) => vec![s],
+            Err(e) => return bad(format!("bad service: {e}")),
+        },
+        Ok(other) => return bad(format!("the body must be a JSON array of services, not {other}")),
+        Err(m) => return bad(m),
+    };
+    match node.set_services(services).await {
+        Ok(w) => ok(json!({ "index": w.index })),
+        Err(e) => api_fail(e),
+    }
+}
+
+async fn service_delete(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, body: web::Bytes) -> HttpResponse {
+    guard!(node, req, q);
+    let names: Vec<String> = match parse(&body, "a JSON array of service names") {
+        Ok(n) => n,
+        Err(m) => return bad(m),
+    };
+    match node.remove_services(names).await {
+        Ok(w) => ok(json!({ "index": w.index })),
+        Err(e) => api_fail(e),
+    }
+}
+
+async fn balance(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) -> HttpResponse {
+    guard!(node, req, q);
+    let Some(name) = q.get("name").filter(|n| !n.is_empty()) else {
+        return bad("name is required: /balance?name=SERVICE".into());
+    };
+    let strategy: Strategy = match q.get("strategy").map(|s| s.parse()).transpose() {
+        Ok(s) => s.unwrap_or_default(),
+        Err(e) => return bad(e),
+    };
+    match node.balance(name.clone(), strategy).await {
+        Ok(n) => ok(n),
+        Err(e) => api_fail(e),
+    }
+}
+
+async fn beat(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) -> HttpResponse {
+    guard!(node, req, q);
+    let (Some(service), Some(addr)) = (q.get("service"), q.get("addr")) else {
+        return bad("service and addr are required: /beat?service=NAME&addr=HOST:PORT".into());
+    };
+    let Some((host, port)) = addr.rsplit_once(':').and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+    else {
+        return bad(format!("addr {addr:?} is not HOST:PORT"));
+    };
+    match node.beat(InstanceKey { service: service.clone(), host, port }, false).await {
+        Ok(()) => ok(Value::Null),
+        Err(e) => api_fail(e),
+    }
+}
+
+async fn health(node: web::Data<NodeHandle>) -> HttpResponse {
+    match node.status().await {
+        Ok(s) if s.leader.is_some() => ok(json!({ "id": s.id, "role": s.role, "leader": s.leader })),
+        Ok(s) => fail(StatusCode::SERVICE_UNAVAILABLE, format!("node {} is up but knows no leader", s.id)),
+        Err(e) => api_fail(e),
+    }
+}
+
+async fn status(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) -> HttpResponse {
+    guard!(node, req, q);
+    match node.status().await {
+        Ok(s) => ok(s),
+        Err(e) => api_fail(e),
+    }
+}

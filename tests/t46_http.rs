@@ -1,0 +1,187 @@
+//! t46: every endpoint of the HTTP API, with good and bad input, through the leader and
+//! through a follower: dister's paths and `{"result","message","data"}` envelope; bad input is a
+//! 400 that says what is wrong, never a 500.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Cluster;
+use serde_json::{Value, json};
+
+/// One HTTP exchange: status and parsed envelope.
+async fn call(method: &str, url: &str, body: Option<&str>) -> (u16, Value) {
+    let client = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
+    let req = match method {
+        "GET" => client.get(url),
+        "POST" => client.post(url),
+        "PUT" => client.put(url),
+        "DELETE" => client.delete(url),
+        other => panic!("method {other}"),
+    };
+    let mut resp = match body {
+        Some(b) => req.insert_header(("content-type", "application/json")).send_body(b.to_string()).await,
+        None => req.send().await,
+    }
+    .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let bytes = resp.body().await.unwrap();
+    let v: Value =
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{method} {url}: not JSON ({e}): {bytes:?}"));
+    assert!(v.get("result").is_some() && v.get("message").is_some() && v.get("data").is_some(), "no envelope: {v}");
+    (resp.status().as_u16(), v)
+}
+
+fn ok(r: &(u16, Value)) -> &Value {
+    assert_eq!((r.0, &r.1["result"], &r.1["message"]), (200, &json!(1), &json!("ok")), "{r:?}");
+    &r.1["data"]
+}
+
+fn refused(r: &(u16, Value), status: u16, says: &str) {
+    assert_eq!(r.0, status, "{r:?}");
+    assert_eq!(r.1["result"], json!(0), "{r:?}");
+    let m = r.1["message"].as_str().unwrap_or_default();
+    assert!(m.contains(says), "message {m:?} does not say {says:?}");
+}
+
+fn with_http(c: &mut dister::Config) {
+    c.http = Some(format!("127.0.0.1:{}", common::free_port()));
+}
+
+/// Every endpoint, through the leader and a follower.
+///
+/// 1. For each of the two nodes: set pairs, get one, get all, delete; bad bodies are 400s.
+/// 2. Register services, get one and all, balance, remove; bad bodies and names are 400/404.
+/// 3. `GET /node` lists three nodes; `POST`/`DELETE /node` answer a clear 501.
+/// 4. `GET /health` is 200 with a leader; `GET /status` carries the status fields.
+#[actix_rt::test]
+async fn every_endpoint_through_leader_and_follower() {
+    let cluster = Cluster::start_with(3, with_http);
+    let leader = cluster.wait_leader(Duration::from_secs(2)).await;
+    for (round, node) in [leader, (leader + 1) % 3].into_iter().enumerate() {
+        let base = format!("http://{}", cluster.configs[node].http.clone().unwrap());
+        let k = |s: &str| format!("r{round}-{s}");
+        // kv
+        let set =
+            ok(&call("POST", &format!("{base}/kv"), Some(&format!(r#"{{"{}":"1","{}":"2"}}"#, k("a"), k("b")))).await)
+                .clone();
+        assert!(set["index"].as_u64().unwrap() > 0);
+        assert_eq!(ok(&call("GET", &format!("{base}/kv?k={}", k("a")), None).await), &json!("1"));
+        assert_eq!(ok(&call("GET", &format!("{base}/kv?k={}", k("zz")), None).await), &Value::Null);
+        let all = ok(&call("GET", &format!("{base}/kv"), None).await).clone();
+        assert_eq!(all[k("b")], json!("2"));
+        let stale = ok(&call("GET", &format!("{base}/kv?stale=1&prefix={}", k("")), None).await).clone();
+        assert!(stale.as_object().unwrap().len() <= 2);
+        assert_eq!(
+            ok(&call("DELETE", &format!("{base}/kv"), Some(&format!(r#"["{}","nope"]"#, k("a")))).await),
+            &json!({"deleted": 1})
+        );
+        refused(&call("POST", &format!("{base}/kv"), Some("{not json")).await, 400, "JSON object");
+        refused(&call("POST", &format!("{base}/kv"), Some(r#"{"x":1}"#)).await, 400, "must be a string");
+        refused(&call("POST", &format!("{base}/kv"), Some("{}")).await, 400, "no key");
+        refused(&call("POST", &format!("{base}/kv"), Some(r#"{"":"v"}"#)).await, 400, "must not be empty");
+        refused(&call("POST", &format!("{base}/kv"), None).await, 400, "body must be");
+        refused(&call("DELETE", &format!("{base}/kv"), Some(r#"{"a":1}"#)).await, 400, "JSON array of keys");
+        refused(&call("GET", &format!("{base}/kv?k="), None).await, 400, "must not be empty");
+
+        // services
+        let svc = format!(
+            r#"[{{"name":"{}","type":"http","node":[{{"host":"127.0.0.1","port":9001,"priority":2}},{{"host":"127.0.0.2","port":9002,"enabled":false}}]}}]"#,
+            k("web")
+        );
+        ok(&call("POST", &format!("{base}/service"), Some(&svc)).await);
+        let one = ok(&call("GET", &format!("{base}/service?name={}", k("web")), None).await).clone();
+        assert_eq!((one["type"].clone(), one["node"][0]["weight"].clone()), (json!("http"), json!(2)));
+        let list = ok(&call("GET", &format!("{base}/service"), None).await).clone();
+        assert!(list.as_array().unwrap().iter().any(|s| s["name"] == json!(k("web"))));
+        let picked = ok(&call("GET", &format!("{base}/balance?name={}", k("web")), None).await).clone();
+        assert_eq!(picked["port"], json!(9001), "the disabled instance was picked: {picked}");
+        ok(&call("GET", &format!("{base}/balance?name={}&strategy=round_robin", k("web")), None).await);
+        refused(
+            &call("GET", &format!("{base}/balance?name={}&strategy=fastest", k("web")), None).await,
+            400,
+            "unknown strategy",
+        );
+        refused(&call("GET", &format!("{base}/balance"), None).await, 400, "name is required");
+        refused(&call("GET", &format!("{base}/balance?name=nope"), None).await, 404, "not registered");
+        refused(&call("GET", &format!("{base}/service?name=nope"), None).await, 404, "not registered");
+        refused(&call("POST", &format!("{base}/service"), Some(r#"[{"type":"x"}]"#)).await, 400, "bad service");
+        refused(
+            &call("POST", &format!("{base}/service"), Some(r#"[{"name":"","node":[]}]"#)).await,
+            400,
+            "must not be empty",
+        );
+        refused(
+            &call("POST", &format!("{base}/service"), Some(r#"[{"name":"s","node":[{"host":"h","port":99999}]}]"#))
+                .await,
+            400,
+            "bad service",
+        );
+        refused(&call("POST", &format!("{base}/service"), Some("42")).await, 400, "array of services");
+        refused(&call("DELETE", &format!("{base}/service"), Some("[]")).await, 400, "no service name");
+        ok(&call("DELETE", &format!("{base}/service"), Some(&format!(r#"["{}"]"#, k("web")))).await);
+        refused(&call("GET", &format!("{base}/service?name={}", k("web")), None).await, 404, "not registered");
+
+        // nodes, health, status
+        let nodes = ok(&call("GET", &format!("{base}/node"), None).await).clone();
+        let nodes = nodes.as_array().unwrap();
+        assert_eq!(nodes.len(), 3);
+        for field in ["id", "name", "address", "role", "raft_role", "status", "last_log_index"] {
+            assert!(nodes.iter().all(|n| n.get(field).is_some()), "node entries lack {field}: {nodes:?}");
+        }
+        assert_eq!(nodes.iter().filter(|n| n["raft_role"] == json!("leader")).count(), 1, "{nodes:?}");
+        refused(&call("POST", &format!("{base}/node"), Some(r#"["127.0.0.1:1"]"#)).await, 501, "not supported");
+        refused(&call("DELETE", &format!("{base}/node"), Some(r#"["127.0.0.1:1"]"#)).await, 501, "not supported");
+        let health = ok(&call("GET", &format!("{base}/health"), None).await).clone();
+        assert_eq!(health["leader"], json!(leader as u64 + 1));
+        let status = ok(&call("GET", &format!("{base}/status"), None).await).clone();
+        for field in ["id", "role", "term", "leader", "commit_index", "applied_index", "last_log_index", "peers"] {
+            assert!(status.get(field).is_some(), "status lacks {field}: {status}");
+        }
+        refused(&call("GET", &format!("{base}/nope"), None).await, 404, "no such path");
+    }
+}
+
+/// `GET /health` says when a node knows no leader (503), and beats go through HTTP too.
+#[actix_rt::test]
+async fn health_without_a_leader_and_beats_over_http() {
+    let mut cluster = Cluster::start_with(3, |c| {
+        with_http(c);
+        c.check_interval_ms = 100;
+    });
+    let leader = cluster.wait_leader(Duration::from_secs(2)).await;
+    let follower = (leader + 1) % 3;
+    let base = format!("http://{}", cluster.configs[follower].http.clone().unwrap());
+    let svc = r#"[{"name":"api","node":[{"host":"127.0.0.1","port":7001,"ephemeral":true}]}]"#;
+    ok(&call("POST", &format!("{base}/service"), Some(svc)).await);
+    ok(&call("POST", &format!("{base}/beat?service=api&addr=127.0.0.1:7001"), None).await);
+    refused(&call("POST", &format!("{base}/beat?service=api&addr=127.0.0.1:1"), None).await, 404, "not registered");
+    refused(&call("POST", &format!("{base}/beat?service=api&addr=nope"), None).await, 400, "HOST:PORT");
+    refused(&call("POST", &format!("{base}/beat"), None).await, 400, "required");
+    for i in (0..3).filter(|&i| i != follower) {
+        cluster.stop_node(i);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let r = call("GET", &format!("{base}/health"), None).await;
+        if r.0 == 503 {
+            refused(&r, 503, "knows no leader");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "health still {r:?} without a majority");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    refused(&call("POST", &format!("{base}/kv"), Some(r#"{"k":"v"}"#)).await, 503, "no leader");
+}
+
+/// With a cluster token, HTTP callers must present it.
+#[actix_rt::test]
+async fn http_requires_the_cluster_token_when_there_is_one() {
+    let cluster = Cluster::start_with(1, |c| {
+        with_http(c);
+        c.cluster_token = Some("http-token-of-some-length".into());
+    });
+    cluster.wait_leader(Duration::from_secs(1)).await;
+    let base = format!("http://{}", cluster.configs[0].http.clone().unwrap());
+    refused(&call("GET", &format!("{base}/kv"), None).await, 403, "requires its token");
+    ok(&call("GET", &format!("{base}/kv?token=http-token-of-some-length"), None).await);
+}
