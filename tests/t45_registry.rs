@@ -247,3 +247,34 @@ async fn balance_follows_weights_and_skips_unavailable_instances() {
     };
     assert!(turns.windows(2).all(|w| w[0] != w[1]), "round-robin repeated: {turns:?}");
 }
+
+/// A script check runs its command and follows its exit status, where the config allows
+/// scripts; where it does not, a script-checked instance never turns healthy (it would run
+/// code on the leader's machine).
+#[actix_rt::test]
+async fn script_checks_follow_exit_status_only_where_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("up");
+    std::fs::write(&flag, b"").unwrap();
+    let script = format!("test -f {}", flag.display());
+    let node = |port| ServiceNode { script: Some(script.clone()), ..checked(port, CheckKind::Script) };
+
+    let allowed = Cluster::start_with(1, |c| {
+        fast(c);
+        c.allow_script_checks = true;
+    });
+    allowed.wait_leader(Duration::from_secs(1)).await;
+    let c = allowed.client(0).await;
+    c.set_services(vec![Service { name: "job".into(), kind: "script".into(), nodes: vec![node(1)] }]).await.unwrap();
+    wait_health(&c, "job", 1, Health::Healthy, Duration::from_secs(3)).await;
+    std::fs::remove_file(&flag).unwrap();
+    wait_health(&c, "job", 1, Health::Unhealthy, Duration::from_secs(3)).await;
+    std::fs::write(&flag, b"").unwrap();
+    wait_health(&c, "job", 1, Health::Healthy, Duration::from_secs(3)).await;
+
+    let refused = Cluster::start_with(1, fast);
+    refused.wait_leader(Duration::from_secs(1)).await;
+    let c = refused.client(0).await;
+    c.set_services(vec![Service { name: "job".into(), kind: "script".into(), nodes: vec![node(1)] }]).await.unwrap();
+    wait_health(&c, "job", 1, Health::Unhealthy, Duration::from_secs(3)).await;
+}
