@@ -57,8 +57,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/beat", web::post().to(beat))
         .route("/beat", web::put().to(beat))
         .route("/health", web::get().to(health))
-        .route("/status", web::get().to(status))
-        .default_service(web::to(|| async { fail(StatusCode::NOT_FOUND, "no such path".into()) }));
+        .route("/status", web::get().to(status));
+    for path in ["/kv", "/node", "/service", "/balance", "/beat", "/health", "/status"] {
+        cfg.route(
+            path,
+            web::route().to(|| async { fail(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here".into()) }),
+        );
+    }
+    cfg.app_data(web::QueryConfig::default().error_handler(|e, _| {
+        let message = format!("bad query string: {e}");
+        actix_web::error::InternalError::from_response(e, fail(StatusCode::BAD_REQUEST, message)).into()
+    }))
+    .default_service(web::to(|| async { fail(StatusCode::NOT_FOUND, "no such path".into()) }));
 }
 
 #[derive(Serialize)]
@@ -125,6 +135,22 @@ fn consistency(q: &BTreeMap<String, String>) -> Consistency {
     }
 }
 
+/// Reads a request body, refusing one over the node's `max_request_bytes` with an envelope
+/// (actix's own limit would answer plain text, and far lower than what the wire takes).
+async fn read_body(node: &NodeHandle, mut payload: web::Payload) -> Result<web::Bytes, HttpResponse> {
+    use futures::StreamExt;
+    let limit = node.config().max_request_bytes;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| bad(format!("cannot read the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(fail(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over max_request_bytes ({limit})")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
 /// Parses a JSON body; the error says what the body must be and what is wrong with it.
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str) -> Result<T, String> {
     if body.is_empty() {
@@ -156,8 +182,12 @@ async fn kv_get(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) -> Http
     }
 }
 
-async fn kv_set(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, body: web::Bytes) -> HttpResponse {
+async fn kv_set(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, payload: web::Payload) -> HttpResponse {
     guard!(node, req, q);
+    let body = match read_body(&node, payload).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let map: serde_json::Map<String, Value> = match parse(&body, "a JSON object of key/value pairs") {
         Ok(m) => m,
         Err(m) => return bad(m),
@@ -175,8 +205,12 @@ async fn kv_set(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, body: w
     }
 }
 
-async fn kv_delete(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, body: web::Bytes) -> HttpResponse {
+async fn kv_delete(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, payload: web::Payload) -> HttpResponse {
     guard!(node, req, q);
+    let body = match read_body(&node, payload).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let keys: Vec<String> = match parse(&body, "a JSON array of keys") {
         Ok(k) => k,
         Err(m) => return bad(m),
@@ -249,8 +283,12 @@ async fn service_get(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) ->
     }
 }
 
-async fn service_set(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, body: web::Bytes) -> HttpResponse {
+async fn service_set(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, payload: web::Payload) -> HttpResponse {
     guard!(node, req, q);
+    let body = match read_body(&node, payload).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     // dister takes an array; one object is taken as an array of one.
     let services: Vec<Service> = match parse::<Value>(&body, "a JSON array of services") {
         Ok(Value::Array(a)) => match serde_json::from_value(Value::Array(a)) {
@@ -270,8 +308,17 @@ async fn service_set(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, bo
     }
 }
 
-async fn service_delete(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, body: web::Bytes) -> HttpResponse {
+async fn service_delete(
+    node: web::Data<NodeHandle>,
+    req: HttpRequest,
+    q: Query,
+    payload: web::Payload,
+) -> HttpResponse {
     guard!(node, req, q);
+    let body = match read_body(&node, payload).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let names: Vec<String> = match parse(&body, "a JSON array of service names") {
         Ok(n) => n,
         Err(m) => return bad(m),
@@ -302,8 +349,11 @@ async fn beat(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) -> HttpRe
     let (Some(service), Some(addr)) = (q.get("service"), q.get("addr")) else {
         return bad("service and addr are required: /beat?service=NAME&addr=HOST:PORT".into());
     };
-    let Some((host, port)) = addr.rsplit_once(':').and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
-    else {
+    let parsed = addr.rsplit_once(':').and_then(|(h, p)| {
+        let host = h.trim_start_matches('[').trim_end_matches(']');
+        Some((host.to_string(), p.parse::<u16>().ok()?)).filter(|(h, _)| !h.is_empty())
+    });
+    let Some((host, port)) = parsed else {
         return bad(format!("addr {addr:?} is not HOST:PORT"));
     };
     match node.beat(InstanceKey { service: service.clone(), host, port }, false).await {

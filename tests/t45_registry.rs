@@ -205,9 +205,19 @@ async fn ephemeral_instances_expire_without_beats() {
     let removed_after = silent.elapsed();
     assert!(unhealthy_after >= Duration::from_millis(500), "marked unhealthy too early: {unhealthy_after:?}");
     assert!(removed_after >= Duration::from_millis(1_100), "removed too early: {removed_after:?}");
-    match c.beat(key).await {
+    match c.beat(key.clone()).await {
         Err(ClientError::Api(ApiError::NotFound(m))) => assert!(m.contains("not registered"), "{m}"),
         other => panic!("beat for a removed instance answered {other:?}"),
+    }
+    // Registered again right after its removal, it starts afresh: healthy, and removed again
+    // once it falls silent (found in review: a stale "removing" mark kept it forever).
+    retry(Duration::from_secs(5), || c.register_instance("api", "http", node.clone())).await.unwrap();
+    let s = c.get_service("api", Consistency::Linearizable).await.unwrap().unwrap();
+    assert_eq!(s.nodes[0].health, Health::Healthy, "a re-registration is a sign of life");
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while c.get_service("api", Consistency::Linearizable).await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "a re-registered, silent ephemeral instance was never removed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -117,6 +117,37 @@ async fn every_endpoint_through_leader_and_follower() {
             "bad service",
         );
         refused(&call("POST", &format!("{base}/service"), Some("42")).await, 400, "array of services");
+        refused(
+            &call(
+                "POST",
+                &format!("{base}/service"),
+                Some(r#"[{"name":"d","node":[{"host":"h","port":1},{"host":"h","port":1}]}]"#),
+            )
+            .await,
+            400,
+            "twice",
+        );
+        refused(
+            &call(
+                "POST",
+                &format!("{base}/service"),
+                Some(r#"[{"name":"t","node":[{"host":"h","port":1,"ttl_ms":0}]}]"#),
+            )
+            .await,
+            400,
+            "above 0",
+        );
+        refused(
+            &call(
+                "POST",
+                &format!("{base}/service"),
+                Some(r#"[{"name":"u","node":[{"host":"h","port":1,"check":"http","url":"https://h/"}]}]"#),
+            )
+            .await,
+            400,
+            "http://",
+        );
+        refused(&call("PUT", &format!("{base}/kv"), Some("{}")).await, 405, "method not allowed");
         refused(&call("DELETE", &format!("{base}/service"), Some("[]")).await, 400, "no service name");
         ok(&call("DELETE", &format!("{base}/service"), Some(&format!(r#"["{}"]"#, k("web")))).await);
         refused(&call("GET", &format!("{base}/service?name={}", k("web")), None).await, 404, "not registered");
@@ -171,6 +202,18 @@ async fn health_without_a_leader_and_beats_over_http() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     refused(&call("POST", &format!("{base}/kv"), Some(r#"{"k":"v"}"#)).await, 503, "no leader");
+}
+
+/// Bodies up to `max_request_bytes` are taken; beyond, a 413 in the envelope.
+#[actix_rt::test]
+async fn large_bodies_up_to_the_request_limit() {
+    let cluster = Cluster::start_with(1, with_http);
+    cluster.wait_leader(Duration::from_secs(1)).await;
+    let base = format!("http://{}", cluster.configs[0].http.clone().unwrap());
+    let big = format!(r#"{{"big":"{}"}}"#, "x".repeat(1_000_000));
+    ok(&call("POST", &format!("{base}/kv"), Some(&big)).await);
+    let huge = format!(r#"{{"huge":"{}"}}"#, "x".repeat(1_700_000));
+    refused(&call("POST", &format!("{base}/kv"), Some(&huge)).await, 413, "max_request_bytes");
 }
 
 /// With a cluster token, HTTP callers must present it.

@@ -90,7 +90,25 @@ impl ServiceRegistry {
 
     fn apply(&mut self, data: &[u8]) -> Result<Bytes, String> {
         let cmd: RegistryCommand = serde_json::from_slice(data).map_err(|e| format!("bad registry command: {e}"))?;
+        // A (re-)registration is a sign of life and a fresh start: its TTL clock, a removal
+        // or a health write in flight for the instance it replaces no longer apply.
+        let registered: Vec<InstanceKey> = match &cmd {
+            RegistryCommand::Register { service, node, .. } => {
+                vec![InstanceKey { service: service.clone(), host: node.host.clone(), port: node.port }]
+            }
+            RegistryCommand::Set(services) => services
+                .iter()
+                .flat_map(|s| {
+                    s.nodes.iter().map(|n| InstanceKey { service: s.name.clone(), host: n.host.clone(), port: n.port })
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         let count = self.registry.apply(cmd);
+        for key in registered {
+            self.checks.remove(&key);
+        }
+        self.cursors.retain(|name, _| self.registry.get(name).is_some());
         Ok(Bytes::from(format!("{{\"count\":{count}}}")))
     }
 
@@ -104,8 +122,16 @@ impl ServiceRegistry {
     }
 
     fn balance(&mut self, name: &str, strategy: crate::messages::registry::Strategy) -> Result<ServiceNode, ApiError> {
-        let cursor = self.cursors.entry(name.to_string()).or_default();
-        pick(self.registry.get(name), name, strategy, cursor, &mut self.rng).cloned()
+        let service = self.registry.get(name);
+        // Only a service that exists gets a cursor: asking for random names grows nothing.
+        let mut spare = 0;
+        let cursor = match (service, strategy) {
+            (Some(_), crate::messages::registry::Strategy::RoundRobin) => {
+                self.cursors.entry(name.to_string()).or_default()
+            }
+            _ => &mut spare,
+        };
+        pick(service, name, strategy, cursor, &mut self.rng).cloned()
     }
 
     fn interval(&self, node: &ServiceNode) -> Duration {
@@ -161,7 +187,9 @@ impl ServiceRegistry {
                     let ttl = Duration::from_millis(node.ttl_ms.unwrap_or(self.config.ephemeral_unhealthy_after_ms));
                     let remove_after = Duration::from_millis(self.config.ephemeral_remove_after_ms);
                     let silent = now.duration_since(st.last_beat);
-                    if node.ephemeral && silent >= remove_after && !st.removing {
+                    // Removal comes only after the instance was marked unhealthy, whatever its TTL.
+                    let expired = silent >= remove_after.max(ttl) && node.health == Health::Unhealthy;
+                    if node.ephemeral && expired && !st.removing {
                         st.removing = true;
                         tracing::info!(instance = %key, silent_ms = silent.as_millis() as u64, "ephemeral instance expired");
                         let k = key.clone();
@@ -183,6 +211,7 @@ impl ServiceRegistry {
                     st.due = now + interval;
                     let timeout = node.timeout_ms.map(Duration::from_millis).unwrap_or(interval);
                     let fut = probe.run(self.transport.clone(), timeout, self.config.allow_script_checks);
+                    let probed = node;
                     ctx.spawn(fut.into_actor(self).map(move |ok, act, ctx| {
                         if act.leading != Some(term) {
                             return;
@@ -191,7 +220,10 @@ impl ServiceRegistry {
                             st.probing = false;
                         }
                         let health = health_of(ok);
-                        if act.registry.instance(&key).is_some_and(|n| n.health != health) {
+                        // A result speaks only for the instance as it was checked: one set
+                        // again with another check (or url, or script) waits for its own probe.
+                        let current = act.registry.instance(&key);
+                        if current.is_some_and(|n| n.same_checking(&probed) && n.health != health) {
                             act.propose_health(ctx, key, health);
                         }
                     }));
@@ -257,10 +289,12 @@ impl Handler<Beat> for ServiceRegistry {
         let Some(node) = self.registry.instance(&key) else {
             return Err(ApiError::NotFound(format!("instance {key} is not registered")));
         };
-        let back_to_life = node.effective_check() == Some(CheckKind::Ttl) && node.health != Health::Healthy;
         let now = Instant::now();
         let st = self.checks.entry(key.clone()).or_insert_with(|| CheckState::new(now));
         st.last_beat = now;
+        // Back to healthy if it is not, or if an "unhealthy" it missed is on its way.
+        let back_to_life = node.effective_check() == Some(CheckKind::Ttl)
+            && (node.health != Health::Healthy || st.proposed == Some(Health::Unhealthy));
         if back_to_life {
             self.propose_health(ctx, key, Health::Healthy);
         }

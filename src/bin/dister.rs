@@ -362,10 +362,7 @@ async fn run_client(addr: &str, group: &str, token: Option<&str>, command: Comma
             }
         }
         Command::Instance(InstanceCommand::Beat { service, addr }) => {
-            let (host, port) = addr
-                .rsplit_once(':')
-                .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
-                .ok_or_else(|| Failure::Usage(format!("{addr:?} is not HOST:PORT")))?;
+            let (host, port) = parse_host_port(&addr).map_err(Failure::Usage)?;
             let key = InstanceKey { service, host, port };
             match retry(|| client.beat(key.clone())).await {
                 Ok(()) => out.push_str("OK\n"),
@@ -376,6 +373,16 @@ async fn run_client(addr: &str, group: &str, token: Option<&str>, command: Comma
         Command::Server(_) | Command::Bench(_) => unreachable!("handled in main"),
     }
     Ok(out)
+}
+
+/// Parses `HOST:PORT` (`[::1]:80` too).
+fn parse_host_port(addr: &str) -> Result<(String, u16), String> {
+    addr.rsplit_once(':')
+        .and_then(|(h, p)| {
+            let host = h.trim_start_matches('[').trim_end_matches(']');
+            Some((host.to_string(), p.parse::<u16>().ok()?)).filter(|(h, _)| !h.is_empty())
+        })
+        .ok_or_else(|| format!("{addr:?} is not HOST:PORT"))
 }
 
 /// Writes `text` to stdout; a closed pipe (`| head`) is not an error.
@@ -459,6 +466,13 @@ fn main() -> ExitCode {
         }
         command => {
             init_logging("warn");
+            // Arguments are checked before any connection, so a bad one is always exit 2.
+            if let Command::Instance(InstanceCommand::Beat { addr, .. }) = &command
+                && let Err(e) = parse_host_port(addr)
+            {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
             match actix_rt::System::new().block_on(run_client(&cli.addr, &group, cli.token.as_deref(), command)) {
                 Ok(out) => print(&out),
                 Err(Failure::NotFound(m)) => {

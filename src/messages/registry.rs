@@ -125,8 +125,8 @@ impl ServiceNode {
     }
 
     /// The same instance, with the same way of being checked (so its health carries over
-    /// when its service is set again).
-    fn same_checking(&self, other: &ServiceNode) -> bool {
+    /// when its service is set again, and a probe started for one still speaks for the other).
+    pub fn same_checking(&self, other: &ServiceNode) -> bool {
         (self.host.as_str(), self.port, self.effective_check(), &self.url, &self.script)
             == (other.host.as_str(), other.port, other.effective_check(), &other.url, &other.script)
     }
@@ -136,8 +136,9 @@ impl ServiceNode {
     /// beats (registering is a sign of life), unknown until its first probe otherwise.
     pub fn initial_health(&self, before: Option<&ServiceNode>) -> Health {
         match (before, self.effective_check()) {
-            (Some(b), _) if b.same_checking(self) => b.health,
+            // Nothing checks it, or it lives by beats and (re-)registering is a beat.
             (_, None | Some(CheckKind::Ttl)) => Health::Healthy,
+            (Some(b), _) if b.same_checking(self) => b.health,
             _ => Health::Unknown,
         }
     }
@@ -221,6 +222,14 @@ impl RegistryCommand {
             if n.check == Some(CheckKind::Script) && n.script.as_deref().is_none_or(str::is_empty) {
                 return Err(format!("instance {} has a script check but no script", n.addr()));
             }
+            if let Some(url) = &n.url
+                && !url.starts_with("http://")
+            {
+                return Err(format!("instance {}: check url {url:?} must start with http://", n.addr()));
+            }
+            if n.ttl_ms == Some(0) || n.interval_ms == Some(0) || n.timeout_ms == Some(0) {
+                return Err(format!("instance {}: ttl_ms, interval_ms and timeout_ms must be above 0", n.addr()));
+            }
             Ok(())
         };
         match self {
@@ -231,6 +240,10 @@ impl RegistryCommand {
                         return Err("a service name must not be empty".into());
                     }
                     s.nodes.iter().try_for_each(node_ok)?;
+                    let mut seen = std::collections::BTreeSet::new();
+                    if let Some(dup) = s.nodes.iter().find(|n| !seen.insert((n.host.as_str(), n.port))) {
+                        return Err(format!("service {:?} lists instance {} twice", s.name, dup.addr()));
+                    }
                 }
                 Ok(())
             }

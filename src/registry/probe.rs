@@ -38,7 +38,8 @@ impl Probe {
             match self {
                 Probe::Tcp(addr) => transport.connect(&addr).await.is_ok(),
                 Probe::Http(url) => {
-                    let client = awc::Client::builder().timeout(timeout).finish();
+                    // A check must not be sent off to wherever the instance redirects it.
+                    let client = awc::Client::builder().timeout(timeout).disable_redirects().finish();
                     match client.get(url.as_str()).send().await {
                         Ok(resp) => resp.status().is_success(),
                         Err(_) => false,
