@@ -85,6 +85,14 @@ pub struct Config {
     pub ephemeral_remove_after_ms: u64,
     /// Allow `script` health checks (they run commands on the leader's machine).
     pub allow_script_checks: bool,
+    /// With a username (and password), HTTP callers log in (`POST /auth/login`, or Nacos'
+    /// `/nacos/v1/auth/login`) and present the token they get; wire clients present it (or
+    /// the cluster token) in their handshake.
+    pub auth_username: Option<String>,
+    /// The password that goes with `auth_username`.
+    pub auth_password: Option<String>,
+    /// How long a login token stays valid (Nacos' default: 5 hours).
+    pub auth_token_ttl_secs: u64,
 }
 
 impl Default for Config {
@@ -113,6 +121,9 @@ impl Default for Config {
             ephemeral_unhealthy_after_ms: 15_000,
             ephemeral_remove_after_ms: 30_000,
             allow_script_checks: false,
+            auth_username: None,
+            auth_password: None,
+            auth_token_ttl_secs: 18_000,
         }
     }
 }
@@ -210,10 +221,24 @@ impl Config {
                 self.ephemeral_remove_after_ms, self.ephemeral_unhealthy_after_ms
             ));
         }
+        match (&self.auth_username, &self.auth_password) {
+            (Some(u), Some(p)) if !u.is_empty() && p.len() >= 8 => {}
+            (None, None) => {}
+            (Some(u), Some(_)) if !u.is_empty() => return bad("auth_password must be at least 8 characters".into()),
+            _ => return bad("auth_username and auth_password go together, neither empty".into()),
+        }
+        if self.auth_token_ttl_secs == 0 {
+            return bad("auth_token_ttl_secs must be above 0".into());
+        }
         if self.segment_bytes < 4096 {
             return bad(format!("segment_bytes ({}) must be at least 4096", self.segment_bytes));
         }
         Ok(())
+    }
+
+    /// Whether callers must log in.
+    pub fn auth_enabled(&self) -> bool {
+        self.auth_username.is_some()
     }
 
     /// The number of voters, this node included.

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::SystemTime;
 
 use actix_web::dev::ServerHandle;
 use actix_web::http::StatusCode;
@@ -14,8 +15,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
+use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::messages::registry::{InstanceKey, Service, Strategy};
+use crate::nacos::NacosApi;
 use crate::node::NodeHandle;
 use crate::raft::Role;
 use crate::wire::Consistency;
@@ -31,10 +34,17 @@ pub struct HttpApi {
 /// Binds `addr` and serves the API for `node` on one worker thread (HTTP parsing stays off
 /// the node's own thread).
 pub fn start(node: NodeHandle, addr: &str) -> std::io::Result<HttpApi> {
-    let server = HttpServer::new(move || App::new().app_data(web::Data::new(node.clone())).configure(routes))
-        .workers(1)
-        .disable_signals()
-        .bind(addr)?;
+    let nacos = NacosApi { auth: Auth::from_config(node.config()), node: node.clone() };
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(node.clone()))
+            .app_data(web::Data::new(nacos.clone()))
+            .configure(crate::nacos::routes)
+            .configure(routes)
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(addr)?;
     let bound = server.addrs().first().copied().ok_or_else(|| std::io::Error::other("http: nothing bound"))?;
     let server = server.run();
     let handle = server.handle();
@@ -57,8 +67,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/beat", web::post().to(beat))
         .route("/beat", web::put().to(beat))
         .route("/health", web::get().to(health))
-        .route("/status", web::get().to(status));
-    for path in ["/kv", "/node", "/service", "/balance", "/beat", "/health", "/status"] {
+        .route("/status", web::get().to(status))
+        .route("/auth/login", web::post().to(login));
+    for path in ["/kv", "/node", "/service", "/balance", "/beat", "/health", "/status", "/auth/login"] {
         cfg.route(
             path,
             web::route().to(|| async { fail(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here".into()) }),
@@ -105,24 +116,65 @@ fn bad(message: String) -> HttpResponse {
     fail(StatusCode::BAD_REQUEST, message)
 }
 
-/// When the cluster has a token, HTTP callers present it too (`X-Dister-Token` header or
-/// `token` query parameter); `None` means the request may go on.
+/// Who may call: with credentials configured, a login token (`Authorization: Bearer`, or an
+/// `accessToken` parameter) or the cluster token; else, when the cluster has a token, that
+/// token (`X-Dister-Token` header or `token` parameter). `None` means the request may go on.
 fn refuse_without_token(
     node: &NodeHandle,
     req: &HttpRequest,
     query: &BTreeMap<String, String>,
 ) -> Option<HttpResponse> {
-    let want = node.config().cluster_token.as_deref()?;
+    let auth = req.app_data::<web::Data<NacosApi>>().and_then(|a| a.auth.clone());
+    let cluster = node.config().cluster_token.as_deref();
+    if auth.is_none() && cluster.is_none() {
+        return None;
+    }
     let given = req
         .headers()
         .get("x-dister-token")
         .and_then(|v| v.to_str().ok())
         .or_else(|| query.get("token").map(String::as_str))
         .unwrap_or_default();
-    if bool::from(given.as_bytes().ct_eq(want.as_bytes())) {
-        None
-    } else {
-        Some(fail(StatusCode::FORBIDDEN, "this cluster requires its token (X-Dister-Token header)".into()))
+    if cluster.is_some_and(|want| bool::from(given.as_bytes().ct_eq(want.as_bytes()))) {
+        return None;
+    }
+    if let Some(auth) = &auth {
+        let login = bearer(req).or_else(|| query.get("accessToken").cloned());
+        if login.is_some_and(|t| auth.verify(&t, SystemTime::now())) {
+            return None;
+        }
+        return Some(fail(
+            StatusCode::FORBIDDEN,
+            "log in first (POST /auth/login) and send the token as Authorization: Bearer TOKEN".into(),
+        ));
+    }
+    Some(fail(StatusCode::FORBIDDEN, "this cluster requires its token (X-Dister-Token header)".into()))
+}
+
+/// `POST /auth/login` with `username` and `password` (query, form or JSON body): a token for
+/// the dister and Nacos APIs, valid on every node.
+async fn login(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
+    let body = match body_of(&api.node, payload).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some(auth) = &api.auth else {
+        return fail(StatusCode::NOT_IMPLEMENTED, "auth is not enabled on this node".into());
+    };
+    let mut p = crate::nacos::Params::of(&req, &body);
+    if let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(&body) {
+        for (k, v) in m {
+            if let Value::String(v) = v {
+                p.insert(k, v);
+            }
+        }
+    }
+    let (Some(user), Some(pass)) = (p.get("username"), p.get("password")) else {
+        return bad("username and password are required".into());
+    };
+    match auth.login(user, pass, SystemTime::now()) {
+        Some(t) => ok(json!({ "accessToken": t.token, "tokenTtl": t.ttl.as_secs() })),
+        None => fail(StatusCode::FORBIDDEN, "unknown user or wrong password".into()),
     }
 }
 
@@ -135,20 +187,34 @@ fn consistency(q: &BTreeMap<String, String>) -> Consistency {
     }
 }
 
-/// Reads a request body, refusing one over the node's `max_request_bytes` with an envelope
-/// (actix's own limit would answer plain text, and far lower than what the wire takes).
-async fn read_body(node: &NodeHandle, mut payload: web::Payload) -> Result<web::Bytes, HttpResponse> {
+/// Reads a request body, refusing one over the node's `max_request_bytes` (actix's own limit
+/// would answer plain text, and far lower than what the wire takes). The error is a status
+/// and a reason, for each API to wrap its own way.
+pub(crate) async fn read_body(
+    node: &NodeHandle,
+    mut payload: web::Payload,
+) -> Result<web::Bytes, (StatusCode, String)> {
     use futures::StreamExt;
     let limit = node.config().max_request_bytes;
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| bad(format!("cannot read the body: {e}")))?;
+        let chunk = chunk.map_err(|e| (StatusCode::BAD_REQUEST, format!("cannot read the body: {e}")))?;
         if body.len() + chunk.len() > limit {
-            return Err(fail(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over max_request_bytes ({limit})")));
+            return Err((StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over max_request_bytes ({limit})")));
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
+}
+
+async fn body_of(node: &NodeHandle, payload: web::Payload) -> Result<web::Bytes, HttpResponse> {
+    read_body(node, payload).await.map_err(|(status, m)| fail(status, m))
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header.
+pub(crate) fn bearer(req: &HttpRequest) -> Option<String> {
+    let v = req.headers().get("authorization")?.to_str().ok()?;
+    v.strip_prefix("Bearer ").map(|t| t.trim().to_string())
 }
 
 /// Parses a JSON body; the error says what the body must be and what is wrong with it.
@@ -184,7 +250,7 @@ async fn kv_get(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) -> Http
 
 async fn kv_set(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, payload: web::Payload) -> HttpResponse {
     guard!(node, req, q);
-    let body = match read_body(&node, payload).await {
+    let body = match body_of(&node, payload).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -207,7 +273,7 @@ async fn kv_set(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, payload
 
 async fn kv_delete(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, payload: web::Payload) -> HttpResponse {
     guard!(node, req, q);
-    let body = match read_body(&node, payload).await {
+    let body = match body_of(&node, payload).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -285,7 +351,7 @@ async fn service_get(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) ->
 
 async fn service_set(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, payload: web::Payload) -> HttpResponse {
     guard!(node, req, q);
-    let body = match read_body(&node, payload).await {
+    let body = match body_of(&node, payload).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -315,7 +381,7 @@ async fn service_delete(
     payload: web::Payload,
 ) -> HttpResponse {
     guard!(node, req, q);
-    let body = match read_body(&node, payload).await {
+    let body = match body_of(&node, payload).await {
         Ok(b) => b,
         Err(r) => return r,
     };

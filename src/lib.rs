@@ -35,6 +35,7 @@
 //! [`messages::apply::ApplyEntries`] for its own namespace (see `examples/counter.rs`).
 
 pub mod actors;
+pub mod auth;
 pub mod bench;
 pub mod check;
 pub mod client;
@@ -42,6 +43,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod messages;
+pub mod nacos;
 pub mod node;
 pub mod raft;
 pub mod registry;

@@ -16,13 +16,14 @@ use futures::future::LocalBoxFuture;
 
 use crate::actors::data_map::DataMap;
 use crate::actors::election::{Election, Peer};
+use crate::actors::key_watch::{KeyWatch, Unwatch, WatchKeys, Watching};
 use crate::actors::listener::{CountRefusal, GetRefusals, Listener, StopListener};
 use crate::actors::log_store::LogStore;
 use crate::actors::peer_link::{PeerLink, StopLink};
 use crate::actors::service_registry::ServiceRegistry;
 use crate::config::Config;
 use crate::error::{ApiError, NodeError};
-use crate::messages::apply::{ApplyEntries, Query, Subscribe};
+use crate::messages::apply::{ApplyEntries, Follow, Query, Subscribe};
 use crate::messages::client::{ClientWrite, GetElectionStatus, GetReadIndex};
 use crate::messages::kv::{GetKey, KV_NAMESPACE, KvCommand, KvOutput, ListKeys};
 use crate::messages::raft::{
@@ -136,6 +137,8 @@ impl NodeBuilder {
         }
         let election = election_ctx.run(Election::new(config.clone(), hard_state, last_log, peers, log_store.clone()));
         election.do_send(WatchLeadership(registry.clone().recipient()));
+        let key_watch = KeyWatch::new().start();
+        log_store.do_send(Follow { namespace: Some(KV_NAMESPACE.into()), recipient: key_watch.clone().recipient() });
         let listener_ctx = Context::<Listener>::new();
         let handle = NodeHandle {
             config: config.clone(),
@@ -143,6 +146,7 @@ impl NodeBuilder {
             log_store,
             data_map,
             registry,
+            key_watch,
             listener: listener_ctx.address(),
             queries: Arc::new(Mutex::new(queries)),
         };
@@ -209,6 +213,7 @@ pub struct NodeHandle {
     log_store: Addr<LogStore>,
     data_map: Addr<DataMap>,
     registry: Addr<ServiceRegistry>,
+    key_watch: Addr<KeyWatch>,
     listener: Addr<Listener>,
     queries: QueryRouter,
 }
@@ -365,6 +370,36 @@ impl NodeHandle {
         .boxed_local()
     }
 
+    /// Reads `keys` from this node's copy once it has applied `min_applied` (no read index:
+    /// the caller names the index, as a watch does).
+    pub fn get_keys_at(
+        &self,
+        keys: Vec<String>,
+        min_applied: u64,
+    ) -> LocalBoxFuture<'static, Result<Vec<Option<String>>, ApiError>> {
+        let reads: Vec<_> = keys.into_iter().map(|key| self.data_map.send(GetKey { key, min_applied })).collect();
+        async move {
+            let mut out = Vec::with_capacity(reads.len());
+            for r in reads {
+                out.push(r.await.map_err(mailbox)?);
+            }
+            Ok(out)
+        }
+        .boxed_local()
+    }
+
+    /// Starts waiting for any of `keys` to change (see [`Watching`]); `unwatch` it when
+    /// giving up before it fires.
+    pub fn watch_keys(&self, keys: Vec<String>) -> LocalBoxFuture<'static, Result<Watching, ApiError>> {
+        let fut = self.key_watch.send(WatchKeys { keys });
+        async move { fut.await.map_err(mailbox) }.boxed_local()
+    }
+
+    /// Drops a watch.
+    pub fn unwatch(&self, id: u64) {
+        self.key_watch.do_send(Unwatch(id));
+    }
+
     /// Lists pairs whose key starts with `prefix`, in key order.
     pub fn list(
         &self,
@@ -422,6 +457,28 @@ impl NodeHandle {
         node: ServiceNode,
     ) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
         match encode(&RegistryCommand::Register { service, kind, node }) {
+            Ok(data) => self.write(Write { namespace: REGISTRY_NAMESPACE.into(), data }),
+            Err(e) => async move { Err(e) }.boxed_local(),
+        }
+    }
+
+    /// Creates a service (refused if it exists, with `create`) or updates its own fields,
+    /// keeping its instances (refused if it does not exist, with `update`).
+    pub fn define_service(
+        &self,
+        service: Service,
+        create: bool,
+        update: bool,
+    ) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
+        match encode(&RegistryCommand::Define { service, create, update }) {
+            Ok(data) => self.write(Write { namespace: REGISTRY_NAMESPACE.into(), data }),
+            Err(e) => async move { Err(e) }.boxed_local(),
+        }
+    }
+
+    /// Removes a service that has no instance (refused otherwise).
+    pub fn drop_service(&self, name: String) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
+        match encode(&RegistryCommand::Drop(name)) {
             Ok(data) => self.write(Write { namespace: REGISTRY_NAMESPACE.into(), data }),
             Err(e) => async move { Err(e) }.boxed_local(),
         }

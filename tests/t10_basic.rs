@@ -1,7 +1,7 @@
 //! t10: a healthy cluster elects a leader, replicates writes made through any node, and reads
 //! them back linearizably from every node.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -147,7 +147,7 @@ async fn service_registry_replicates() {
         let db: Option<Service> =
             serde_json::from_slice(&ci.query("registry", q.into(), Consistency::Linearizable).await.unwrap()).unwrap();
         let db = db.expect("db registered");
-        assert_eq!((db.kind.as_str(), db.nodes[0].port, db.nodes[0].weight), ("mysql", 3306, 2));
+        assert_eq!((db.kind.as_str(), db.nodes[0].port, db.nodes[0].weight), ("mysql", 3306, 2.0));
         assert_eq!(db.nodes[0].extra.get("owner"), Some(&serde_json::json!("team-a")), "unknown fields are kept");
         let q = serde_json::to_vec(&RegistryQuery::List).unwrap();
         let all: Vec<Service> =

@@ -1,6 +1,6 @@
 //! t20: nodes stop and start; nothing acknowledged is lost and stragglers catch up.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! t30: the wire refuses what it must: wrong group or version, oversized frames, and Raft
 //! messages from connections that are not configured peers.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -15,10 +15,10 @@
 //!
 //! The properties run a few thousand cases in CI. The soak test runs them on fresh inputs for
 //! as long as asked and prints how many it ran:
-//! `DISTER_FUZZ_SECS=600 cargo test --release --test t35_codec_fuzz soak -- --nocapture`
+//! `DISTER_FUZZ_SECS=600 cargo test --release --test all t35_codec_fuzz::soak -- --nocapture`
 //! (`DISTER_FUZZ_SEED=N` replays a run).
 
-mod codec_cases;
+use crate::codec_cases;
 
 use std::cell::Cell;
 use std::collections::BTreeSet;

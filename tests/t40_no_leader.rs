@@ -1,6 +1,6 @@
 //! t40: without a majority there is no leader, and clients are told so clearly and in time.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

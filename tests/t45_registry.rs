@@ -2,7 +2,7 @@
 //! servers, a leader change during checks, ephemeral instances that stop beating, and
 //! balancing that follows weights and never returns an unavailable instance.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -107,8 +107,13 @@ async fn checks_follow_real_tcp_and_http_servers() {
     let mut http_node = checked(http_port, CheckKind::Http);
     http_node.url = Some(format!("http://127.0.0.1:{http_port}/health"));
     let services = vec![
-        Service { name: "db".into(), kind: "tcp".into(), nodes: vec![checked(tcp.port, CheckKind::Tcp)] },
-        Service { name: "web".into(), kind: "http".into(), nodes: vec![http_node] },
+        Service {
+            name: "db".into(),
+            kind: "tcp".into(),
+            nodes: vec![checked(tcp.port, CheckKind::Tcp)],
+            extra: Default::default(),
+        },
+        Service { name: "web".into(), kind: "http".into(), nodes: vec![http_node], extra: Default::default() },
     ];
     retry(Duration::from_secs(5), || c.set_services(services.clone())).await.unwrap();
 
@@ -146,7 +151,12 @@ async fn steady_health_writes_nothing() {
     let leader = cluster.wait_leader(Duration::from_secs(2)).await;
     let c = cluster.client(leader).await;
     let tcp = TcpServer::start(0).await;
-    let svc = Service { name: "db".into(), kind: "tcp".into(), nodes: vec![checked(tcp.port, CheckKind::Tcp)] };
+    let svc = Service {
+        name: "db".into(),
+        kind: "tcp".into(),
+        nodes: vec![checked(tcp.port, CheckKind::Tcp)],
+        extra: Default::default(),
+    };
     c.set_services(vec![svc]).await.unwrap();
     wait_health(&c, "db", tcp.port, Health::Healthy, Duration::from_secs(3)).await;
     let before = cluster.status(leader).await.unwrap().last_log_index;
@@ -162,7 +172,12 @@ async fn a_new_leader_takes_over_the_checks() {
     let mut cluster = Cluster::start_with(3, fast);
     let old = cluster.wait_leader(Duration::from_secs(2)).await;
     let mut tcp = TcpServer::start(0).await;
-    let svc = Service { name: "db".into(), kind: "tcp".into(), nodes: vec![checked(tcp.port, CheckKind::Tcp)] };
+    let svc = Service {
+        name: "db".into(),
+        kind: "tcp".into(),
+        nodes: vec![checked(tcp.port, CheckKind::Tcp)],
+        extra: Default::default(),
+    };
     cluster.client(old).await.set_services(vec![svc]).await.unwrap();
     let c = cluster.client((old + 1) % 3).await;
     wait_health(&c, "db", tcp.port, Health::Healthy, Duration::from_secs(3)).await;
@@ -230,13 +245,13 @@ async fn balance_follows_weights_and_skips_unavailable_instances() {
     let c = cluster.client((leader + 1) % 3).await;
     let closed = common::free_port();
     let nodes = vec![
-        ServiceNode { weight: 1, ..ServiceNode::new("127.0.0.1", 8001) },
-        ServiceNode { weight: 3, ..ServiceNode::new("127.0.0.2", 8002) },
-        ServiceNode { weight: 5, enabled: false, ..ServiceNode::new("127.0.0.3", 8003) },
-        ServiceNode { weight: 0, ..ServiceNode::new("127.0.0.4", 8004) },
-        ServiceNode { weight: 5, ..checked(closed, CheckKind::Tcp) },
+        ServiceNode { weight: 1.0, ..ServiceNode::new("127.0.0.1", 8001) },
+        ServiceNode { weight: 3.0, ..ServiceNode::new("127.0.0.2", 8002) },
+        ServiceNode { weight: 5.0, enabled: false, ..ServiceNode::new("127.0.0.3", 8003) },
+        ServiceNode { weight: 0.0, ..ServiceNode::new("127.0.0.4", 8004) },
+        ServiceNode { weight: 5.0, ..checked(closed, CheckKind::Tcp) },
     ];
-    let svc = Service { name: "web".into(), kind: "http".into(), nodes };
+    let svc = Service { name: "web".into(), kind: "http".into(), nodes, extra: Default::default() };
     retry(Duration::from_secs(5), || c.set_services(vec![svc.clone()])).await.unwrap();
     wait_health(&c, "web", closed, Health::Unhealthy, Duration::from_secs(3)).await;
     let n = 4_000;
@@ -275,7 +290,14 @@ async fn script_checks_follow_exit_status_only_where_allowed() {
     });
     allowed.wait_leader(Duration::from_secs(1)).await;
     let c = allowed.client(0).await;
-    c.set_services(vec![Service { name: "job".into(), kind: "script".into(), nodes: vec![node(1)] }]).await.unwrap();
+    c.set_services(vec![Service {
+        name: "job".into(),
+        kind: "script".into(),
+        nodes: vec![node(1)],
+        extra: Default::default(),
+    }])
+    .await
+    .unwrap();
     wait_health(&c, "job", 1, Health::Healthy, Duration::from_secs(3)).await;
     std::fs::remove_file(&flag).unwrap();
     wait_health(&c, "job", 1, Health::Unhealthy, Duration::from_secs(3)).await;
@@ -285,6 +307,13 @@ async fn script_checks_follow_exit_status_only_where_allowed() {
     let refused = Cluster::start_with(1, fast);
     refused.wait_leader(Duration::from_secs(1)).await;
     let c = refused.client(0).await;
-    c.set_services(vec![Service { name: "job".into(), kind: "script".into(), nodes: vec![node(1)] }]).await.unwrap();
+    c.set_services(vec![Service {
+        name: "job".into(),
+        kind: "script".into(),
+        nodes: vec![node(1)],
+        extra: Default::default(),
+    }])
+    .await
+    .unwrap();
     wait_health(&c, "job", 1, Health::Unhealthy, Duration::from_secs(3)).await;
 }

@@ -2,7 +2,7 @@
 //! through a follower: dister's paths and `{"result","message","data"}` envelope; bad input is a
 //! 400 that says what is wrong, never a 500.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

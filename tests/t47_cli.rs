@@ -1,7 +1,7 @@
 //! t47: the command line against a running cluster: output on stdout, errors on stderr, exit
 //! codes 0 (done), 1 (not found or failed), 2 (bad arguments).
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};

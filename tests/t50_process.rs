@@ -3,7 +3,7 @@
 //! nodes catch up. A torn last record is cut at start-up; a flipped byte in the middle of the
 //! log stops the node with an error naming the file and offset.
 
-mod common;
+use crate::common;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

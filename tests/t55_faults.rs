@@ -2,7 +2,7 @@
 //! loss, delay) and paused nodes. Safety holds throughout; liveness returns once a majority
 //! can talk.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! simulation-ready: sockets through the transport seam, the log in memory, time from tokio,
 //! randomness from the configured seed. The fault suite builds on this.
 
-mod common;
+use crate::common;
 
 use std::cell::RefCell;
 use std::rc::Rc;

@@ -2,10 +2,9 @@
 //! `examples/counter`) runs on a 3-node cluster: its own namespace, its committed entries in
 //! order on every node, its own queries, and its state rebuilt from the log after a restart.
 
-mod common;
+use crate::common;
 
-#[path = "../examples/counter/counter_actor.rs"]
-mod counter_actor;
+use crate::counter_actor;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -13,7 +13,7 @@
 //! simulate 14 times slower) of `DISTER_SIM_SECS` simulated seconds (default 10);
 //! `DISTER_SEED=N` replays one seed. Pinned regressions live in `pinned_seeds`.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -566,7 +566,9 @@ fn chaos_seeds_stay_linearizable_and_safe() {
                 faults += s.faults;
             }
             Err(e) => {
-                panic!("seed {seed} failed (replay: DISTER_SEED={seed} cargo test --release --test t80_chaos): {e}")
+                panic!(
+                    "seed {seed} failed (replay: DISTER_SEED={seed} cargo test --release --test all t80_chaos::): {e}"
+                )
             }
         }
     }

@@ -1,6 +1,6 @@
 //! t90: regressions, each pinned by the scenario that found it.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

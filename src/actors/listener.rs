@@ -4,12 +4,14 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::SystemTime;
 
 use actix::prelude::*;
 use futures::stream;
 use subtle::ConstantTimeEq;
 
 use crate::actors::connection::Connection;
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::node::NodeHandle;
 use crate::transport::{BoxStream, Listener as BoundListener};
@@ -45,19 +47,26 @@ impl Listener {
     }
 }
 
-/// Decides whether a `Hello` may open a connection, and with what frame limit.
-pub fn admit(config: &Config, hello: &Hello) -> Result<usize, Refusal> {
+/// Decides whether a `Hello` may open a connection, and with what frame limit. Peers present
+/// the cluster token when there is one; clients present it too, or, when the node has
+/// credentials (`auth`), a login token.
+pub fn admit(config: &Config, auth: Option<&Auth>, hello: &Hello) -> Result<usize, Refusal> {
     if hello.group != config.group {
         let m = format!("wrong group {:?}: this node belongs to {:?}", hello.group, config.group);
         return Err(Refusal::new(RefusalKind::WrongGroup, m));
     }
-    if let Some(token) = &config.cluster_token {
-        // Constant time, so the answer's timing does not leak how much of a guess was right.
-        let presented = hello.token.as_deref().unwrap_or_default();
-        if !bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
-            let m = if hello.token.is_some() { "wrong cluster token" } else { "this cluster requires a token" };
-            return Err(Refusal::new(RefusalKind::BadToken, m));
-        }
+    let presented = hello.token.as_deref().unwrap_or_default();
+    // Constant time, so the answer's timing does not leak how much of a guess was right.
+    let cluster_ok = config.cluster_token.as_ref().map(|t| bool::from(presented.as_bytes().ct_eq(t.as_bytes())));
+    let client_login_ok = hello.node_id.is_none() && auth.is_some_and(|a| a.verify(presented, SystemTime::now()));
+    let token_needed = config.cluster_token.is_some() || (hello.node_id.is_none() && auth.is_some());
+    if token_needed && cluster_ok != Some(true) && !client_login_ok {
+        let m = match (hello.token.is_some(), auth.is_some()) {
+            (false, _) => "this cluster requires a token",
+            (true, false) => "wrong cluster token",
+            (true, true) => "wrong or expired token",
+        };
+        return Err(Refusal::new(RefusalKind::BadToken, m));
     }
     match hello.node_id {
         None => Ok(config.client_max_frame()),
@@ -98,7 +107,8 @@ impl StreamHandler<Accepted> for Listener {
         let timeout = node.config().handshake_timeout();
         let fut = async move {
             let config = node.config().clone();
-            match handshake::accept(stream, welcome, timeout, move |h| admit(&config, h)).await {
+            let auth = Auth::from_config(&config);
+            match handshake::accept(stream, welcome, timeout, move |h| admit(&config, auth.as_ref(), h)).await {
                 Ok((reader, write, hello)) => {
                     tracing::debug!(%remote, peer = ?hello.node_id, "connection accepted");
                     Connection::start(node, hello.node_id, remote, reader, write);

@@ -3,6 +3,7 @@
 pub mod connection;
 pub mod data_map;
 pub mod election;
+pub mod key_watch;
 pub mod listener;
 pub mod log_store;
 pub mod peer_link;

@@ -104,7 +104,7 @@ impl ServiceRegistry {
                 .collect(),
             _ => Vec::new(),
         };
-        let count = self.registry.apply(cmd);
+        let count = self.registry.apply(cmd)?;
         for key in registered {
             self.checks.remove(&key);
         }

@@ -47,9 +47,10 @@ pub struct ServiceNode {
     pub host: String,
     /// Port.
     pub port: u16,
-    /// Weight for balancing (dister calls it priority); 0 takes no traffic.
-    #[serde(default = "default_weight", alias = "priority")]
-    pub weight: u32,
+    /// Weight for balancing (dister calls it priority; Nacos' weights are fractional);
+    /// 0 takes no traffic. Whole weights are written as integers, as dister's clients read them.
+    #[serde(default = "default_weight", alias = "priority", serialize_with = "whole_as_integer")]
+    pub weight: f64,
     /// Whether the instance takes traffic.
     #[serde(default = "default_true")]
     pub enabled: bool,
@@ -94,7 +95,7 @@ impl ServiceNode {
         ServiceNode {
             host: host.into(),
             port,
-            weight: 1,
+            weight: 1.0,
             enabled: true,
             health: Health::Healthy,
             metadata: BTreeMap::new(),
@@ -121,7 +122,7 @@ impl ServiceNode {
 
     /// Whether it may take traffic: enabled, healthy, with weight.
     pub fn is_available(&self) -> bool {
-        self.enabled && self.health == Health::Healthy && self.weight > 0
+        self.enabled && self.health == Health::Healthy && self.weight > 0.0
     }
 
     /// The same instance, with the same way of being checked (so its health carries over
@@ -144,8 +145,12 @@ impl ServiceNode {
     }
 }
 
-fn default_weight() -> u32 {
-    1
+fn default_weight() -> f64 {
+    1.0
+}
+
+fn whole_as_integer<S: serde::Serializer>(w: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if w.fract() == 0.0 && (0.0..9.0e15).contains(w) { s.serialize_u64(*w as u64) } else { s.serialize_f64(*w) }
 }
 
 fn default_true() -> bool {
@@ -163,6 +168,16 @@ pub struct Service {
     /// Instances.
     #[serde(rename = "node", default)]
     pub nodes: Vec<ServiceNode>,
+    /// Any other field (Nacos' `metadata` and `protectThreshold`, say), kept as given.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl Service {
+    /// A service with no instance and no other field.
+    pub fn new(name: impl Into<String>, kind: impl Into<String>) -> Self {
+        Service { name: name.into(), kind: kind.into(), nodes: Vec::new(), extra: BTreeMap::new() }
+    }
 }
 
 /// Names one instance.
@@ -203,6 +218,20 @@ pub enum RegistryCommand {
     /// Remove one instance (and its service, if it was the last one and the service was
     /// created by a registration).
     Deregister(InstanceKey),
+    /// Creates a service, or updates its own fields (type and the others) keeping its
+    /// instances. The service's `nodes` are ignored.
+    Define {
+        /// The service's fields.
+        service: Service,
+        /// Refuse a service that exists.
+        #[serde(default)]
+        create: bool,
+        /// Refuse a service that does not exist.
+        #[serde(default)]
+        update: bool,
+    },
+    /// Removes a service that has no instance; refused if it has some, or does not exist.
+    Drop(String),
     /// The leader's checks found this health (written only when it changes).
     SetHealth {
         /// The instance.
@@ -226,6 +255,9 @@ impl RegistryCommand {
                 && !url.starts_with("http://")
             {
                 return Err(format!("instance {}: check url {url:?} must start with http://", n.addr()));
+            }
+            if !n.weight.is_finite() || n.weight < 0.0 {
+                return Err(format!("instance {}: weight must be a number, 0 or more", n.addr()));
             }
             if n.ttl_ms == Some(0) || n.interval_ms == Some(0) || n.timeout_ms == Some(0) {
                 return Err(format!("instance {}: ttl_ms, interval_ms and timeout_ms must be above 0", n.addr()));
@@ -257,6 +289,10 @@ impl RegistryCommand {
             RegistryCommand::Deregister(k) | RegistryCommand::SetHealth { key: k, .. } if k.service.is_empty() => {
                 Err("a service name must not be empty".into())
             }
+            RegistryCommand::Define { service, .. } if service.name.is_empty() => {
+                Err("a service name must not be empty".into())
+            }
+            RegistryCommand::Drop(name) if name.is_empty() => Err("a service name must not be empty".into()),
             _ => Ok(()),
         }
     }

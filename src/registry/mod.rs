@@ -46,9 +46,10 @@ impl Registry {
         })
     }
 
-    /// Applies a committed command; answers how many services or instances it touched.
-    pub fn apply(&mut self, cmd: RegistryCommand) -> usize {
-        match cmd {
+    /// Applies a committed command; answers how many services or instances it touched, or why
+    /// the command was refused (the same on every node: it depends on the state alone).
+    pub fn apply(&mut self, cmd: RegistryCommand) -> Result<usize, String> {
+        Ok(match cmd {
             RegistryCommand::Set(services) => {
                 let n = services.len();
                 for mut s in services {
@@ -74,11 +75,7 @@ impl Registry {
                 if !self.services.contains_key(&service) {
                     self.implicit.insert(service.clone());
                 }
-                let s = self.services.entry(service.clone()).or_insert_with(|| Service {
-                    name: service,
-                    kind,
-                    nodes: Vec::new(),
-                });
+                let s = self.services.entry(service.clone()).or_insert_with(|| Service::new(service, kind));
                 match s.nodes.iter_mut().find(|o| o.host == node.host && o.port == node.port) {
                     Some(old) => {
                         node.health = node.initial_health(Some(old));
@@ -92,7 +89,7 @@ impl Registry {
                 1
             }
             RegistryCommand::Deregister(key) => {
-                let Some(s) = self.services.get_mut(&key.service) else { return 0 };
+                let Some(s) = self.services.get_mut(&key.service) else { return Ok(0) };
                 let before = s.nodes.len();
                 s.nodes.retain(|n| !(n.host == key.host && n.port == key.port));
                 let removed = before - s.nodes.len();
@@ -115,7 +112,34 @@ impl Registry {
                     None => 0,
                 }
             }
-        }
+            RegistryCommand::Define { service, create, update } => match self.services.get_mut(&service.name) {
+                Some(_) if create => return Err(format!("service {:?} already exists", service.name)),
+                None if update => return Err(format!("service {:?} does not exist", service.name)),
+                Some(s) => {
+                    s.kind = service.kind;
+                    s.extra = service.extra;
+                    // Defined on purpose: it stays when its last instance goes.
+                    self.implicit.remove(&service.name);
+                    1
+                }
+                None => {
+                    let name = service.name.clone();
+                    self.services.insert(name, Service { nodes: Vec::new(), ..service });
+                    1
+                }
+            },
+            RegistryCommand::Drop(name) => match self.services.get(&name) {
+                None => return Err(format!("service {name:?} does not exist")),
+                Some(s) if !s.nodes.is_empty() => {
+                    return Err(format!("service {name:?} has {} instance(s); remove them first", s.nodes.len()));
+                }
+                Some(_) => {
+                    self.services.remove(&name);
+                    self.implicit.remove(&name);
+                    1
+                }
+            },
+        })
     }
 }
 
@@ -144,21 +168,21 @@ pub fn pick<'a>(
             available[*cursor % available.len()]
         }
         Strategy::Weighted => {
-            let total: u64 = available.iter().map(|n| u64::from(n.weight)).sum();
-            let mut r = rng.random_range(0..total);
+            let total: f64 = available.iter().map(|n| n.weight).sum();
+            let mut r = rng.random_range(0.0..total);
             available
                 .iter()
                 .find(|n| {
-                    let w = u64::from(n.weight);
-                    if r < w {
+                    if r < n.weight {
                         true
                     } else {
-                        r -= w;
+                        r -= n.weight;
                         false
                     }
                 })
                 .copied()
-                .unwrap_or(available[0])
+                // Rounding may leave r a hair above the last weight.
+                .unwrap_or(available[available.len() - 1])
         }
     })
 }
@@ -176,7 +200,7 @@ mod tests {
     use rand::rngs::StdRng;
 
     fn node(host: &str, port: u16, weight: u32) -> ServiceNode {
-        ServiceNode { weight, ..ServiceNode::new(host, port) }
+        ServiceNode { weight: f64::from(weight), ..ServiceNode::new(host, port) }
     }
 
     fn key(s: &str, host: &str, port: u16) -> InstanceKey {
@@ -186,28 +210,54 @@ mod tests {
     #[test]
     fn register_creates_and_deregister_removes_an_implicit_service() {
         let mut r = Registry::default();
-        r.apply(RegistryCommand::Register { service: "web".into(), kind: "http".into(), node: node("a", 1, 1) });
+        r.apply(RegistryCommand::Register { service: "web".into(), kind: "http".into(), node: node("a", 1, 1) })
+            .unwrap();
         assert_eq!(r.get("web").unwrap().nodes.len(), 1);
-        r.apply(RegistryCommand::Deregister(key("web", "a", 1)));
+        r.apply(RegistryCommand::Deregister(key("web", "a", 1))).unwrap();
         assert!(r.get("web").is_none(), "a service made by registration goes with its last instance");
         r.apply(RegistryCommand::Set(vec![Service {
             name: "db".into(),
             kind: "tcp".into(),
             nodes: vec![node("b", 2, 1)],
-        }]));
-        r.apply(RegistryCommand::Deregister(key("db", "b", 2)));
+            extra: BTreeMap::new(),
+        }]))
+        .unwrap();
+        r.apply(RegistryCommand::Deregister(key("db", "b", 2))).unwrap();
         assert!(r.get("db").is_some(), "a declared service stays, empty");
+    }
+
+    #[test]
+    fn define_keeps_instances_and_drop_refuses_a_service_in_use() {
+        let mut r = Registry::default();
+        let mut svc = Service::new("web", "");
+        svc.extra.insert("protectThreshold".into(), serde_json::json!(0.5));
+        r.apply(RegistryCommand::Define { service: svc.clone(), create: true, update: false }).unwrap();
+        let again = r.apply(RegistryCommand::Define { service: svc.clone(), create: true, update: false }).unwrap_err();
+        assert!(again.contains("already exists"), "{again}");
+        r.apply(RegistryCommand::Register { service: "web".into(), kind: String::new(), node: node("a", 1, 1) })
+            .unwrap();
+        svc.extra.insert("protectThreshold".into(), serde_json::json!(0.8));
+        r.apply(RegistryCommand::Define { service: svc, create: false, update: true }).unwrap();
+        let web = r.get("web").unwrap();
+        assert_eq!((web.nodes.len(), &web.extra["protectThreshold"]), (1, &serde_json::json!(0.8)));
+        let busy = r.apply(RegistryCommand::Drop("web".into())).unwrap_err();
+        assert!(busy.contains("1 instance"), "{busy}");
+        r.apply(RegistryCommand::Deregister(key("web", "a", 1))).unwrap();
+        assert!(r.get("web").is_some(), "a defined service stays when its last instance goes");
+        r.apply(RegistryCommand::Drop("web".into())).unwrap();
+        assert!(r.apply(RegistryCommand::Drop("web".into())).unwrap_err().contains("does not exist"));
     }
 
     #[test]
     fn health_survives_a_repeated_set_of_the_same_instance() {
         let mut r = Registry::default();
         let checked = ServiceNode { check: Some(CheckKind::Tcp), ..node("a", 1, 1) };
-        let svc = Service { name: "s".into(), kind: "tcp".into(), nodes: vec![checked.clone()] };
-        r.apply(RegistryCommand::Set(vec![svc.clone()]));
+        let svc =
+            Service { name: "s".into(), kind: "tcp".into(), nodes: vec![checked.clone()], extra: BTreeMap::new() };
+        r.apply(RegistryCommand::Set(vec![svc.clone()])).unwrap();
         assert_eq!(r.instance(&key("s", "a", 1)).unwrap().health, Health::Unknown, "checked: unknown until probed");
-        r.apply(RegistryCommand::SetHealth { key: key("s", "a", 1), health: Health::Unhealthy });
-        r.apply(RegistryCommand::Set(vec![svc]));
+        r.apply(RegistryCommand::SetHealth { key: key("s", "a", 1), health: Health::Unhealthy }).unwrap();
+        r.apply(RegistryCommand::Set(vec![svc])).unwrap();
         assert_eq!(r.instance(&key("s", "a", 1)).unwrap().health, Health::Unhealthy);
     }
 
@@ -217,6 +267,7 @@ mod tests {
             name: "s".into(),
             kind: String::new(),
             nodes: vec![node("ok", 1, 1), node("sick", 2, 5), node("off", 3, 5), node("zero", 4, 0)],
+            extra: BTreeMap::new(),
         };
         svc.nodes[1].health = Health::Unhealthy;
         svc.nodes[2].enabled = false;
@@ -236,7 +287,12 @@ mod tests {
     /// Weighted draws follow the weights, within a tolerance, over many draws.
     #[test]
     fn weighted_pick_follows_the_weights() {
-        let svc = Service { name: "s".into(), kind: String::new(), nodes: vec![node("a", 1, 1), node("b", 2, 3)] };
+        let svc = Service {
+            name: "s".into(),
+            kind: String::new(),
+            nodes: vec![node("a", 1, 1), node("b", 2, 3)],
+            extra: BTreeMap::new(),
+        };
         let mut rng = StdRng::seed_from_u64(7);
         let mut cursor = 0;
         let n = 40_000;
@@ -249,7 +305,12 @@ mod tests {
 
     #[test]
     fn round_robin_takes_each_in_turn() {
-        let svc = Service { name: "s".into(), kind: String::new(), nodes: vec![node("a", 1, 1), node("b", 2, 9)] };
+        let svc = Service {
+            name: "s".into(),
+            kind: String::new(),
+            nodes: vec![node("a", 1, 1), node("b", 2, 9)],
+            extra: BTreeMap::new(),
+        };
         let mut rng = StdRng::seed_from_u64(7);
         let mut cursor = 0;
         let picks: Vec<_> = (0..4)

@@ -1,0 +1,215 @@
+//! The Nacos 1.x Open API, under `/nacos/v1` on the HTTP port, so that applications written
+//! against Nacos work against dister unchanged. Nothing is stored twice: instances and
+//! services are the registry's (a Nacos service is a registry service whose name carries its
+//! namespace and group, see [`naming::ServiceId`]); configs are key/value pairs of `DataMap`
+//! under `nacos/config/` (see [`config::ConfigId`]); config listeners wait on `KeyWatch`.
+//! Handlers parse Nacos' parameters, call `NodeHandle`, and answer in Nacos' shapes.
+//!
+//! Parameters come as Nacos clients send them: in the query string, in a form body, or both.
+//! Errors are a status and a plain-text reason, as Nacos answers them; never a panic.
+
+pub mod config;
+pub mod naming;
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::json;
+
+use crate::auth::Auth;
+use crate::error::ApiError;
+use crate::node::NodeHandle;
+
+/// What the Nacos handlers share.
+#[derive(Clone)]
+pub struct NacosApi {
+    /// The node.
+    pub node: NodeHandle,
+    /// Credentials, when the node has them.
+    pub auth: Option<Auth>,
+}
+
+/// The routes under `/nacos/v1`, for `App::configure`.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/nacos/v1")
+            .route("/auth/login", web::post().to(login))
+            .route("/auth/users/login", web::post().to(login))
+            .route("/ns/instance", web::post().to(naming::register))
+            .route("/ns/instance", web::put().to(naming::register))
+            .route("/ns/instance", web::delete().to(naming::deregister))
+            .route("/ns/instance", web::get().to(naming::detail))
+            .route("/ns/instance/list", web::get().to(naming::list))
+            .route("/ns/instance/beat", web::put().to(naming::beat))
+            .route("/ns/service", web::post().to(naming::service_create))
+            .route("/ns/service", web::put().to(naming::service_update))
+            .route("/ns/service", web::delete().to(naming::service_delete))
+            .route("/ns/service", web::get().to(naming::service_get))
+            .route("/ns/service/list", web::get().to(naming::service_list))
+            .route("/ns/operator/metrics", web::get().to(naming::metrics))
+            .route("/ns/operator/servers", web::get().to(naming::servers))
+            .route("/cs/configs", web::get().to(config::get))
+            .route("/cs/configs", web::post().to(config::publish))
+            .route("/cs/configs", web::delete().to(config::remove))
+            .route("/cs/configs/listener", web::post().to(config::listen))
+            .default_service(web::to(|req: HttpRequest| async move {
+                fail(StatusCode::NOT_FOUND, format!("no such path or method: {} {}", req.method(), req.path()))
+            })),
+    );
+}
+
+/// A Nacos error: a status and a reason in plain text.
+#[derive(Debug)]
+pub struct NacosError(pub StatusCode, pub String);
+
+impl NacosError {
+    /// A 400 for bad input.
+    pub fn bad(message: impl Into<String>) -> Self {
+        NacosError(StatusCode::BAD_REQUEST, message.into())
+    }
+}
+
+impl From<ApiError> for NacosError {
+    fn from(e: ApiError) -> Self {
+        let status = match &e {
+            ApiError::BadRequest(_) | ApiError::UnknownNamespace(_) | ApiError::Apply(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Dropped { .. }
+            | ApiError::NoLeader { .. }
+            | ApiError::NotLeader { .. }
+            | ApiError::Unreachable { .. }
+            | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        NacosError(status, e.to_string())
+    }
+}
+
+fn fail(status: StatusCode, message: String) -> HttpResponse {
+    HttpResponse::build(status).content_type("text/plain; charset=utf-8").body(format!("caused: {message};"))
+}
+
+impl From<NacosError> for HttpResponse {
+    fn from(NacosError(status, message): NacosError) -> Self {
+        fail(status, message)
+    }
+}
+
+/// A handler's answer.
+pub type Reply = Result<HttpResponse, NacosError>;
+
+/// Turns a handler's answer into the response.
+pub fn respond(r: Reply) -> HttpResponse {
+    r.unwrap_or_else(HttpResponse::from)
+}
+
+/// The plain `ok` naming writes answer.
+pub fn text(body: &'static str) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(body)
+}
+
+/// A request's parameters: the query string, then a form body (which wins on a clash).
+#[derive(Debug, Default)]
+pub struct Params(BTreeMap<String, String>);
+
+impl Params {
+    /// Reads the query string and, if the body is a form, the body.
+    pub fn of(req: &HttpRequest, body: &[u8]) -> Params {
+        let mut map: BTreeMap<String, String> =
+            form_urlencoded::parse(req.query_string().as_bytes()).into_owned().collect();
+        let is_form = req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+        if is_form || (!body.is_empty() && req.headers().get("content-type").is_none()) {
+            map.extend(form_urlencoded::parse(body).into_owned());
+        }
+        Params(map)
+    }
+
+    /// Sets a parameter.
+    pub fn insert(&mut self, name: String, value: String) {
+        self.0.insert(name, value);
+    }
+
+    /// A parameter, if present and not empty.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    /// A parameter that must be present.
+    pub fn required(&self, name: &str) -> Result<&str, NacosError> {
+        self.get(name).ok_or_else(|| NacosError::bad(format!("Required parameter '{name}' is not present")))
+    }
+
+    /// A boolean as clients write them (`true`, `True`, `1`, ...), `default` when absent.
+    pub fn flag(&self, name: &str, default: bool) -> Result<bool, NacosError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => parse_bool(v).ok_or_else(|| NacosError::bad(format!("{name} must be true or false, not {v:?}"))),
+        }
+    }
+
+    /// A number, `default` when absent.
+    pub fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, NacosError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v.trim().parse().map_err(|_| NacosError::bad(format!("{name} must be a number, not {v:?}"))),
+        }
+    }
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Some(true),
+        "false" | "0" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+/// Reads the body (up to the node's `max_request_bytes`), its parameters, and checks the
+/// caller's token when the node has credentials. The one door every Nacos handler goes through.
+pub async fn enter(api: &NacosApi, req: &HttpRequest, payload: web::Payload) -> Result<Params, NacosError> {
+    let body = crate::http::read_body(&api.node, payload).await.map_err(|(status, m)| NacosError(status, m))?;
+    let params = Params::of(req, &body);
+    if let Some(auth) = &api.auth {
+        let token = params
+            .get("accessToken")
+            .map(str::to_string)
+            .or_else(|| crate::http::bearer(req))
+            .or_else(|| req.headers().get("accessToken").and_then(|v| v.to_str().ok()).map(str::to_string));
+        if !token.is_some_and(|t| auth.verify(&t, SystemTime::now())) {
+            return Err(NacosError(
+                StatusCode::FORBIDDEN,
+                "token invalid or expired: log in at /nacos/v1/auth/login".into(),
+            ));
+        }
+    }
+    Ok(params)
+}
+
+async fn login(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
+    respond(
+        async {
+            let body = crate::http::read_body(&api.node, payload).await.map_err(|(status, m)| NacosError(status, m))?;
+            let p = Params::of(&req, &body);
+            let Some(auth) = &api.auth else {
+                return Err(NacosError(StatusCode::NOT_IMPLEMENTED, "auth is not enabled on this node".into()));
+            };
+            let (user, pass) = (p.required("username")?, p.required("password")?);
+            match auth.login(user, pass, SystemTime::now()) {
+                Some(t) => Ok(HttpResponse::Ok().json(json!({
+                    "accessToken": t.token,
+                    "tokenTtl": t.ttl.as_secs(),
+                    "globalAdmin": true,
+                    "username": user,
+                }))),
+                None => Err(NacosError(StatusCode::FORBIDDEN, "unknown user or wrong password".into())),
+            }
+        }
+        .await,
+    )
+}

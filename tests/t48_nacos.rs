@@ -1,0 +1,346 @@
+//! t48: the Nacos 1.x Open API under `/nacos/v1`: with the real Python client (the PyPI
+//! package, unpatched, in a virtual environment `tests/nacos/setup.sh` makes), and by raw
+//! HTTP for what a client library would not show: error statuses and bodies, long polls that
+//! wake from another node or time out empty, configs surviving a restart, auth on both APIs
+//! and the wire.
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::{self, Cluster};
+
+/// One exchange: status, body text and headers we look at.
+async fn http(method: &str, url: &str, headers: &[(&str, &str)], form: Option<&str>) -> (u16, String) {
+    let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
+    let mut req = match method {
+        "GET" => client.get(url),
+        "POST" => client.post(url),
+        "PUT" => client.put(url),
+        "DELETE" => client.delete(url),
+        other => panic!("method {other}"),
+    };
+    for (k, v) in headers {
+        req = req.insert_header((*k, *v));
+    }
+    let mut resp = match form {
+        Some(f) => {
+            req.insert_header(("content-type", "application/x-www-form-urlencoded")).send_body(f.to_string()).await
+        }
+        None => req.send().await,
+    }
+    .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let body = resp.body().limit(4 << 20).await.unwrap();
+    (resp.status().as_u16(), String::from_utf8_lossy(&body).into_owned())
+}
+
+fn json_of(r: &(u16, String)) -> Value {
+    assert_eq!(r.0, 200, "{r:?}");
+    serde_json::from_str(&r.1).unwrap_or_else(|e| panic!("not JSON ({e}): {r:?}"))
+}
+
+fn refused(r: &(u16, String), status: u16, says: &str) {
+    assert_eq!(r.0, status, "{r:?}");
+    assert!(r.1.starts_with("caused: ") && r.1.contains(says), "body {:?} does not say {says:?}", r.1);
+}
+
+fn enc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn nacos_config(c: &mut dister::Config) {
+    c.http = Some(format!("127.0.0.1:{}", common::free_port()));
+    c.check_interval_ms = 300;
+    c.ephemeral_unhealthy_after_ms = 1_000;
+    c.ephemeral_remove_after_ms = 2_000;
+}
+
+fn base(cluster: &Cluster, i: usize) -> String {
+    format!("http://{}/nacos/v1", cluster.configs[i].http.clone().unwrap())
+}
+
+/// The real client: `tests/nacos/suite.py` run by nacos-sdk-python 2.0.11 against three
+/// nodes with auth on (register, list, get, modify, beat, deregister; an ephemeral instance
+/// that stops beating goes; configs published, read, removed; a watcher fires for a change
+/// made on another node; login).
+#[actix_rt::test]
+async fn nacos_python_client_suite() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let venv = format!("{root}/target/nacos-venv");
+    let setup = Command::new(format!("{root}/tests/nacos/setup.sh")).arg(&venv).status().expect("run setup.sh");
+    assert!(setup.success(), "tests/nacos/setup.sh failed: it needs python3 (venv, pip) and PyPI");
+    let cluster = Cluster::start_with(3, |c| {
+        nacos_config(c);
+        c.cluster_token = Some("peers-and-the-test-harness".into());
+        c.auth_username = Some("nacos".into());
+        c.auth_password = Some("nacos-test-pw".into());
+    });
+    cluster.wait_leader(Duration::from_secs(3)).await;
+    let servers: Vec<String> = cluster.configs.iter().map(|c| c.http.clone().unwrap()).collect();
+    let work = tempfile::tempdir().unwrap();
+    let child = Command::new(format!("{venv}/bin/python"))
+        .arg(format!("{root}/tests/nacos/suite.py"))
+        // The client keeps snapshots under its working directory.
+        .current_dir(work.path())
+        .env("DISTER_NACOS_SERVERS", servers.join(","))
+        .env("DISTER_NACOS_USER", "nacos")
+        .env("DISTER_NACOS_PASS", "nacos-test-pw")
+        .env("DISTER_NACOS_REMOVE_MS", "2000")
+        .process_group(0)
+        .spawn()
+        .expect("start the suite");
+    // Ends the suite and whatever it started (the client's multiprocessing manager), however
+    // this test ends.
+    struct Group(std::process::Child);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.0.id())]).status();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Group(child);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the Nacos client suite did not finish within 180 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "the Nacos client suite failed ({status}); its output is above");
+}
+
+/// Bad input gets Nacos' statuses and a `caused: ...;` reason; nothing panics, nothing is
+/// written.
+#[actix_rt::test]
+async fn errors_are_answered_as_nacos_does() {
+    let cluster = Cluster::start_with(3, nacos_config);
+    let leader = cluster.wait_leader(Duration::from_secs(3)).await;
+    let b = base(&cluster, (leader + 1) % 3);
+    let inst = format!("{b}/ns/instance");
+    refused(&http("POST", &format!("{inst}?ip=1.2.3.4&port=80"), &[], None).await, 400, "serviceName");
+    refused(&http("POST", &format!("{inst}?serviceName=s&port=80"), &[], None).await, 400, "'ip'");
+    refused(&http("POST", &format!("{inst}?serviceName=s&ip=h&port=99999"), &[], None).await, 400, "port");
+    refused(&http("POST", &format!("{inst}?serviceName=s&ip=h&port=1&weight=x"), &[], None).await, 400, "weight");
+    refused(&http("POST", &format!("{inst}?serviceName=s&ip=h&port=1&weight=-1"), &[], None).await, 400, "weight");
+    refused(&http("POST", &format!("{inst}?serviceName=s&ip=h&port=1&enable=maybe"), &[], None).await, 400, "enable");
+    let bad_meta = format!("{inst}?serviceName=s&ip=h&port=1&metadata={}", enc("{\"a\":{\"b\":1}}"));
+    refused(&http("POST", &bad_meta, &[], None).await, 400, "metadata");
+    refused(
+        &http("POST", &format!("{inst}?serviceName=s&ip=h&port=1&groupName=a/b"), &[], None).await,
+        400,
+        "groupName",
+    );
+    refused(&http("GET", &format!("{inst}?serviceName=s&ip=h&port=1"), &[], None).await, 404, "no matched ip");
+    let list = json_of(&http("GET", &format!("{b}/ns/instance/list?serviceName=nobody"), &[], None).await);
+    assert_eq!((list["hosts"].clone(), list["name"].clone()), (json!([]), json!("DEFAULT_GROUP@@nobody")));
+
+    // Services: create once, not twice; no delete while instances remain; 404 when absent.
+    let svc = format!("{b}/ns/service?serviceName=pay&groupName=G&protectThreshold=0.5&metadata={}", enc("k=v"));
+    assert_eq!(http("POST", &svc, &[], None).await, (200, "ok".into()));
+    refused(&http("POST", &svc, &[], None).await, 400, "already exists");
+    refused(&http("PUT", &format!("{b}/ns/service?serviceName=nope"), &[], None).await, 400, "does not exist");
+    refused(&http("POST", &format!("{svc}&protectThreshold=2"), &[], None).await, 400, "protectThreshold");
+    assert_eq!(http("POST", &format!("{inst}?serviceName=G%40%40pay&ip=10.0.0.1&port=80"), &[], None).await.1, "ok");
+    refused(&http("DELETE", &format!("{b}/ns/service?serviceName=pay&groupName=G"), &[], None).await, 400, "instance");
+    let got = json_of(&http("GET", &format!("{b}/ns/service?serviceName=pay&groupName=G"), &[], None).await);
+    assert_eq!((got["protectThreshold"].clone(), got["metadata"].clone()), (json!(0.5), json!({"k": "v"})));
+    assert_eq!(got["clusters"][0]["name"], json!("DEFAULT"));
+    refused(&http("GET", &format!("{b}/ns/service?serviceName=ghost"), &[], None).await, 404, "not found");
+
+    // Configs.
+    let cs = format!("{b}/cs/configs");
+    refused(&http("GET", &format!("{cs}?dataId=absent&group=G"), &[], None).await, 404, "not exist");
+    refused(&http("POST", &cs, &[], Some("dataId=a&group=G")).await, 400, "'content'");
+    refused(&http("POST", &cs, &[], Some("dataId=a%2Fb&group=G&content=x")).await, 400, "dataId");
+    refused(
+        &http("POST", &format!("{cs}/listener"), &[], Some("Listening-Configs=junk")).await,
+        400,
+        "Listening-Configs",
+    );
+    refused(
+        &http("POST", &format!("{cs}/listener"), &[("Long-Pulling-Timeout", "soon")], Some("Listening-Configs=a"))
+            .await,
+        400,
+        "Long-Pulling-Timeout",
+    );
+    refused(&http("GET", &format!("{b}/no/such/path"), &[], None).await, 404, "no such path");
+    let login = http("POST", &format!("{b}/auth/login?username=a&password=b"), &[], None).await;
+    refused(&login, 501, "auth is not enabled");
+}
+
+/// Service pages, namespaces and groups apart, the operator endpoints.
+#[actix_rt::test]
+async fn services_namespaces_and_operator_endpoints() {
+    let cluster = Cluster::start_with(3, nacos_config);
+    let leader = cluster.wait_leader(Duration::from_secs(3)).await;
+    let b = base(&cluster, 0);
+    for (ns, group, name) in [
+        ("public", "DEFAULT_GROUP", "a"),
+        ("public", "DEFAULT_GROUP", "b"),
+        ("dev", "DEFAULT_GROUP", "a"),
+        ("public", "G", "c"),
+    ] {
+        let url = format!("{b}/ns/instance?namespaceId={ns}&groupName={group}&serviceName={name}&ip=10.0.0.1&port=1");
+        assert_eq!(http("POST", &url, &[], None).await.1, "ok");
+    }
+    let page = |q: &str| format!("{b}/ns/service/list?{q}");
+    let all = json_of(&http("GET", &page("pageNo=1&pageSize=10"), &[], None).await);
+    assert_eq!((all["count"].clone(), all["doms"].clone()), (json!(2), json!(["a", "b"])));
+    let second = json_of(&http("GET", &page("pageNo=2&pageSize=1"), &[], None).await);
+    assert_eq!(second["doms"], json!(["b"]));
+    let dev = json_of(&http("GET", &page("namespaceId=dev"), &[], None).await);
+    assert_eq!(dev["doms"], json!(["a"]));
+    let g = json_of(&http("GET", &page("groupName=G"), &[], None).await);
+    assert_eq!(g["doms"], json!(["c"]));
+    let dev_hosts =
+        json_of(&http("GET", &format!("{b}/ns/instance/list?serviceName=a&namespaceId=dev"), &[], None).await);
+    assert_eq!(dev_hosts["hosts"].as_array().unwrap().len(), 1);
+    // The public default-group service is dister's own service of that name.
+    let svc = cluster.client(1).await.get_service("a", dister::Consistency::Linearizable).await.unwrap();
+    assert_eq!(svc.map(|s| s.nodes.len()), Some(1));
+
+    let m = json_of(&http("GET", &format!("{b}/ns/operator/metrics"), &[], None).await);
+    assert_eq!(
+        (m["status"].clone(), m["serviceCount"].clone(), m["instanceCount"].clone()),
+        (json!("UP"), json!(4), json!(4))
+    );
+    let s = json_of(&http("GET", &format!("{}/ns/operator/servers", base(&cluster, leader)), &[], None).await);
+    let servers = s["servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 3);
+    let addrs: Vec<&str> = servers.iter().map(|x| x["address"].as_str().unwrap()).collect();
+    for c in &cluster.configs {
+        assert!(addrs.contains(&c.listen.as_str()), "{addrs:?} lacks {}", c.listen);
+    }
+    assert!(servers.iter().all(|x| x["state"] == json!("UP")), "{s}");
+}
+
+/// A listener answers at once when its MD5 is stale, wakes within moments when a config it
+/// watches changes on another node, stays asleep for unrelated changes, and answers empty
+/// at its timeout; configs survive a restart of the whole cluster.
+#[actix_rt::test]
+async fn long_polls_wake_across_nodes_and_configs_survive_restarts() {
+    let mut cluster = Cluster::start_with(3, nacos_config);
+    cluster.wait_leader(Duration::from_secs(3)).await;
+    let (b0, b1) = (base(&cluster, 0), base(&cluster, 1));
+    let publish = |b: &str, id: &str, content: &str, tenant: &str| {
+        let url = format!("{b}/cs/configs");
+        let form = format!("dataId={id}&group=G&tenant={tenant}&type=yaml&content={}", enc(content));
+        async move { http("POST", &url, &[], Some(&form)).await }
+    };
+    assert_eq!(publish(&b0, "app", "v: 1", "").await, (200, "true".into()));
+    let md5 = |s: &str| {
+        use md5::Digest;
+        dister::auth::hex(&md5::Md5::digest(s.as_bytes()))
+    };
+    let line = |id: &str, m: &str, tenant: &str| {
+        let t = if tenant.is_empty() { String::new() } else { format!("\u{2}{tenant}") };
+        format!("Listening-Configs={}", enc(&format!("{id}\u{2}G\u{2}{m}{t}\u{1}")))
+    };
+    let listen = |b: String, form: String, ms: &'static str| async move {
+        let started = Instant::now();
+        let r = http("POST", &format!("{b}/cs/configs/listener"), &[("Long-Pulling-Timeout", ms)], Some(&form)).await;
+        (r, started.elapsed())
+    };
+
+    // Stale MD5: at once.
+    let ((status, body), took) = listen(b1.clone(), line("app", "stale", ""), "30000").await;
+    assert_eq!((status, body.as_str()), (200, "app%02G%01"));
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // Current MD5, nothing changes: empty at the timeout.
+    let ((status, body), took) = listen(b1.clone(), line("app", &md5("v: 1"), ""), "500").await;
+    assert_eq!((status, body.as_str()), (200, ""));
+    assert!(took >= Duration::from_millis(450), "{took:?}");
+    // A change on node 0 wakes a listener on node 1; another config's change does not.
+    let waiting = actix_rt::spawn(listen(b1.clone(), line("app", &md5("v: 1"), "dev"), "20000"));
+    let waiting_public = actix_rt::spawn(listen(b1.clone(), line("app", &md5("v: 1"), ""), "20000"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(publish(&b0, "other", "x", "").await.1, "true");
+    assert_eq!(publish(&b0, "app", "v: 1", "").await.1, "true", "same content: no change to report");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting_public.is_finished(), "woken by nothing that changed its config");
+    let changed_at = Instant::now();
+    assert_eq!(publish(&b0, "app", "v: 2", "").await.1, "true");
+    let ((status, body), _) = waiting_public.await.unwrap();
+    let woke_after = changed_at.elapsed();
+    assert_eq!((status, body.as_str()), (200, "app%02G%01"));
+    assert!(woke_after < Duration::from_secs(3), "{woke_after:?}");
+    // The dev namespace's listener (its config absent, so its MD5 was stale): answered at once.
+    let ((_, body), _) = waiting.await.unwrap();
+    assert_eq!(body, "app%02G%02dev%01");
+
+    // Readable with dister's kv commands; survives a restart of every node.
+    let c = cluster.client(2).await;
+    assert_eq!(
+        c.get("nacos/config/public/G/app", dister::Consistency::Linearizable).await.unwrap(),
+        Some("v: 2".into())
+    );
+    drop(c);
+    for i in 0..3 {
+        cluster.stop_node(i);
+    }
+    for i in 0..3 {
+        cluster.start_node(i);
+    }
+    cluster.wait_leader(Duration::from_secs(5)).await;
+    let r = http("GET", &format!("{}/cs/configs?dataId=app&group=G", base(&cluster, 2)), &[], None).await;
+    assert_eq!(r, (200, "v: 2".into()));
+    let r = http("DELETE", &format!("{}/cs/configs?dataId=app&group=G", base(&cluster, 2)), &[], None).await;
+    assert_eq!(r, (200, "true".into()));
+    let r = http("GET", &format!("{}/cs/configs?dataId=app&group=G", base(&cluster, 0)), &[], None).await;
+    assert_eq!(r.0, 404);
+}
+
+/// With credentials configured, both HTTP APIs and wire clients need a token; a token from
+/// one node works on the others; Nacos' login flow works.
+#[actix_rt::test]
+async fn auth_guards_both_apis_and_the_wire() {
+    let cluster = Cluster::start_with(3, |c| {
+        nacos_config(c);
+        c.cluster_token = Some("peers-and-the-test-harness".into());
+        c.auth_username = Some("admin".into());
+        c.auth_password = Some("correct-horse".into());
+    });
+    cluster.wait_leader(Duration::from_secs(3)).await;
+    let http_of = |i: usize| format!("http://{}", cluster.configs[i].http.clone().unwrap());
+    let nacos_login = format!("{}/nacos/v1/auth/login", http_of(0));
+    refused(&http("POST", &format!("{nacos_login}?username=admin&password=wrong-one"), &[], None).await, 403, "wrong");
+    let login = json_of(&http("POST", &nacos_login, &[], Some("username=admin&password=correct-horse")).await);
+    let token = login["accessToken"].as_str().unwrap().to_string();
+    assert_eq!(login["tokenTtl"], json!(18_000));
+
+    let cs = |i: usize| format!("{}/nacos/v1/cs/configs?dataId=d&group=G", http_of(i));
+    refused(&http("POST", &cs(1), &[], Some("content=x")).await, 403, "token");
+    refused(&http("POST", &format!("{}&accessToken=forged.0", cs(1)), &[], Some("content=x")).await, 403, "token");
+    assert_eq!(http("POST", &format!("{}&accessToken={token}", cs(1)), &[], Some("content=x")).await.1, "true");
+    assert_eq!(http("GET", &format!("{}&accessToken={token}", cs(2)), &[], None).await, (200, "x".into()));
+
+    // dister's API: its own login, and the Nacos token works too.
+    let kv = format!("{}/kv?k=nacos/config/public/G/d", http_of(2));
+    assert_eq!(http("GET", &kv, &[], None).await.0, 403);
+    let bearer = format!("Bearer {token}");
+    let r = http("GET", &kv, &[("Authorization", bearer.as_str())], None).await;
+    assert_eq!(json_of(&r)["data"], json!("x"));
+    let own = http("POST", &format!("{}/auth/login", http_of(1)), &[("content-type", "application/json")], None).await;
+    assert_eq!(own.0, 400, "no credentials: {own:?}");
+    let dister_login = awc::Client::new()
+        .post(format!("{}/auth/login", http_of(1)))
+        .send_json(&json!({"username": "admin", "password": "correct-horse"}))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let own_token = dister_login["data"]["accessToken"].as_str().unwrap().to_string();
+    assert_eq!(http("GET", &format!("{kv}&accessToken={own_token}"), &[], None).await.0, 200);
+    assert_eq!(http("GET", &format!("{}/health", http_of(0)), &[], None).await.0, 200, "health stays open");
+
+    // The wire: a client needs the login token in its handshake.
+    let addr = cluster.addr(0);
+    let refused_wire = dister::Client::connect(&addr, "default").await;
+    assert!(refused_wire.is_err(), "a wire client without a token got in");
+    let c = dister::Client::connect_with_token(&addr, "default", Some(&token)).await.unwrap();
+    assert_eq!(c.get("nacos/config/public/G/d", dister::Consistency::Linearizable).await.unwrap(), Some("x".into()));
+}
