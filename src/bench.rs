@@ -1,7 +1,9 @@
-//! The write benchmark behind `dister bench`: N closed-loop clients, each on its own
-//! connection (spread over the given nodes), setting keys of a fixed size for a fixed time;
-//! reports throughput and latency percentiles. Keys start with `bench/` and stay in the
-//! store: run it against a throwaway cluster.
+//! The benchmark behind `dister bench`: N closed-loop clients, each on its own connection
+//! (spread over the given nodes), running one workload for a fixed time; reports throughput
+//! and latency percentiles. Workloads: `kv` sets keys over the wire protocol; `nacos-register`,
+//! `nacos-publish` and `nacos-get` drive the Nacos Open API over HTTP (instance registration,
+//! config publish, config read). What they write stays in the store (`bench/` keys, `bench-N`
+//! services, `bench-N` configs): run it against a throwaway cluster.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -12,11 +14,45 @@ use hdrhistogram::Histogram;
 use crate::client::Client;
 use crate::error::ClientError;
 
+/// Which requests the clients send.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Workload {
+    /// `set` of a fresh key, over the wire protocol.
+    #[default]
+    Kv,
+    /// `POST /nacos/v1/ns/instance`: each client (re-)registers 64 ephemeral instances of its
+    /// own service in turn.
+    NacosRegister,
+    /// `POST /nacos/v1/cs/configs`: each client publishes its own config, a new content each time.
+    NacosPublish,
+    /// `GET /nacos/v1/cs/configs` (linearizable): each client reads its own config.
+    NacosGet,
+}
+
+impl std::str::FromStr for Workload {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "kv" => Ok(Workload::Kv),
+            "nacos-register" => Ok(Workload::NacosRegister),
+            "nacos-publish" => Ok(Workload::NacosPublish),
+            "nacos-get" => Ok(Workload::NacosGet),
+            other => Err(format!("unknown workload {other:?}: kv, nacos-register, nacos-publish or nacos-get")),
+        }
+    }
+}
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
-    /// Nodes to connect to (clients are spread over them round-robin).
+    /// The workload.
+    pub workload: Workload,
+    /// Nodes to connect to (clients are spread over them round-robin): their wire addresses
+    /// for `kv`, their HTTP addresses for the Nacos workloads.
     pub addrs: Vec<String>,
+    /// For the Nacos workloads on a cluster with auth: username and password to log in with.
+    pub login: Option<(String, String)>,
     /// Cluster group.
     pub group: String,
     /// Cluster token, if the cluster has one.
@@ -83,15 +119,98 @@ fn padded(mut s: String, size: usize) -> String {
     s
 }
 
+/// One client's connection.
+enum Conn {
+    Wire(Client),
+    Http { client: awc::Client, base: String, token: Option<String> },
+}
+
+impl Conn {
+    async fn open(opts: &BenchOptions, addr: &str) -> Result<Conn, ClientError> {
+        if opts.workload == Workload::Kv {
+            let client = Client::connect_with_token(addr, &opts.group, opts.token.as_deref())
+                .await
+                .map_err(|e| ClientError::Unexpected(format!("cannot reach {addr}: {e}")))?;
+            return Ok(Conn::Wire(client));
+        }
+        // One keep-alive connection per client, as a load generator's connection would be.
+        let connector = awc::Connector::new().limit(1);
+        let client = awc::Client::builder().connector(connector).timeout(Duration::from_secs(30)).finish();
+        let base = format!("http://{addr}/nacos/v1");
+        let token = match &opts.login {
+            None => None,
+            Some((user, pass)) => {
+                let mut r = client
+                    .post(format!("{base}/auth/login"))
+                    .send_form(&[("username", user), ("password", pass)])
+                    .await
+                    .map_err(|e| ClientError::Unexpected(format!("cannot log in at {addr}: {e}")))?;
+                let v: serde_json::Value =
+                    r.json().await.map_err(|e| ClientError::Unexpected(format!("login at {addr}: {e}")))?;
+                let t =
+                    v["accessToken"].as_str().ok_or_else(|| ClientError::Unexpected(format!("login refused: {v}")))?;
+                Some(t.to_string())
+            }
+        };
+        Ok(Conn::Http { client, base, token })
+    }
+
+    /// One operation; `Err` says why it failed.
+    async fn op(&self, opts: &BenchOptions, me: usize, seq: u64, value: &str) -> Result<(), String> {
+        match self {
+            Conn::Wire(c) => {
+                let key = padded(format!("bench/{me:x}/{seq:x}/"), opts.key_size);
+                c.set(&key, value).await.map(|_| ()).map_err(|e| e.to_string())
+            }
+            Conn::Http { client, base, token } => {
+                let auth: Vec<(&str, &str)> = token.iter().map(|t| ("accessToken", t.as_str())).collect();
+                let mut resp = match opts.workload {
+                    Workload::NacosRegister => {
+                        let port = (20_000 + seq % 64).to_string();
+                        let service = format!("bench-{me}");
+                        let mut q = vec![("serviceName", service.as_str()), ("ip", "127.0.0.1"), ("port", &port)];
+                        q.extend(auth);
+                        client.post(format!("{base}/ns/instance")).query(&q).map_err(|e| e.to_string())?.send().await
+                    }
+                    Workload::NacosPublish => {
+                        let data_id = format!("bench-{me}");
+                        let content = format!("{seq}:{value}");
+                        let mut form = vec![("dataId", data_id.as_str()), ("group", "BENCH"), ("content", &content)];
+                        form.extend(auth);
+                        client.post(format!("{base}/cs/configs")).send_form(&form).await
+                    }
+                    Workload::NacosGet | Workload::Kv => {
+                        let data_id = format!("bench-{me}");
+                        let mut q = vec![("dataId", data_id.as_str()), ("group", "BENCH")];
+                        q.extend(auth);
+                        client.get(format!("{base}/cs/configs")).query(&q).map_err(|e| e.to_string())?.send().await
+                    }
+                }
+                .map_err(|e| e.to_string())?;
+                let body = resp.body().await.map_err(|e| e.to_string())?;
+                if resp.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("{}: {}", resp.status(), String::from_utf8_lossy(&body)))
+                }
+            }
+        }
+    }
+}
+
 /// Runs the benchmark on the current thread's `LocalSet` (call it inside an actix system).
 pub async fn run(opts: BenchOptions) -> Result<BenchReport, ClientError> {
-    let mut clients = Vec::with_capacity(opts.clients);
+    let mut conns = Vec::with_capacity(opts.clients);
     for i in 0..opts.clients {
-        let addr = &opts.addrs[i % opts.addrs.len()];
-        let client = Client::connect_with_token(addr, &opts.group, opts.token.as_deref())
-            .await
-            .map_err(|e| ClientError::Unexpected(format!("cannot reach {addr}: {e}")))?;
-        clients.push(client);
+        conns.push(Conn::open(&opts, &opts.addrs[i % opts.addrs.len()]).await?);
+    }
+    let value = padded(String::new(), opts.value_size);
+    if opts.workload == Workload::NacosGet {
+        // Something to read: each client's config, published once.
+        let publish = BenchOptions { workload: Workload::NacosPublish, ..opts.clone() };
+        for (i, conn) in conns.iter().enumerate() {
+            conn.op(&publish, i, 0, &value).await.map_err(|e| ClientError::Unexpected(format!("setup: {e}")))?;
+        }
     }
     let hist = Rc::new(RefCell::new(
         Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).map_err(|e| ClientError::Unexpected(e.to_string()))?,
@@ -99,26 +218,22 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, ClientError> {
     let errors = Rc::new(RefCell::new(0u64));
     let start = Instant::now();
     let deadline = start + opts.duration;
-    let value = padded(String::new(), opts.value_size);
+    let opts = Rc::new(opts);
     let mut tasks = Vec::new();
-    for (i, client) in clients.into_iter().enumerate() {
-        let hist = hist.clone();
-        let errors = errors.clone();
-        let value = value.clone();
-        let key_size = opts.key_size;
+    for (i, conn) in conns.into_iter().enumerate() {
+        let (hist, errors, value, opts) = (hist.clone(), errors.clone(), value.clone(), opts.clone());
         tasks.push(tokio::task::spawn_local(async move {
             let mut seq = 0u64;
             while Instant::now() < deadline {
                 seq += 1;
-                let key = padded(format!("bench/{i:x}/{seq:x}/"), key_size);
                 let t = Instant::now();
-                match client.set(&key, &value).await {
-                    Ok(_) => {
+                match conn.op(&opts, i, seq, &value).await {
+                    Ok(()) => {
                         let _ = hist.borrow_mut().record(t.elapsed().as_micros().max(1) as u64);
                     }
                     Err(e) => {
                         *errors.borrow_mut() += 1;
-                        tracing::debug!(error = %e, "bench write failed");
+                        tracing::debug!(error = %e, "bench operation failed");
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 }

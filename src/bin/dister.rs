@@ -165,9 +165,19 @@ enum KvCommand {
 
 #[derive(Args, Debug)]
 struct BenchArgs {
-    /// Nodes to spread clients over (comma separated); defaults to --addr.
+    /// What to send: kv (wire writes), nacos-register, nacos-publish, nacos-get (HTTP).
+    #[arg(long, default_value = "kv")]
+    workload: bench::Workload,
+    /// Nodes to spread clients over (comma separated): wire addresses for kv, HTTP addresses
+    /// for the Nacos workloads; defaults to --addr.
     #[arg(long, value_delimiter = ',')]
     nodes: Vec<String>,
+    /// Log in with this username (Nacos workloads on a cluster with auth).
+    #[arg(long, requires = "password")]
+    username: Option<String>,
+    /// The password for --username.
+    #[arg(long, requires = "username")]
+    password: Option<String>,
     /// Concurrent clients.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     clients: u64,
@@ -442,7 +452,9 @@ fn main() -> ExitCode {
         Command::Bench(args) => {
             init_logging("warn");
             let opts = BenchOptions {
+                workload: args.workload,
                 addrs: if args.nodes.is_empty() { vec![cli.addr] } else { args.nodes },
+                login: args.username.zip(args.password),
                 group,
                 token: cli.token.clone(),
                 clients: args.clients as usize,
@@ -453,8 +465,8 @@ fn main() -> ExitCode {
             match actix_rt::System::new().block_on(bench::run(opts.clone())) {
                 Ok(report) => {
                     println!(
-                        "clients={} key_size={} value_size={} {report}",
-                        opts.clients, opts.key_size, opts.value_size
+                        "workload={:?} clients={} key_size={} value_size={} {report}",
+                        opts.workload, opts.clients, opts.key_size, opts.value_size
                     );
                     ExitCode::SUCCESS
                 }
