@@ -28,6 +28,30 @@ impl std::fmt::Debug for Auth {
     }
 }
 
+/// What an HTTP caller presented: a cluster token (`X-Dister-Token`, `token=`) and a login
+/// token (`Authorization: Bearer`, `accessToken`), either perhaps absent.
+#[derive(Debug, Default)]
+pub struct Presented<'a> {
+    /// The cluster token, as presented.
+    pub cluster: Option<&'a str>,
+    /// The login token, as presented.
+    pub login: Option<&'a str>,
+}
+
+/// The one rule both HTTP APIs apply: open when the node has neither credentials nor a
+/// cluster token; else the cluster token (compared in constant time) or a valid login token
+/// (when the node has credentials) lets a request in. A login token field carrying the
+/// cluster token counts too, for clients that have only that field.
+pub fn http_allowed(config: &Config, auth: Option<&Auth>, presented: &Presented<'_>, now: SystemTime) -> bool {
+    let Some(want) = config.cluster_token.as_deref() else {
+        return auth.is_none_or(|a| presented.login.is_some_and(|t| a.verify(t, now)));
+    };
+    let matches = |t: Option<&str>| t.is_some_and(|t| bool::from(t.as_bytes().ct_eq(want.as_bytes())));
+    matches(presented.cluster)
+        || matches(presented.login)
+        || auth.is_some_and(|a| presented.login.is_some_and(|t| a.verify(t, now)))
+}
+
 /// A token issued by [`Auth::login`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Token {
@@ -42,7 +66,10 @@ impl Auth {
     pub fn from_config(config: &Config) -> Option<Auth> {
         let (username, password) = (config.auth_username.clone()?, config.auth_password.clone()?);
         let mut h = Sha256::new();
-        for part in ["dister-auth-v1", config.group.as_str(), username.as_str(), password.as_str()] {
+        // The cluster token, when there is one, is mixed in: a token that leaks (Nacos clients
+        // put it in URLs) then does not allow guessing the password offline.
+        let cluster = config.cluster_token.as_deref().unwrap_or_default();
+        for part in ["dister-auth-v1", config.group.as_str(), cluster, username.as_str(), password.as_str()] {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part.as_bytes());
         }
@@ -57,7 +84,7 @@ impl Auth {
         if !bool::from(user_ok & pass_ok) {
             return None;
         }
-        let expiry = unix_secs(now) + self.ttl.as_secs();
+        let expiry = unix_secs(now).saturating_add(self.ttl.as_secs());
         Some(Token { token: format!("{expiry}.{}", self.mac(expiry)), ttl: self.ttl })
     }
 

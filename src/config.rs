@@ -227,8 +227,11 @@ impl Config {
             (Some(u), Some(_)) if !u.is_empty() => return bad("auth_password must be at least 8 characters".into()),
             _ => return bad("auth_username and auth_password go together, neither empty".into()),
         }
-        if self.auth_token_ttl_secs == 0 {
-            return bad("auth_token_ttl_secs must be above 0".into());
+        if self.auth_token_ttl_secs == 0 || self.auth_token_ttl_secs > 366 * 86_400 {
+            return bad(format!("auth_token_ttl_secs ({}) must be 1 to 31622400 (a year)", self.auth_token_ttl_secs));
+        }
+        if self.auth_username.is_some() && !self.peers.is_empty() && self.cluster_token.is_none() {
+            return bad("auth with peers needs a cluster_token too: peers present it, as they cannot log in".into());
         }
         if self.segment_bytes < 4096 {
             return bad(format!("segment_bytes ({}) must be at least 4096", self.segment_bytes));
@@ -312,6 +315,16 @@ mod tests {
             let token = Some("0123456789abcdef".to_string());
             Config { listen: listen.into(), cluster_token: token, ..Config::default() }.validate().unwrap();
         }
+        let auth = Config {
+            auth_username: Some("admin".into()),
+            auth_password: Some("long-enough".into()),
+            peers: vec![PeerConfig { id: 2, addr: "127.0.0.1:7072".into() }],
+            ..Config::default()
+        };
+        assert!(auth.validate().unwrap_err().to_string().contains("cluster_token"), "peers cannot log in");
+        Config { cluster_token: Some("0123456789abcdef".into()), ..auth.clone() }.validate().unwrap();
+        let short_pw = Config { auth_password: Some("short".into()), peers: vec![], ..auth };
+        assert!(short_pw.validate().is_err());
         let short = Config { cluster_token: Some("short".into()), ..Config::default() };
         assert!(short.validate().unwrap_err().to_string().contains("at least 16"));
     }

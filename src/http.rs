@@ -13,9 +13,8 @@ use actix_web::http::StatusCode;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, Presented, http_allowed};
 use crate::error::ApiError;
 use crate::messages::registry::{InstanceKey, Service, Strategy};
 use crate::nacos::NacosApi;
@@ -124,31 +123,26 @@ fn refuse_without_token(
     req: &HttpRequest,
     query: &BTreeMap<String, String>,
 ) -> Option<HttpResponse> {
-    let auth = req.app_data::<web::Data<NacosApi>>().and_then(|a| a.auth.clone());
-    let cluster = node.config().cluster_token.as_deref();
-    if auth.is_none() && cluster.is_none() {
+    // Without the Nacos data (routes mounted elsewhere), the node's own config decides.
+    let auth = match req.app_data::<web::Data<NacosApi>>() {
+        Some(a) => a.auth.clone(),
+        None => Auth::from_config(node.config()),
+    };
+    let cluster =
+        req.headers().get("x-dister-token").and_then(|v| v.to_str().ok()).or(query.get("token").map(String::as_str));
+    let login = bearer(req).or_else(|| query.get("accessToken").cloned());
+    let presented = Presented { cluster, login: login.as_deref() };
+    if http_allowed(node.config(), auth.as_ref(), &presented, SystemTime::now()) {
         return None;
     }
-    let given = req
-        .headers()
-        .get("x-dister-token")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| query.get("token").map(String::as_str))
-        .unwrap_or_default();
-    if cluster.is_some_and(|want| bool::from(given.as_bytes().ct_eq(want.as_bytes()))) {
-        return None;
-    }
-    if let Some(auth) = &auth {
-        let login = bearer(req).or_else(|| query.get("accessToken").cloned());
-        if login.is_some_and(|t| auth.verify(&t, SystemTime::now())) {
-            return None;
-        }
-        return Some(fail(
-            StatusCode::FORBIDDEN,
-            "log in first (POST /auth/login) and send the token as Authorization: Bearer TOKEN".into(),
-        ));
-    }
-    Some(fail(StatusCode::FORBIDDEN, "this cluster requires its token (X-Dister-Token header)".into()))
+    Some(fail(
+        StatusCode::FORBIDDEN,
+        if auth.is_some() {
+            "log in first (POST /auth/login) and send the token as Authorization: Bearer TOKEN".into()
+        } else {
+            "this cluster requires its token (X-Dister-Token header)".into()
+        },
+    ))
 }
 
 /// `POST /auth/login` with `username` and `password` (query, form or JSON body): a token for

@@ -134,6 +134,22 @@ async fn errors_are_answered_as_nacos_does() {
         "groupName",
     );
     refused(&http("GET", &format!("{inst}?serviceName=s&ip=h&port=1"), &[], None).await, 404, "no matched ip");
+    let light =
+        json_of(&http("PUT", &format!("{b}/ns/instance/beat?serviceName=s&ip=1.2.3.4&port=5"), &[], None).await);
+    assert_eq!(light["code"], json!(20404), "a light beat for an unknown instance: register again");
+    let heavy =
+        format!("{b}/ns/instance/beat?serviceName=s&beat={}", enc(r#"{"ip":"1.2.3.4","port":5,"weight":1e308}"#));
+    refused(&http("PUT", &heavy, &[], None).await, 400, "weight");
+    let huge = r#"[{"name":"w","node":[{"host":"a","port":1,"weight":1e308},{"host":"b","port":1,"weight":1e308}]}]"#;
+    let root = b.trim_end_matches("/nacos/v1");
+    let r = awc::Client::new()
+        .post(format!("{root}/service"))
+        .insert_header(("content-type", "application/json"))
+        .send_body(huge)
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(r.as_u16(), 400, "weights are bounded, so a weighted pick never sums to infinity");
     let list = json_of(&http("GET", &format!("{b}/ns/instance/list?serviceName=nobody"), &[], None).await);
     assert_eq!((list["hosts"].clone(), list["name"].clone()), (json!([]), json!("DEFAULT_GROUP@@nobody")));
 
@@ -343,4 +359,24 @@ async fn auth_guards_both_apis_and_the_wire() {
     assert!(refused_wire.is_err(), "a wire client without a token got in");
     let c = dister::Client::connect_with_token(&addr, "default", Some(&token)).await.unwrap();
     assert_eq!(c.get("nacos/config/public/G/d", dister::Consistency::Linearizable).await.unwrap(), Some("x".into()));
+}
+
+/// With only a cluster token (no credentials), the Nacos API asks for it as the dister API
+/// does: no door is left open.
+#[actix_rt::test]
+async fn the_cluster_token_guards_the_nacos_api_too() {
+    let cluster = Cluster::start_with(1, |c| {
+        nacos_config(c);
+        c.cluster_token = Some("only-a-cluster-token".into());
+    });
+    cluster.wait_leader(Duration::from_secs(3)).await;
+    let b = base(&cluster, 0);
+    let publish = format!("{b}/cs/configs");
+    refused(&http("POST", &publish, &[], Some("dataId=a&group=G&content=x")).await, 403, "token");
+    let reg = format!("{b}/ns/instance?serviceName=web&ip=10.0.0.1&port=80");
+    refused(&http("POST", &reg, &[], None).await, 403, "token");
+    let with = [("X-Dister-Token", "only-a-cluster-token")];
+    assert_eq!(http("POST", &publish, &with, Some("dataId=a&group=G&content=x")).await, (200, "true".into()));
+    let as_param = format!("{b}/cs/configs?dataId=a&group=G&accessToken=only-a-cluster-token");
+    assert_eq!(http("GET", &as_param, &[], None).await, (200, "x".into()));
 }

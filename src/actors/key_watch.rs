@@ -84,6 +84,13 @@ impl KeyWatch {
         }
     }
 
+    fn prune(&mut self) {
+        let gone: Vec<u64> = self.waiters.iter().filter(|(_, w)| w.fire.is_canceled()).map(|(id, _)| *id).collect();
+        for id in gone {
+            self.remove(id);
+        }
+    }
+
     /// How many watches wait (for tests and status).
     pub fn waiting(&self) -> usize {
         self.waiters.len()
@@ -124,6 +131,11 @@ impl Handler<WatchKeys> for KeyWatch {
         let (fire, changed) = oneshot::channel();
         self.next_id += 1;
         let id = self.next_id;
+        // Waiters whose receiver is gone (their caller gave up without unwatching) are
+        // dropped now and then, so nothing grows without bound.
+        if id.is_multiple_of(64) {
+            self.prune();
+        }
         for k in &msg.keys {
             self.by_key.entry(k.clone()).or_default().insert(id);
         }
@@ -154,6 +166,22 @@ mod tests {
             index,
             payload: Payload::Command { namespace: "kv".into(), data: serde_json::to_vec(&cmd).unwrap().into() },
         })
+    }
+
+    #[test]
+    fn waiters_whose_caller_left_are_pruned() {
+        let mut w = KeyWatch::new();
+        let mut kept = Vec::new();
+        for id in 1..=3 {
+            let (fire, rx) = oneshot::channel();
+            w.waiters.insert(id, Waiter { keys: vec![format!("k{id}")], fire });
+            w.by_key.entry(format!("k{id}")).or_default().insert(id);
+            if id != 2 {
+                kept.push(rx);
+            }
+        }
+        w.prune();
+        assert_eq!((w.waiting(), w.by_key.contains_key("k2")), (2, false));
     }
 
     #[actix_rt::test]

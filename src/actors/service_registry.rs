@@ -177,7 +177,10 @@ impl ServiceRegistry {
         let now = Instant::now();
         let instances: Vec<(InstanceKey, ServiceNode)> =
             self.registry.instances().map(|(k, n)| (k, n.clone())).collect();
-        self.checks.retain(|k, _| instances.iter().any(|(i, _)| i == k));
+        // Forget instances that went (a set, not a scan per instance: this runs on the
+        // node's one thread, beside the heartbeats, with thousands of instances).
+        let present: std::collections::BTreeSet<&InstanceKey> = instances.iter().map(|(k, _)| k).collect();
+        self.checks.retain(|k, _| present.contains(k));
         for (key, node) in instances {
             let interval = self.interval(&node);
             let st = self.checks.entry(key.clone()).or_insert_with(|| CheckState::new(now));

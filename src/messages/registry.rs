@@ -13,6 +13,10 @@ use crate::error::ApiError;
 /// The namespace `ServiceRegistry` owns.
 pub const REGISTRY_NAMESPACE: &str = "registry";
 
+/// The largest weight an instance may have (Nacos' bound): weights of any number of
+/// instances then add up to a finite total.
+pub const MAX_WEIGHT: f64 = 10_000.0;
+
 /// Health of one instance.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -256,8 +260,8 @@ impl RegistryCommand {
             {
                 return Err(format!("instance {}: check url {url:?} must start with http://", n.addr()));
             }
-            if !n.weight.is_finite() || n.weight < 0.0 {
-                return Err(format!("instance {}: weight must be a number, 0 or more", n.addr()));
+            if !(0.0..=MAX_WEIGHT).contains(&n.weight) {
+                return Err(format!("instance {}: weight must be 0 to {MAX_WEIGHT}", n.addr()));
             }
             if n.ttl_ms == Some(0) || n.interval_ms == Some(0) || n.timeout_ms == Some(0) {
                 return Err(format!("instance {}: ttl_ms, interval_ms and timeout_ms must be above 0", n.addr()));

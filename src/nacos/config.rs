@@ -189,15 +189,12 @@ pub async fn listen(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Pa
             let deadline = tokio::time::Instant::now() + timeout;
             loop {
                 // Watch first, then read at the index the watch has seen: a change is either
-                // in what is read or wakes the watch, never lost between the two.
+                // in what is read or wakes the watch, never lost between the two. The guard
+                // drops the watch however this ends (the client may hang up mid-wait, and
+                // actix drops this future then).
                 let watch = api.node.watch_keys(keys.clone()).await?;
-                let values = match api.node.get_keys_at(keys.clone(), watch.seen).await {
-                    Ok(v) => v,
-                    Err(e) => {
-                        api.node.unwatch(watch.id);
-                        return Err(e.into());
-                    }
-                };
+                let _guard = Unwatch { node: &api.node, id: watch.id };
+                let values = api.node.get_keys_at(keys.clone(), watch.seen).await?;
                 let changed: Vec<&Probe> = probes
                     .iter()
                     .zip(&values)
@@ -205,21 +202,29 @@ pub async fn listen(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Pa
                     .map(|(pr, _)| pr)
                     .collect();
                 if !changed.is_empty() || no_hangup {
-                    api.node.unwatch(watch.id);
                     return Ok(text_owned(changed_body(&changed)));
                 }
                 match tokio::time::timeout_at(deadline, watch.changed).await {
                     // Changed (perhaps back to what the client has): look again.
                     Ok(_) => continue,
-                    Err(_) => {
-                        api.node.unwatch(watch.id);
-                        return Ok(text_owned(String::new()));
-                    }
+                    Err(_) => return Ok(text_owned(String::new())),
                 }
             }
         }
         .await,
     )
+}
+
+/// Drops a watch when it goes out of scope.
+struct Unwatch<'a> {
+    node: &'a crate::node::NodeHandle,
+    id: u64,
+}
+
+impl Drop for Unwatch<'_> {
+    fn drop(&mut self) {
+        self.node.unwatch(self.id);
+    }
 }
 
 fn text_owned(body: String) -> HttpResponse {

@@ -18,7 +18,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, Presented, http_allowed};
 use crate::error::ApiError;
 use crate::node::NodeHandle;
 
@@ -171,22 +171,25 @@ fn parse_bool(v: &str) -> Option<bool> {
 }
 
 /// Reads the body (up to the node's `max_request_bytes`), its parameters, and checks the
-/// caller's token when the node has credentials. The one door every Nacos handler goes through.
+/// caller's token by the rule both APIs share ([`http_allowed`]). The one door every Nacos
+/// handler goes through.
 pub async fn enter(api: &NacosApi, req: &HttpRequest, payload: web::Payload) -> Result<Params, NacosError> {
     let body = crate::http::read_body(&api.node, payload).await.map_err(|(status, m)| NacosError(status, m))?;
     let params = Params::of(req, &body);
-    if let Some(auth) = &api.auth {
-        let token = params
-            .get("accessToken")
-            .map(str::to_string)
-            .or_else(|| crate::http::bearer(req))
-            .or_else(|| req.headers().get("accessToken").and_then(|v| v.to_str().ok()).map(str::to_string));
-        if !token.is_some_and(|t| auth.verify(&t, SystemTime::now())) {
-            return Err(NacosError(
-                StatusCode::FORBIDDEN,
-                "token invalid or expired: log in at /nacos/v1/auth/login".into(),
-            ));
-        }
+    let login = params
+        .get("accessToken")
+        .map(str::to_string)
+        .or_else(|| crate::http::bearer(req))
+        .or_else(|| req.headers().get("accessToken").and_then(|v| v.to_str().ok()).map(str::to_string));
+    let cluster = req.headers().get("x-dister-token").and_then(|v| v.to_str().ok()).or(params.get("token"));
+    let presented = Presented { cluster, login: login.as_deref() };
+    if !http_allowed(api.node.config(), api.auth.as_ref(), &presented, SystemTime::now()) {
+        let why = if api.auth.is_some() {
+            "token invalid or expired: log in at /nacos/v1/auth/login"
+        } else {
+            "this cluster requires its token"
+        };
+        return Err(NacosError(StatusCode::FORBIDDEN, why.into()));
     }
     Ok(params)
 }

@@ -161,6 +161,28 @@ fn instance_from(p: &Params) -> Result<(ServiceId, ServiceNode), NacosError> {
     Ok((id, node))
 }
 
+/// The ephemeral instance a beat describes (`weight`, `metadata`, `cluster` as the beat
+/// carries them).
+fn instance_from_beat(beat: &Value, key: &InstanceKey) -> Result<ServiceNode, NacosError> {
+    let mut node = ServiceNode::new(key.host.clone(), key.port);
+    node.ephemeral = true;
+    if let Some(w) = beat.get("weight") {
+        node.weight = w
+            .as_f64()
+            .filter(|w| (0.0..=10_000.0).contains(w))
+            .ok_or_else(|| NacosError::bad(format!("beat weight must be 0 to 10000, not {w}")))?;
+    }
+    if let Some(m) = beat.get("metadata").filter(|m| !m.is_null()) {
+        node.metadata = parse_metadata(&m.to_string())?;
+    }
+    let cluster = beat.get("cluster").and_then(Value::as_str).unwrap_or(DEFAULT_CLUSTER);
+    if !valid_id(cluster) {
+        return Err(NacosError::bad(format!("beat cluster {cluster:?} is not valid: letters, digits, -_.:")));
+    }
+    node.extra.insert("cluster".into(), Value::String(cluster.into()));
+    Ok(node)
+}
+
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -281,8 +303,9 @@ pub async fn list(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payl
     )
 }
 
-/// `PUT /ns/instance/beat`: an ephemeral instance is alive. An unknown one gets code 20404,
-/// on which Nacos clients register it again.
+/// `PUT /ns/instance/beat`: an ephemeral instance is alive. An unknown one is registered
+/// from a full beat (as Nacos does); a light beat for one gets code 20404, on which Nacos
+/// clients register it again.
 pub async fn beat(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
     respond(
         async {
@@ -303,8 +326,17 @@ pub async fn beat(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payl
                 None => port_of(&p)?,
             };
             let key = InstanceKey { service: id.registry_name(), host: ip, port };
-            let code = match api.node.beat(key, false).await {
+            let code = match api.node.beat(key.clone(), false).await {
                 Ok(()) => 10_200,
+                // As Nacos does: a full beat for an instance that is gone (removed while its
+                // beats could not arrive) registers it again from what the beat says, since
+                // some clients (the Python one) never re-register on their own.
+                Err(ApiError::NotFound(_)) if beat.as_object().is_some_and(|b| !b.is_empty()) => {
+                    let node = instance_from_beat(&beat, &key)?;
+                    api.node.register_instance(key.service, String::new(), node).await?;
+                    10_200
+                }
+                // A light beat (no instance details): the code on which clients register again.
                 Err(ApiError::NotFound(_)) => 20_404,
                 Err(e) => return Err(e.into()),
             };

@@ -169,6 +169,10 @@ pub fn pick<'a>(
         }
         Strategy::Weighted => {
             let total: f64 = available.iter().map(|n| n.weight).sum();
+            if !total.is_finite() || total <= 0.0 {
+                // Only reachable through entries written before weights were bounded.
+                return Ok(available[rng.random_range(0..available.len())]);
+            }
             let mut r = rng.random_range(0.0..total);
             available
                 .iter()
