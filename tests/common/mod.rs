@@ -30,9 +30,28 @@ pub fn init_tracing() {
     });
 }
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, handed out once per test process. Ports come from
+/// below the kernel's ephemeral range (32768 and up here), so an outgoing connection of some
+/// other test cannot take one between this check and the node's own bind; a per-process
+/// counter from a random start keeps two tests from being handed the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const LOW: u16 = 10_000;
+    const SPAN: u16 = 22_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        LOW + (std::process::id() % u32::from(SPAN)) as u16,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = LOW + (NEXT.fetch_add(1, Ordering::SeqCst) - LOW) % SPAN;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOW} and {}", LOW + SPAN)
 }
 
 struct Running {
