@@ -140,19 +140,29 @@ impl ServiceRegistry {
 
     /// Proposes a registry command as this leader (never forwarded: a checker that lost
     /// leadership must not write); `done` runs with the outcome.
-    fn propose(&mut self, ctx: &mut Context<Self>, cmd: RegistryCommand, done: impl FnOnce(&mut Self, bool) + 'static) {
+    fn propose(
+        &mut self,
+        ctx: &mut Context<Self>,
+        cmd: RegistryCommand,
+        done: impl FnOnce(&mut Self, bool) + Send + 'static,
+    ) {
         let data = match serde_json::to_vec(&cmd) {
             Ok(d) => Bytes::from(d),
             Err(_) => return,
         };
         let write = ClientWrite { write: Write { namespace: REGISTRY_NAMESPACE.into(), data }, forwarded: true };
-        ctx.spawn(self.proposer.send(write).into_actor(self).map(move |res, act, _| {
-            let ok = matches!(res, Ok(Ok(_)));
+        // Awaited in a task of its own, not in this actor's context: actix polls every
+        // future spawned in a context whenever the actor wakes, and a leader may have
+        // thousands of these in flight.
+        let send = self.proposer.send(write);
+        let me = ctx.address();
+        actix_rt::spawn(async move {
+            let ok = matches!(send.await, Ok(Ok(_)));
             if !ok {
                 tracing::debug!(?cmd, "health write not applied");
             }
-            done(act, ok);
-        }));
+            me.do_send(Proposed { ok, done: Box::new(done) });
+        });
     }
 
     fn propose_health(&mut self, ctx: &mut Context<Self>, key: InstanceKey, health: Health) {
@@ -214,22 +224,12 @@ impl ServiceRegistry {
                     st.due = now + interval;
                     let timeout = node.timeout_ms.map(Duration::from_millis).unwrap_or(interval);
                     let fut = probe.run(self.transport.clone(), timeout, self.config.allow_script_checks);
-                    let probed = node;
-                    ctx.spawn(fut.into_actor(self).map(move |ok, act, ctx| {
-                        if act.leading != Some(term) {
-                            return;
-                        }
-                        if let Some(st) = act.checks.get_mut(&key) {
-                            st.probing = false;
-                        }
-                        let health = health_of(ok);
-                        // A result speaks only for the instance as it was checked: one set
-                        // again with another check (or url, or script) waits for its own probe.
-                        let current = act.registry.instance(&key);
-                        if current.is_some_and(|n| n.same_checking(&probed) && n.health != health) {
-                            act.propose_health(ctx, key, health);
-                        }
-                    }));
+                    // A task of its own, as in `propose`: thousands of probes may be pending.
+                    let me = ctx.address();
+                    actix_rt::spawn(async move {
+                        let ok = fut.await;
+                        me.do_send(Probed { term, key, probed: Box::new(node), ok });
+                    });
                 }
             }
         }
@@ -260,6 +260,57 @@ impl Handler<ApplyEntries> for ServiceRegistry {
             .collect();
         self.gate.advance(msg.applied_to);
         out
+    }
+}
+
+/// What waits for a proposed write's outcome.
+type AfterProposal = Box<dyn FnOnce(&mut ServiceRegistry, bool) + Send>;
+
+/// A write `propose` sent was answered: run what waited for it.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Proposed {
+    ok: bool,
+    done: AfterProposal,
+}
+
+impl Handler<Proposed> for ServiceRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Proposed, _: &mut Context<Self>) {
+        (msg.done)(self, msg.ok);
+    }
+}
+
+/// A probe finished.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Probed {
+    /// The term of the leadership that started it.
+    term: u64,
+    key: InstanceKey,
+    /// The instance as it was when probed.
+    probed: Box<ServiceNode>,
+    ok: bool,
+}
+
+impl Handler<Probed> for ServiceRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Probed, ctx: &mut Context<Self>) {
+        if self.leading != Some(msg.term) {
+            return;
+        }
+        if let Some(st) = self.checks.get_mut(&msg.key) {
+            st.probing = false;
+        }
+        let health = health_of(msg.ok);
+        // A result speaks only for the instance as it was checked: one set again with another
+        // check (or url, or script) waits for its own probe.
+        let current = self.registry.instance(&msg.key);
+        if current.is_some_and(|n| n.same_checking(&msg.probed) && n.health != health) {
+            self.propose_health(ctx, msg.key, health);
+        }
     }
 }
 
