@@ -98,7 +98,12 @@ fn fail(status: StatusCode, message: String) -> HttpResponse {
 
 /// Maps what went wrong to the status a client can act on.
 fn api_fail(e: ApiError) -> HttpResponse {
-    let status = match &e {
+    fail(status_of(&e), e.to_string())
+}
+
+/// The status an API error means, for both HTTP APIs.
+pub(crate) fn status_of(e: &ApiError) -> StatusCode {
+    match e {
         ApiError::BadRequest(_) | ApiError::UnknownNamespace(_) | ApiError::Apply(_) => StatusCode::BAD_REQUEST,
         ApiError::NotFound(_) => StatusCode::NOT_FOUND,
         ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -107,8 +112,7 @@ fn api_fail(e: ApiError) -> HttpResponse {
         | ApiError::NotLeader { .. }
         | ApiError::Unreachable { .. }
         | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    fail(status, e.to_string())
+    }
 }
 
 fn bad(message: String) -> HttpResponse {
@@ -152,9 +156,6 @@ async fn login(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payload
         Ok(b) => b,
         Err(r) => return r,
     };
-    let Some(auth) = &api.auth else {
-        return fail(StatusCode::NOT_IMPLEMENTED, "auth is not enabled on this node".into());
-    };
     let mut p = crate::nacos::Params::of(&req, &body);
     if let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(&body) {
         for (k, v) in m {
@@ -163,12 +164,9 @@ async fn login(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payload
             }
         }
     }
-    let (Some(user), Some(pass)) = (p.get("username"), p.get("password")) else {
-        return bad("username and password are required".into());
-    };
-    match auth.login(user, pass, SystemTime::now()) {
-        Some(t) => ok(json!({ "accessToken": t.token, "tokenTtl": t.ttl.as_secs() })),
-        None => fail(StatusCode::FORBIDDEN, "unknown user or wrong password".into()),
+    match crate::nacos::login_with(&api, &p) {
+        Ok(t) => ok(json!({ "accessToken": t.token, "tokenTtl": t.ttl.as_secs() })),
+        Err(crate::nacos::NacosError(status, message)) => fail(status, message),
     }
 }
 
@@ -186,7 +184,7 @@ fn consistency(q: &BTreeMap<String, String>) -> Consistency {
 /// and a reason, for each API to wrap its own way.
 pub(crate) async fn read_body(
     node: &NodeHandle,
-    mut payload: web::Payload,
+    mut payload: impl futures::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>> + Unpin,
 ) -> Result<web::Bytes, (StatusCode, String)> {
     use futures::StreamExt;
     let limit = node.config().max_request_bytes;

@@ -322,20 +322,26 @@ impl NodeHandle {
         self.write_inner(write, false)
     }
 
-    /// Sets every pair in one entry.
-    pub fn set(&self, pairs: Vec<(String, String)>) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        match encode(&KvCommand::Set(pairs)) {
-            Ok(data) => self.write(Write { namespace: KV_NAMESPACE.into(), data }),
+    /// Encodes a built-in command (JSON) and writes it to `namespace`.
+    fn write_command<T: serde::Serialize>(
+        &self,
+        namespace: &str,
+        command: &T,
+    ) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
+        match encode(command) {
+            Ok(data) => self.write(Write { namespace: namespace.into(), data }),
             Err(e) => async move { Err(e) }.boxed_local(),
         }
     }
 
+    /// Sets every pair in one entry.
+    pub fn set(&self, pairs: Vec<(String, String)>) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
+        self.write_command(KV_NAMESPACE, &KvCommand::Set(pairs))
+    }
+
     /// Deletes every key in one entry; answers how many existed.
     pub fn delete(&self, keys: Vec<String>) -> LocalBoxFuture<'static, Result<usize, ApiError>> {
-        let fut = match encode(&KvCommand::Delete(keys)) {
-            Ok(data) => self.write(Write { namespace: KV_NAMESPACE.into(), data }),
-            Err(e) => return async move { Err(e) }.boxed_local(),
-        };
+        let fut = self.write_command(KV_NAMESPACE, &KvCommand::Delete(keys));
         async move {
             let reply = fut.await?;
             let out: KvOutput = serde_json::from_slice(&reply.output).map_err(|e| ApiError::Apply(e.to_string()))?;
@@ -435,18 +441,12 @@ impl NodeHandle {
 
     /// Creates or replaces services.
     pub fn set_services(&self, services: Vec<Service>) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        match encode(&RegistryCommand::Set(services)) {
-            Ok(data) => self.write(Write { namespace: REGISTRY_NAMESPACE.into(), data }),
-            Err(e) => async move { Err(e) }.boxed_local(),
-        }
+        self.write_command(REGISTRY_NAMESPACE, &RegistryCommand::Set(services))
     }
 
     /// Removes services by name.
     pub fn remove_services(&self, names: Vec<String>) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        match encode(&RegistryCommand::Remove(names)) {
-            Ok(data) => self.write(Write { namespace: REGISTRY_NAMESPACE.into(), data }),
-            Err(e) => async move { Err(e) }.boxed_local(),
-        }
+        self.write_command(REGISTRY_NAMESPACE, &RegistryCommand::Remove(names))
     }
 
     /// Creates or updates one instance (and its service, if new).
@@ -456,10 +456,7 @@ impl NodeHandle {
         kind: String,
         node: ServiceNode,
     ) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        match encode(&RegistryCommand::Register { service, kind, node }) {
-            Ok(data) => self.write(Write { namespace: REGISTRY_NAMESPACE.into(), data }),
-            Err(e) => async move { Err(e) }.boxed_local(),
-        }
+        self.write_command(REGISTRY_NAMESPACE, &RegistryCommand::Register { service, kind, node })
     }
 
     /// Creates a service (refused if it exists, with `create`) or updates its own fields,
@@ -470,26 +467,17 @@ impl NodeHandle {
         create: bool,
         update: bool,
     ) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        match encode(&RegistryCommand::Define { service, create, update }) {
-            Ok(data) => self.write(Write { namespace: REGISTRY_NAMESPACE.into(), data }),
-            Err(e) => async move { Err(e) }.boxed_local(),
-        }
+        self.write_command(REGISTRY_NAMESPACE, &RegistryCommand::Define { service, create, update })
     }
 
     /// Removes a service that has no instance (refused otherwise).
     pub fn drop_service(&self, name: String) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        match encode(&RegistryCommand::Drop(name)) {
-            Ok(data) => self.write(Write { namespace: REGISTRY_NAMESPACE.into(), data }),
-            Err(e) => async move { Err(e) }.boxed_local(),
-        }
+        self.write_command(REGISTRY_NAMESPACE, &RegistryCommand::Drop(name))
     }
 
     /// Removes one instance.
     pub fn deregister_instance(&self, key: InstanceKey) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        match encode(&RegistryCommand::Deregister(key)) {
-            Ok(data) => self.write(Write { namespace: REGISTRY_NAMESPACE.into(), data }),
-            Err(e) => async move { Err(e) }.boxed_local(),
-        }
+        self.write_command(REGISTRY_NAMESPACE, &RegistryCommand::Deregister(key))
     }
 
     /// One available instance of `name`, picked from this node's copy of the registry.

@@ -37,13 +37,16 @@ pub struct GetRefusals;
 pub struct Listener {
     bound: Option<Box<dyn BoundListener>>,
     node: NodeHandle,
+    /// Built once: the key behind login tokens is derived at start, not per connection.
+    auth: Option<Auth>,
     refused: RefusedConnections,
 }
 
 impl Listener {
     /// A listener on an already bound socket.
     pub fn new(bound: Box<dyn BoundListener>, node: NodeHandle) -> Self {
-        Listener { bound: Some(bound), node, refused: RefusedConnections::default() }
+        let auth = Auth::from_config(node.config());
+        Listener { bound: Some(bound), node, auth, refused: RefusedConnections::default() }
     }
 }
 
@@ -103,11 +106,11 @@ impl StreamHandler<Accepted> for Listener {
             }
         };
         let node = self.node.clone();
+        let auth = self.auth.clone();
         let welcome = Welcome { group: node.config().group.clone(), node_id: node.id() };
         let timeout = node.config().handshake_timeout();
         let fut = async move {
             let config = node.config().clone();
-            let auth = Auth::from_config(&config);
             match handshake::accept(stream, welcome, timeout, move |h| admit(&config, auth.as_ref(), h)).await {
                 Ok((reader, write, hello)) => {
                     tracing::debug!(%remote, peer = ?hello.node_id, "connection accepted");

@@ -11,7 +11,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use md5::{Digest, Md5};
 
 use super::naming::{DEFAULT_GROUP, PUBLIC, valid_id};
-use super::{NacosApi, NacosError, Params, enter, respond, text};
+use super::{NacosApi, NacosError, Params, Reply, text};
 use crate::auth::hex;
 use crate::wire::Consistency;
 
@@ -73,53 +73,35 @@ pub fn md5_of(content: Option<&str>) -> String {
 }
 
 /// `GET /cs/configs`: the raw content, 404 when there is none.
-pub async fn get(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
-    respond(
-        async {
-            let p = enter(&api, &req, payload).await?;
-            let id = ConfigId::from_params(&p)?;
-            let min = api.node.read_index(Consistency::Linearizable).await?;
-            let mut values = api.node.get_keys_at(vec![id.key(), id.type_key()], min).await?.into_iter();
-            let (content, kind) = (values.next().flatten(), values.next().flatten());
-            let Some(content) = content else {
-                return Err(NacosError(StatusCode::NOT_FOUND, "config data not exist".into()));
-            };
-            Ok(HttpResponse::Ok()
-                .content_type("text/plain; charset=utf-8")
-                .insert_header(("Content-MD5", md5_of(Some(&content))))
-                .insert_header(("Config-Type", kind.unwrap_or_else(|| "text".into())))
-                .body(content))
-        }
-        .await,
-    )
+pub async fn get(api: web::Data<NacosApi>, p: Params) -> Reply {
+    let id = ConfigId::from_params(&p)?;
+    let min = api.node.read_index(Consistency::Linearizable).await?;
+    let mut values = api.node.get_keys_at(vec![id.key(), id.type_key()], min).await?.into_iter();
+    let (content, kind) = (values.next().flatten(), values.next().flatten());
+    let Some(content) = content else {
+        return Err(NacosError(StatusCode::NOT_FOUND, "config data not exist".into()));
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .insert_header(("Content-MD5", md5_of(Some(&content))))
+        .insert_header(("Config-Type", kind.unwrap_or_else(|| "text".into())))
+        .body(content))
 }
 
 /// `POST /cs/configs`: publishes (creates or replaces) a config; answers `true`.
-pub async fn publish(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
-    respond(
-        async {
-            let p = enter(&api, &req, payload).await?;
-            let id = ConfigId::from_params(&p)?;
-            let content = p.required("content")?;
-            let kind = p.get("type").unwrap_or("text");
-            api.node.set(vec![(id.key(), content.to_string()), (id.type_key(), kind.to_string())]).await?;
-            Ok(text("true"))
-        }
-        .await,
-    )
+pub async fn publish(api: web::Data<NacosApi>, p: Params) -> Reply {
+    let id = ConfigId::from_params(&p)?;
+    let content = p.required("content")?;
+    let kind = p.get("type").unwrap_or("text");
+    api.node.set(vec![(id.key(), content.to_string()), (id.type_key(), kind.to_string())]).await?;
+    Ok(text("true"))
 }
 
 /// `DELETE /cs/configs`: removes a config (absent is fine); answers `true`.
-pub async fn remove(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
-    respond(
-        async {
-            let p = enter(&api, &req, payload).await?;
-            let id = ConfigId::from_params(&p)?;
-            api.node.delete(vec![id.key(), id.type_key()]).await?;
-            Ok(text("true"))
-        }
-        .await,
-    )
+pub async fn remove(api: web::Data<NacosApi>, p: Params) -> Reply {
+    let id = ConfigId::from_params(&p)?;
+    api.node.delete(vec![id.key(), id.type_key()]).await?;
+    Ok(text("true"))
 }
 
 /// One line of `Listening-Configs`: the config and the MD5 the client has.
@@ -167,52 +149,44 @@ pub fn changed_body(changed: &[&Probe]) -> String {
 /// `POST /cs/configs/listener`: answers at once with the configs whose MD5 differs from the
 /// client's; else waits (`Long-Pulling-Timeout` ms, at most two minutes) for one of them to
 /// change anywhere in the cluster, and answers empty if none does.
-pub async fn listen(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
-    respond(
-        async {
-            let timeout = match req.headers().get("Long-Pulling-Timeout") {
-                Some(v) => {
-                    let ms = v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {
-                        NacosError::bad(format!("Long-Pulling-Timeout must be milliseconds, not {v:?}"))
-                    })?;
-                    Duration::from_millis(ms).min(MAX_LONG_POLL)
-                }
-                None => Duration::from_secs(30),
-            };
-            let no_hangup = req
-                .headers()
-                .get("Long-Pulling-Timeout-No-Hangup")
-                .is_some_and(|v| v.to_str().is_ok_and(|s| s.eq_ignore_ascii_case("true")));
-            let p = enter(&api, &req, payload).await?;
-            let probes = parse_probes(p.required("Listening-Configs")?)?;
-            let keys: Vec<String> = probes.iter().map(|pr| pr.id.key()).collect();
-            let deadline = tokio::time::Instant::now() + timeout;
-            loop {
-                // Watch first, then read at the index the watch has seen: a change is either
-                // in what is read or wakes the watch, never lost between the two. The guard
-                // drops the watch however this ends (the client may hang up mid-wait, and
-                // actix drops this future then).
-                let watch = api.node.watch_keys(keys.clone()).await?;
-                let _guard = Unwatch { node: &api.node, id: watch.id };
-                let values = api.node.get_keys_at(keys.clone(), watch.seen).await?;
-                let changed: Vec<&Probe> = probes
-                    .iter()
-                    .zip(&values)
-                    .filter(|(pr, v)| md5_of(v.as_deref()) != pr.md5)
-                    .map(|(pr, _)| pr)
-                    .collect();
-                if !changed.is_empty() || no_hangup {
-                    return Ok(text_owned(changed_body(&changed)));
-                }
-                match tokio::time::timeout_at(deadline, watch.changed).await {
-                    // Changed (perhaps back to what the client has): look again.
-                    Ok(_) => continue,
-                    Err(_) => return Ok(text_owned(String::new())),
-                }
-            }
+pub async fn listen(api: web::Data<NacosApi>, req: HttpRequest, p: Params) -> Reply {
+    let timeout = match req.headers().get("Long-Pulling-Timeout") {
+        Some(v) => {
+            let ms = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| NacosError::bad(format!("Long-Pulling-Timeout must be milliseconds, not {v:?}")))?;
+            Duration::from_millis(ms).min(MAX_LONG_POLL)
         }
-        .await,
-    )
+        None => Duration::from_secs(30),
+    };
+    let no_hangup = req
+        .headers()
+        .get("Long-Pulling-Timeout-No-Hangup")
+        .is_some_and(|v| v.to_str().is_ok_and(|s| s.eq_ignore_ascii_case("true")));
+    let probes = parse_probes(p.required("Listening-Configs")?)?;
+    let keys: Vec<String> = probes.iter().map(|pr| pr.id.key()).collect();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        // Watch first, then read at the index the watch has seen: a change is either
+        // in what is read or wakes the watch, never lost between the two. The guard
+        // drops the watch however this ends (the client may hang up mid-wait, and
+        // actix drops this future then).
+        let watch = api.node.watch_keys(keys.clone()).await?;
+        let _guard = Unwatch { node: &api.node, id: watch.id };
+        let values = api.node.get_keys_at(keys.clone(), watch.seen).await?;
+        let changed: Vec<&Probe> =
+            probes.iter().zip(&values).filter(|(pr, v)| md5_of(v.as_deref()) != pr.md5).map(|(pr, _)| pr).collect();
+        if !changed.is_empty() || no_hangup {
+            return Ok(text_owned(changed_body(&changed)));
+        }
+        match tokio::time::timeout_at(deadline, watch.changed).await {
+            // Changed (perhaps back to what the client has): look again.
+            Ok(_) => continue,
+            Err(_) => return Ok(text_owned(String::new())),
+        }
+    }
 }
 
 /// Drops a watch when it goes out of scope.

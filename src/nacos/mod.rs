@@ -14,11 +14,14 @@ pub mod naming;
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
+use futures::FutureExt;
+use futures::future::LocalBoxFuture;
 use serde_json::json;
 
-use crate::auth::{Auth, Presented, http_allowed};
+use crate::auth::{Auth, Presented, Token, http_allowed};
 use crate::error::ApiError;
 use crate::node::NodeHandle;
 
@@ -55,7 +58,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/cs/configs", web::delete().to(config::remove))
             .route("/cs/configs/listener", web::post().to(config::listen))
             .default_service(web::to(|req: HttpRequest| async move {
-                fail(StatusCode::NOT_FOUND, format!("no such path or method: {} {}", req.method(), req.path()))
+                NacosError(StatusCode::NOT_FOUND, format!("no such path or method: {} {}", req.method(), req.path()))
+                    .error_response()
             })),
     );
 }
@@ -73,37 +77,30 @@ impl NacosError {
 
 impl From<ApiError> for NacosError {
     fn from(e: ApiError) -> Self {
-        let status = match &e {
-            ApiError::BadRequest(_) | ApiError::UnknownNamespace(_) | ApiError::Apply(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Dropped { .. }
-            | ApiError::NoLeader { .. }
-            | ApiError::NotLeader { .. }
-            | ApiError::Unreachable { .. }
-            | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        NacosError(status, e.to_string())
+        NacosError(crate::http::status_of(&e), e.to_string())
     }
 }
 
-fn fail(status: StatusCode, message: String) -> HttpResponse {
-    HttpResponse::build(status).content_type("text/plain; charset=utf-8").body(format!("caused: {message};"))
+impl std::fmt::Display for NacosError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.0, self.1)
+    }
 }
 
-impl From<NacosError> for HttpResponse {
-    fn from(NacosError(status, message): NacosError) -> Self {
-        fail(status, message)
+/// Lets handlers return `Result<_, NacosError>`: the error is Nacos' status and
+/// `caused: REASON;`.
+impl ResponseError for NacosError {
+    fn status_code(&self) -> StatusCode {
+        self.0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.0).content_type("text/plain; charset=utf-8").body(format!("caused: {};", self.1))
     }
 }
 
 /// A handler's answer.
 pub type Reply = Result<HttpResponse, NacosError>;
-
-/// Turns a handler's answer into the response.
-pub fn respond(r: Reply) -> HttpResponse {
-    r.unwrap_or_else(HttpResponse::from)
-}
 
 /// The plain `ok` naming writes answer.
 pub fn text(body: &'static str) -> HttpResponse {
@@ -170,49 +167,60 @@ fn parse_bool(v: &str) -> Option<bool> {
     }
 }
 
-/// Reads the body (up to the node's `max_request_bytes`), its parameters, and checks the
-/// caller's token by the rule both APIs share ([`http_allowed`]). The one door every Nacos
-/// handler goes through.
-pub async fn enter(api: &NacosApi, req: &HttpRequest, payload: web::Payload) -> Result<Params, NacosError> {
-    let body = crate::http::read_body(&api.node, payload).await.map_err(|(status, m)| NacosError(status, m))?;
-    let params = Params::of(req, &body);
-    let login = params
-        .get("accessToken")
-        .map(str::to_string)
-        .or_else(|| crate::http::bearer(req))
-        .or_else(|| req.headers().get("accessToken").and_then(|v| v.to_str().ok()).map(str::to_string));
-    let cluster = req.headers().get("x-dister-token").and_then(|v| v.to_str().ok()).or(params.get("token"));
-    let presented = Presented { cluster, login: login.as_deref() };
-    if !http_allowed(api.node.config(), api.auth.as_ref(), &presented, SystemTime::now()) {
-        let why = if api.auth.is_some() {
-            "token invalid or expired: log in at /nacos/v1/auth/login"
-        } else {
-            "this cluster requires its token"
-        };
-        return Err(NacosError(StatusCode::FORBIDDEN, why.into()));
+/// The extractor every guarded Nacos handler takes: reads the body (up to the node's
+/// `max_request_bytes`) and its parameters, and checks the caller's token by the rule both
+/// APIs share ([`http_allowed`]).
+impl FromRequest for Params {
+    type Error = NacosError;
+    type Future = LocalBoxFuture<'static, Result<Params, NacosError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let (req, payload) = (req.clone(), payload.take());
+        async move {
+            let api = req
+                .app_data::<web::Data<NacosApi>>()
+                .ok_or_else(|| NacosError(StatusCode::INTERNAL_SERVER_ERROR, "the Nacos API is not set up".into()))?;
+            let body = crate::http::read_body(&api.node, payload).await.map_err(|(status, m)| NacosError(status, m))?;
+            let params = Params::of(&req, &body);
+            let login = params
+                .get("accessToken")
+                .map(str::to_string)
+                .or_else(|| crate::http::bearer(&req))
+                .or_else(|| req.headers().get("accessToken").and_then(|v| v.to_str().ok()).map(str::to_string));
+            let cluster = req.headers().get("x-dister-token").and_then(|v| v.to_str().ok()).or(params.get("token"));
+            let presented = Presented { cluster, login: login.as_deref() };
+            if !http_allowed(api.node.config(), api.auth.as_ref(), &presented, SystemTime::now()) {
+                let why = if api.auth.is_some() {
+                    "token invalid or expired: log in at /nacos/v1/auth/login"
+                } else {
+                    "this cluster requires its token"
+                };
+                return Err(NacosError(StatusCode::FORBIDDEN, why.into()));
+            }
+            Ok(params)
+        }
+        .boxed_local()
     }
-    Ok(params)
 }
 
-async fn login(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
-    respond(
-        async {
-            let body = crate::http::read_body(&api.node, payload).await.map_err(|(status, m)| NacosError(status, m))?;
-            let p = Params::of(&req, &body);
-            let Some(auth) = &api.auth else {
-                return Err(NacosError(StatusCode::NOT_IMPLEMENTED, "auth is not enabled on this node".into()));
-            };
-            let (user, pass) = (p.required("username")?, p.required("password")?);
-            match auth.login(user, pass, SystemTime::now()) {
-                Some(t) => Ok(HttpResponse::Ok().json(json!({
-                    "accessToken": t.token,
-                    "tokenTtl": t.ttl.as_secs(),
-                    "globalAdmin": true,
-                    "username": user,
-                }))),
-                None => Err(NacosError(StatusCode::FORBIDDEN, "unknown user or wrong password".into())),
-            }
-        }
-        .await,
-    )
+/// Checks `username` and `password` and issues a token: the login of both APIs.
+pub(crate) fn login_with(api: &NacosApi, p: &Params) -> Result<Token, NacosError> {
+    let Some(auth) = &api.auth else {
+        return Err(NacosError(StatusCode::NOT_IMPLEMENTED, "auth is not enabled on this node".into()));
+    };
+    let (user, pass) = (p.required("username")?, p.required("password")?);
+    auth.login(user, pass, SystemTime::now())
+        .ok_or_else(|| NacosError(StatusCode::FORBIDDEN, "unknown user or wrong password".into()))
+}
+
+async fn login(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payload) -> Reply {
+    let body = crate::http::read_body(&api.node, payload).await.map_err(|(status, m)| NacosError(status, m))?;
+    let p = Params::of(&req, &body);
+    let t = login_with(&api, &p)?;
+    Ok(HttpResponse::Ok().json(json!({
+        "accessToken": t.token,
+        "tokenTtl": t.ttl.as_secs(),
+        "globalAdmin": true,
+        "username": p.get("username"),
+    })))
 }

@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpResponse, web};
 use md5::{Digest, Md5};
 use serde_json::{Value, json};
 
-use super::{NacosApi, NacosError, Params, enter, respond, text};
+use super::{NacosApi, NacosError, Params, Reply, text};
 use crate::auth::hex;
 use crate::error::ApiError;
 use crate::messages::registry::{CheckKind, Health, InstanceKey, Service, ServiceNode};
@@ -214,30 +214,18 @@ fn beat_interval_ms(api: &NacosApi) -> u64 {
 }
 
 /// `POST|PUT /ns/instance`: registers an instance, or replaces it.
-pub async fn register(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
-    respond(
-        async {
-            let p = enter(&api, &req, payload).await?;
-            let (id, node) = instance_from(&p)?;
-            api.node.register_instance(id.registry_name(), String::new(), node).await?;
-            Ok(text("ok"))
-        }
-        .await,
-    )
+pub async fn register(api: web::Data<NacosApi>, p: Params) -> Reply {
+    let (id, node) = instance_from(&p)?;
+    api.node.register_instance(id.registry_name(), String::new(), node).await?;
+    Ok(text("ok"))
 }
 
 /// `DELETE /ns/instance`: removes an instance (absent is fine, as in Nacos).
-pub async fn deregister(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
-    respond(
-        async {
-            let p = enter(&api, &req, payload).await?;
-            let id = ServiceId::from_params(&p)?;
-            let key = InstanceKey { service: id.registry_name(), host: p.required("ip")?.into(), port: port_of(&p)? };
-            api.node.deregister_instance(key).await?;
-            Ok(text("ok"))
-        }
-        .await,
-    )
+pub async fn deregister(api: web::Data<NacosApi>, p: Params) -> Reply {
+    let id = ServiceId::from_params(&p)?;
+    let key = InstanceKey { service: id.registry_name(), host: p.required("ip")?.into(), port: port_of(&p)? };
+    api.node.deregister_instance(key).await?;
+    Ok(text("ok"))
 }
 
 async fn service_of(api: &NacosApi, id: &ServiceId) -> Result<Option<Service>, NacosError> {
@@ -245,109 +233,88 @@ async fn service_of(api: &NacosApi, id: &ServiceId) -> Result<Option<Service>, N
 }
 
 /// `GET /ns/instance`: one instance's details; 404 if there is none.
-pub async fn detail(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
-    respond(
-        async {
-            let p = enter(&api, &req, payload).await?;
-            let id = ServiceId::from_params(&p)?;
-            let (ip, port) = (p.required("ip")?, port_of(&p)?);
-            let cluster = p.get("cluster").or(p.get("clusterName")).unwrap_or(DEFAULT_CLUSTER);
-            let service = service_of(&api, &id).await?;
-            let n = service
-                .as_ref()
-                .and_then(|s| s.nodes.iter().find(|n| n.host == ip && n.port == port && cluster_of(n) == cluster))
-                .ok_or_else(|| NacosError(StatusCode::NOT_FOUND, "no matched ip found!".into()))?;
-            let mut out = host_json(&api, &id, n);
-            out["service"] = json!(id.grouped());
-            Ok(HttpResponse::Ok().json(out))
-        }
-        .await,
-    )
+pub async fn detail(api: web::Data<NacosApi>, p: Params) -> Reply {
+    let id = ServiceId::from_params(&p)?;
+    let (ip, port) = (p.required("ip")?, port_of(&p)?);
+    let cluster = p.get("cluster").or(p.get("clusterName")).unwrap_or(DEFAULT_CLUSTER);
+    let service = service_of(&api, &id).await?;
+    let n = service
+        .as_ref()
+        .and_then(|s| s.nodes.iter().find(|n| n.host == ip && n.port == port && cluster_of(n) == cluster))
+        .ok_or_else(|| NacosError(StatusCode::NOT_FOUND, "no matched ip found!".into()))?;
+    let mut out = host_json(&api, &id, n);
+    out["service"] = json!(id.grouped());
+    Ok(HttpResponse::Ok().json(out))
 }
 
 /// `GET /ns/instance/list`: the service's enabled instances, in Nacos' shape; an unknown
 /// service has none.
-pub async fn list(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
-    respond(
-        async {
-            let p = enter(&api, &req, payload).await?;
-            let id = ServiceId::from_params(&p)?;
-            let healthy_only = p.flag("healthyOnly", false)?;
-            let clusters: Vec<&str> =
-                p.get("clusters").map(|c| c.split(',').map(str::trim).collect()).unwrap_or_default();
-            let service = service_of(&api, &id).await?;
-            let hosts: Vec<Value> = service
-                .iter()
-                .flat_map(|s| s.nodes.iter())
-                .filter(|n| n.enabled)
-                .filter(|n| !healthy_only || n.health == Health::Healthy)
-                .filter(|n| clusters.is_empty() || clusters.contains(&cluster_of(n)))
-                .map(|n| host_json(&api, &id, n))
-                .collect();
-            let checksum = hex(&Md5::digest(serde_json::to_vec(&hosts).unwrap_or_default()));
-            Ok(HttpResponse::Ok().json(json!({
-                "name": id.grouped(),
-                "dom": id.grouped(),
-                "groupName": id.group,
-                "clusters": p.get("clusters").unwrap_or(""),
-                "cacheMillis": 10_000,
-                "hosts": hosts,
-                "lastRefTime": now_ms(),
-                "checksum": checksum,
-                "allIPs": false,
-                "reachProtectionThreshold": false,
-                "valid": true,
-            })))
-        }
-        .await,
-    )
+pub async fn list(api: web::Data<NacosApi>, p: Params) -> Reply {
+    let id = ServiceId::from_params(&p)?;
+    let healthy_only = p.flag("healthyOnly", false)?;
+    let clusters: Vec<&str> = p.get("clusters").map(|c| c.split(',').map(str::trim).collect()).unwrap_or_default();
+    let service = service_of(&api, &id).await?;
+    let hosts: Vec<Value> = service
+        .iter()
+        .flat_map(|s| s.nodes.iter())
+        .filter(|n| n.enabled)
+        .filter(|n| !healthy_only || n.health == Health::Healthy)
+        .filter(|n| clusters.is_empty() || clusters.contains(&cluster_of(n)))
+        .map(|n| host_json(&api, &id, n))
+        .collect();
+    let checksum = hex(&Md5::digest(serde_json::to_vec(&hosts).unwrap_or_default()));
+    Ok(HttpResponse::Ok().json(json!({
+        "name": id.grouped(),
+        "dom": id.grouped(),
+        "groupName": id.group,
+        "clusters": p.get("clusters").unwrap_or(""),
+        "cacheMillis": 10_000,
+        "hosts": hosts,
+        "lastRefTime": now_ms(),
+        "checksum": checksum,
+        "allIPs": false,
+        "reachProtectionThreshold": false,
+        "valid": true,
+    })))
 }
 
 /// `PUT /ns/instance/beat`: an ephemeral instance is alive. An unknown one is registered
 /// from a full beat (as Nacos does); a light beat for one gets code 20404, on which Nacos
 /// clients register it again.
-pub async fn beat(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
-    respond(
-        async {
-            let p = enter(&api, &req, payload).await?;
-            let id = ServiceId::from_params(&p)?;
-            let beat: Value = match p.get("beat") {
-                Some(b) => serde_json::from_str(b).map_err(|e| NacosError::bad(format!("beat must be JSON: {e}")))?,
-                None => json!({}),
-            };
-            let ip = match beat.get("ip").and_then(Value::as_str) {
-                Some(ip) => ip.to_string(),
-                None => p.required("ip")?.to_string(),
-            };
-            let port = match beat.get("port").and_then(Value::as_u64) {
-                Some(port) => {
-                    u16::try_from(port).map_err(|_| NacosError::bad(format!("port {port} is out of range")))?
-                }
-                None => port_of(&p)?,
-            };
-            let key = InstanceKey { service: id.registry_name(), host: ip, port };
-            let code = match api.node.beat(key.clone(), false).await {
-                Ok(()) => 10_200,
-                // As Nacos does: a full beat for an instance that is gone (removed while its
-                // beats could not arrive) registers it again from what the beat says, since
-                // some clients (the Python one) never re-register on their own.
-                Err(ApiError::NotFound(_)) if beat.as_object().is_some_and(|b| !b.is_empty()) => {
-                    let node = instance_from_beat(&beat, &key)?;
-                    api.node.register_instance(key.service, String::new(), node).await?;
-                    10_200
-                }
-                // A light beat (no instance details): the code on which clients register again.
-                Err(ApiError::NotFound(_)) => 20_404,
-                Err(e) => return Err(e.into()),
-            };
-            Ok(HttpResponse::Ok().json(json!({
-                "clientBeatInterval": beat_interval_ms(&api),
-                "code": code,
-                "lightBeatEnabled": false,
-            })))
+pub async fn beat(api: web::Data<NacosApi>, p: Params) -> Reply {
+    let id = ServiceId::from_params(&p)?;
+    let beat: Value = match p.get("beat") {
+        Some(b) => serde_json::from_str(b).map_err(|e| NacosError::bad(format!("beat must be JSON: {e}")))?,
+        None => json!({}),
+    };
+    let ip = match beat.get("ip").and_then(Value::as_str) {
+        Some(ip) => ip.to_string(),
+        None => p.required("ip")?.to_string(),
+    };
+    let port = match beat.get("port").and_then(Value::as_u64) {
+        Some(port) => u16::try_from(port).map_err(|_| NacosError::bad(format!("port {port} is out of range")))?,
+        None => port_of(&p)?,
+    };
+    let key = InstanceKey { service: id.registry_name(), host: ip, port };
+    let code = match api.node.beat(key.clone(), false).await {
+        Ok(()) => 10_200,
+        // As Nacos does: a full beat for an instance that is gone (removed while its
+        // beats could not arrive) registers it again from what the beat says, since
+        // some clients (the Python one) never re-register on their own.
+        Err(ApiError::NotFound(_)) if beat.as_object().is_some_and(|b| !b.is_empty()) => {
+            let node = instance_from_beat(&beat, &key)?;
+            api.node.register_instance(key.service, String::new(), node).await?;
+            10_200
         }
-        .await,
-    )
+        // A light beat (no instance details): the code on which clients register again.
+        Err(ApiError::NotFound(_)) => 20_404,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "clientBeatInterval": beat_interval_ms(&api),
+        "code": code,
+        "lightBeatEnabled": false,
+    })))
 }
 
 fn service_fields(p: &Params, id: &ServiceId) -> Result<Service, NacosError> {
@@ -366,165 +333,124 @@ fn service_fields(p: &Params, id: &ServiceId) -> Result<Service, NacosError> {
 }
 
 /// `POST /ns/service`: creates a service; refused if it exists.
-pub async fn service_create(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
-    respond(
-        async {
-            let p = enter(&api, &req, payload).await?;
-            let id = ServiceId::from_params(&p)?;
-            api.node.define_service(service_fields(&p, &id)?, true, false).await?;
-            Ok(text("ok"))
-        }
-        .await,
-    )
+pub async fn service_create(api: web::Data<NacosApi>, p: Params) -> Reply {
+    let id = ServiceId::from_params(&p)?;
+    api.node.define_service(service_fields(&p, &id)?, true, false).await?;
+    Ok(text("ok"))
 }
 
 /// `PUT /ns/service`: updates a service's threshold, metadata and selector.
-pub async fn service_update(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
-    respond(
-        async {
-            let p = enter(&api, &req, payload).await?;
-            let id = ServiceId::from_params(&p)?;
-            api.node.define_service(service_fields(&p, &id)?, false, true).await?;
-            Ok(text("ok"))
-        }
-        .await,
-    )
+pub async fn service_update(api: web::Data<NacosApi>, p: Params) -> Reply {
+    let id = ServiceId::from_params(&p)?;
+    api.node.define_service(service_fields(&p, &id)?, false, true).await?;
+    Ok(text("ok"))
 }
 
 /// `DELETE /ns/service`: removes a service with no instance.
-pub async fn service_delete(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
-    respond(
-        async {
-            let p = enter(&api, &req, payload).await?;
-            let id = ServiceId::from_params(&p)?;
-            api.node.drop_service(id.registry_name()).await?;
-            Ok(text("ok"))
-        }
-        .await,
-    )
+pub async fn service_delete(api: web::Data<NacosApi>, p: Params) -> Reply {
+    let id = ServiceId::from_params(&p)?;
+    api.node.drop_service(id.registry_name()).await?;
+    Ok(text("ok"))
 }
 
 /// `GET /ns/service`: a service's fields and clusters; 404 if absent.
-pub async fn service_get(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
-    respond(
-        async {
-            let p = enter(&api, &req, payload).await?;
-            let id = ServiceId::from_params(&p)?;
-            let s = service_of(&api, &id)
-                .await?
-                .ok_or_else(|| NacosError(StatusCode::NOT_FOUND, format!("service {} is not found!", id.grouped())))?;
-            let mut clusters: Vec<&str> = s.nodes.iter().map(cluster_of).collect();
-            clusters.sort_unstable();
-            clusters.dedup();
-            let clusters: Vec<Value> = clusters
-                .into_iter()
-                .map(|c| json!({ "name": c, "healthChecker": { "type": "TCP" }, "metadata": {} }))
-                .collect();
-            Ok(HttpResponse::Ok().json(json!({
-                "namespaceId": id.namespace,
-                "groupName": id.group,
-                "name": id.name,
-                "protectThreshold": s.extra.get("protectThreshold").cloned().unwrap_or(json!(0.0)),
-                "metadata": s.extra.get("metadata").cloned().unwrap_or(json!({})),
-                "selector": s.extra.get("selector").cloned().unwrap_or(json!({ "type": "none" })),
-                "clusters": clusters,
-            })))
-        }
-        .await,
-    )
+pub async fn service_get(api: web::Data<NacosApi>, p: Params) -> Reply {
+    let id = ServiceId::from_params(&p)?;
+    let s = service_of(&api, &id)
+        .await?
+        .ok_or_else(|| NacosError(StatusCode::NOT_FOUND, format!("service {} is not found!", id.grouped())))?;
+    let mut clusters: Vec<&str> = s.nodes.iter().map(cluster_of).collect();
+    clusters.sort_unstable();
+    clusters.dedup();
+    let clusters: Vec<Value> = clusters
+        .into_iter()
+        .map(|c| json!({ "name": c, "healthChecker": { "type": "TCP" }, "metadata": {} }))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "namespaceId": id.namespace,
+        "groupName": id.group,
+        "name": id.name,
+        "protectThreshold": s.extra.get("protectThreshold").cloned().unwrap_or(json!(0.0)),
+        "metadata": s.extra.get("metadata").cloned().unwrap_or(json!({})),
+        "selector": s.extra.get("selector").cloned().unwrap_or(json!({ "type": "none" })),
+        "clusters": clusters,
+    })))
 }
 
 /// `GET /ns/service/list`: a page of the names of a namespace's group's services.
-pub async fn service_list(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
-    respond(
-        async {
-            let p = enter(&api, &req, payload).await?;
-            let namespace = p.get("namespaceId").unwrap_or(PUBLIC);
-            let group = p.get("groupName").unwrap_or(DEFAULT_GROUP);
-            let page: usize = p.number("pageNo", 1)?;
-            let size: usize = p.number("pageSize", 20)?;
-            if page == 0 || size == 0 {
-                return Err(NacosError::bad("pageNo and pageSize must be 1 or more"));
-            }
-            let all = api.node.list_services(Consistency::Linearizable).await?;
-            let names: Vec<String> = all
-                .iter()
-                .map(|s| ServiceId::from_registry_name(&s.name))
-                .filter(|id| id.namespace == namespace && id.group == group)
-                .map(|id| id.name)
-                .collect();
-            let doms: Vec<&String> = names.iter().skip((page - 1).saturating_mul(size)).take(size).collect();
-            Ok(HttpResponse::Ok().json(json!({ "count": names.len(), "doms": doms })))
-        }
-        .await,
-    )
+pub async fn service_list(api: web::Data<NacosApi>, p: Params) -> Reply {
+    let namespace = p.get("namespaceId").unwrap_or(PUBLIC);
+    let group = p.get("groupName").unwrap_or(DEFAULT_GROUP);
+    let page: usize = p.number("pageNo", 1)?;
+    let size: usize = p.number("pageSize", 20)?;
+    if page == 0 || size == 0 {
+        return Err(NacosError::bad("pageNo and pageSize must be 1 or more"));
+    }
+    let all = api.node.list_services(Consistency::Linearizable).await?;
+    let names: Vec<String> = all
+        .iter()
+        .map(|s| ServiceId::from_registry_name(&s.name))
+        .filter(|id| id.namespace == namespace && id.group == group)
+        .map(|id| id.name)
+        .collect();
+    let doms: Vec<&String> = names.iter().skip((page - 1).saturating_mul(size)).take(size).collect();
+    Ok(HttpResponse::Ok().json(json!({ "count": names.len(), "doms": doms })))
 }
 
 /// `GET /ns/operator/metrics`: `UP` while the node knows a leader (it can serve writes),
 /// `DOWN` with a 503 otherwise; with the registry's counts.
-pub async fn metrics(api: web::Data<NacosApi>) -> HttpResponse {
-    respond(
-        async {
-            let status = api.node.status().await?;
-            let services = api.node.list_services(Consistency::Stale).await?;
-            let instances: usize = services.iter().map(|s| s.nodes.len()).sum();
-            let up = status.leader.is_some();
-            let body = json!({
-                "status": if up { "UP" } else { "DOWN" },
-                "serviceCount": services.len(),
-                "instanceCount": instances,
-                "raftRole": status.role,
-                "term": status.term,
-                "leader": status.leader,
-                "commitIndex": status.commit_index,
-            });
-            Ok(if up { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) })
-        }
-        .await,
-    )
+pub async fn metrics(api: web::Data<NacosApi>) -> Reply {
+    let status = api.node.status().await?;
+    let services = api.node.list_services(Consistency::Stale).await?;
+    let instances: usize = services.iter().map(|s| s.nodes.len()).sum();
+    let up = status.leader.is_some();
+    let body = json!({
+        "status": if up { "UP" } else { "DOWN" },
+        "serviceCount": services.len(),
+        "instanceCount": instances,
+        "raftRole": status.role,
+        "term": status.term,
+        "leader": status.leader,
+        "commitIndex": status.commit_index,
+    });
+    Ok(if up { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) })
 }
 
 /// `GET /ns/operator/servers`: the cluster's members, by the address they listen on for
 /// each other: `UP` or `DOWN` as the leader sees them; a follower knows only itself and its
 /// leader to be `UP`, and says `UNKNOWN` of the others.
-pub async fn servers(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
-    respond(
-        async {
-            enter(&api, &req, payload).await?;
-            let s = api.node.status().await?;
-            let c = api.node.config();
-            let member = |id: u64, addr: &str, state: &str, role: &str| {
-                let (ip, port) = addr.rsplit_once(':').unwrap_or((addr, "0"));
-                json!({
-                    "ip": ip,
-                    "port": port.parse::<u16>().unwrap_or(0),
-                    "address": addr,
-                    "state": state,
-                    "failAccessCnt": 0,
-                    "extendInfo": {
-                        "nodeId": id,
-                        "raftRole": role,
-                        "httpAddress": if id == s.id { c.http.clone() } else { None },
-                    },
-                })
-            };
-            let mut servers = vec![member(s.id, &c.listen, "UP", &s.role.to_string())];
-            for peer in &s.peers {
-                let role = if s.leader == Some(peer.id) { "leader" } else { "follower" };
-                // The leader hears from every peer; a follower only from its leader, so of
-                // the others it cannot say.
-                let state = match (s.role, peer.alive) {
-                    (Role::Leader, Some(true)) => "UP",
-                    (Role::Leader, _) => "DOWN",
-                    _ if s.leader == Some(peer.id) => "UP",
-                    _ => "UNKNOWN",
-                };
-                servers.push(member(peer.id, &peer.addr, state, role));
-            }
-            Ok(HttpResponse::Ok().json(json!({ "servers": servers })))
-        }
-        .await,
-    )
+pub async fn servers(api: web::Data<NacosApi>, _: Params) -> Reply {
+    let s = api.node.status().await?;
+    let c = api.node.config();
+    let member = |id: u64, addr: &str, state: &str, role: &str| {
+        let (ip, port) = addr.rsplit_once(':').unwrap_or((addr, "0"));
+        json!({
+            "ip": ip,
+            "port": port.parse::<u16>().unwrap_or(0),
+            "address": addr,
+            "state": state,
+            "failAccessCnt": 0,
+            "extendInfo": {
+                "nodeId": id,
+                "raftRole": role,
+                "httpAddress": if id == s.id { c.http.clone() } else { None },
+            },
+        })
+    };
+    let mut servers = vec![member(s.id, &c.listen, "UP", &s.role.to_string())];
+    for peer in &s.peers {
+        let role = if s.leader == Some(peer.id) { "leader" } else { "follower" };
+        // The leader hears from every peer; a follower only from its leader, so of
+        // the others it cannot say.
+        let state = match (s.role, peer.alive) {
+            (Role::Leader, Some(true)) => "UP",
+            (Role::Leader, _) => "DOWN",
+            _ if s.leader == Some(peer.id) => "UP",
+            _ => "UNKNOWN",
+        };
+        servers.push(member(peer.id, &peer.addr, state, role));
+    }
+    Ok(HttpResponse::Ok().json(json!({ "servers": servers })))
 }
 
 #[cfg(test)]
