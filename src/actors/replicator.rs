@@ -9,6 +9,11 @@
 //! Pipelining: up to `max_inflight_appends` requests are in flight; `next_index` moves forward
 //! optimistically when a batch is sent. A conflict or a link error starts a new epoch: the
 //! window is emptied, `next_index` is reset, and answers from the old epoch only report match.
+//!
+//! Probing: until the follower's log is known to hold `next_index - 1` (at the start of a
+//! term, and after every conflict), the replicator sends empty AppendEntries, one at a time,
+//! and entries only once one of them matched. A follower far behind, or with a long divergent
+//! suffix, then costs a few small round trips instead of a full batch per step back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +51,10 @@ pub struct Replicator {
     inflight: usize,
     epoch: u64,
     fetching: bool,
+    /// Looking for the point where the follower's log matches (see the header).
+    probing: bool,
+    /// The epoch of the probe in flight, if one is.
+    probe_inflight: Option<u64>,
     last_sent: Instant,
     /// After a link error, wait before trying again.
     paused_until: Option<Instant>,
@@ -93,6 +102,8 @@ impl Replicator {
             inflight: 0,
             epoch: 0,
             fetching: false,
+            probing: true,
+            probe_inflight: None,
             last_sent: Instant::now(),
             paused_until: None,
             stopped: false,
@@ -117,8 +128,9 @@ impl Replicator {
         let heartbeat_due = now.duration_since(self.last_sent) >= self.config.heartbeat_interval();
         let round_waits = self.round_wanted > self.round_sent;
         let commit_news = self.commit > self.commit_sent;
-        let entries = window_open && self.next_index <= self.last_index;
-        if !(entries || heartbeat_due || round_waits || (window_open && commit_news)) {
+        let entries = !self.probing && window_open && self.next_index <= self.last_index;
+        let probe_due = self.probing && self.probe_inflight.is_none();
+        if !(entries || probe_due || heartbeat_due || round_waits || (window_open && commit_news)) {
             return;
         }
         // Only one fetch at a time, so batches leave in log order.
@@ -167,6 +179,11 @@ impl Replicator {
         let round = self.round_wanted;
         // Heartbeats ride outside the window: they carry no entries to wait for.
         let counted = !req.entries.is_empty();
+        // While probing, an empty request is the probe: its answer says whether `prev` matched.
+        let probe = self.probing && !counted;
+        if probe {
+            self.probe_inflight = Some(epoch);
+        }
         self.round_sent = round;
         self.commit_sent = req.leader_commit;
         self.next_index = sent_last + 1;
@@ -182,6 +199,9 @@ impl Replicator {
             if counted && epoch == act.epoch {
                 act.inflight = act.inflight.saturating_sub(1);
             }
+            if probe && act.probe_inflight == Some(epoch) {
+                act.probe_inflight = None;
+            }
             match res {
                 Ok(Ok(Response::AppendEntries(resp))) => {
                     if resp.term > act.term {
@@ -195,14 +215,18 @@ impl Replicator {
                             let moved = match_index > act.match_index;
                             act.match_index = act.match_index.max(match_index);
                             act.report(round, moved.then_some(act.match_index));
+                            act.matched(epoch, sent_last);
                         }
                         // The follower matched but did not wait for its disk: leadership
                         // is confirmed, replication is not.
-                        AppendOutcome::Heartbeat => act.report(round, None),
+                        AppendOutcome::Heartbeat => {
+                            act.report(round, None);
+                            act.matched(epoch, sent_last);
+                        }
                         AppendOutcome::Conflict { next_index } => {
                             act.report(round, None);
                             if epoch == act.epoch {
-                                act.restart(next_index, None);
+                                act.conflict(next_index);
                             }
                         }
                         // The follower could not store the entries (its disk failed): it is not
@@ -230,10 +254,26 @@ impl Replicator {
         }));
     }
 
+    /// The follower's log holds everything up to `through` as the leader's does: if that
+    /// answers this epoch's probing, entries may flow from there.
+    fn matched(&mut self, epoch: u64, through: u64) {
+        if self.probing && epoch == self.epoch {
+            self.probing = false;
+            self.next_index = self.next_index.max(through + 1);
+        }
+    }
+
+    /// Starts a new epoch from `next_index` after a conflict: probe before sending entries.
+    fn conflict(&mut self, next_index: u64) {
+        self.restart(next_index, None);
+        self.probing = true;
+    }
+
     /// Starts a new epoch from `next_index`, optionally after a pause.
     fn restart(&mut self, next_index: u64, pause: Option<Duration>) {
         self.epoch += 1;
         self.inflight = 0;
+        self.probe_inflight = None;
         self.next_index = next_index.clamp(self.match_index + 1, self.last_index + 1);
         // Resend commit and any read round with the next batch.
         self.commit_sent = 0;

@@ -128,9 +128,12 @@ impl MemLog {
         match self.term_at(prev.index) {
             Some(t) if t == prev.term => {}
             Some(t) => {
-                // Back off over the whole conflicting term at once (§5.3, "optimization").
+                // Back off over the whole conflicting term at once (§5.3, "optimization"),
+                // and over every entry of a term above the leader's at `prev`: terms only
+                // grow along a log, so the leader holds none of them there. A follower left
+                // with many short terms of its own then finds the match in a few round trips.
                 let mut first = prev.index;
-                while first > self.first_index() && self.term_at(first - 1) == Some(t) {
+                while first > self.first_index() && self.term_at(first - 1).is_some_and(|u| u == t || u > prev.term) {
                     first -= 1;
                 }
                 return Err(AppendConflict { next_index: first.max(self.first_index()) });
@@ -200,6 +203,17 @@ mod tests {
     fn conflict_hint_skips_the_whole_term() {
         let l = log(&[1, 2, 2, 2]);
         assert_eq!(l.plan_append(LogId::new(3, 4), &[]), Err(AppendConflict { next_index: 2 }));
+    }
+
+    /// Reference: §5.3: entries of terms above the leader's at prev cannot match; they are
+    /// skipped in one answer, however many terms they span.
+    #[test]
+    fn conflict_hint_skips_every_term_above_the_leaders() {
+        let l = log(&[1, 2, 2, 5, 6, 7, 8, 9]);
+        // The leader has term 3 at index 8: everything after index 3 (terms 5..9) goes.
+        assert_eq!(l.plan_append(LogId::new(3, 8), &[]), Err(AppendConflict { next_index: 4 }));
+        // Below the conflicting term the rule stops at the first term not above the leader's.
+        assert_eq!(l.plan_append(LogId::new(4, 5), &[]), Err(AppendConflict { next_index: 4 }));
     }
 
     /// Reference: Figure 2, receiver step 3: a conflicting entry and all that follow go.
