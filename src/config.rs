@@ -85,6 +85,8 @@ pub struct Config {
     pub ephemeral_remove_after_ms: u64,
     /// Allow `script` health checks (they run commands on the leader's machine).
     pub allow_script_checks: bool,
+    /// Most health probes the leader runs at once; the others wait for a free slot.
+    pub check_concurrency: usize,
     /// With a username (and password), HTTP callers log in (`POST /auth/login`, or Nacos'
     /// `/nacos/v1/auth/login`) and present the token they get; wire clients present it (or
     /// the cluster token) in their handshake.
@@ -121,6 +123,7 @@ impl Default for Config {
             ephemeral_unhealthy_after_ms: 15_000,
             ephemeral_remove_after_ms: 30_000,
             allow_script_checks: false,
+            check_concurrency: 256,
             auth_username: None,
             auth_password: None,
             auth_token_ttl_secs: 18_000,
@@ -213,6 +216,9 @@ impl Config {
         }
         if self.check_interval_ms == 0 {
             return bad("check_interval_ms must be above 0".into());
+        }
+        if self.check_concurrency == 0 || self.check_concurrency > 65_536 {
+            return bad(format!("check_concurrency ({}) must be 1 to 65536", self.check_concurrency));
         }
         if self.ephemeral_unhealthy_after_ms == 0 || self.ephemeral_remove_after_ms < self.ephemeral_unhealthy_after_ms
         {

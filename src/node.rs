@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
@@ -114,8 +113,9 @@ impl NodeBuilder {
         // to Election: create Election's context first.
         let election_ctx = Context::<Election>::new();
         let data_map = DataMap::new().start();
-        let registry =
-            ServiceRegistry::new(config.clone(), election_ctx.address().recipient(), self.transport.clone()).start();
+        let proposer = crate::actors::service_registry::Proposer::default();
+        let _ = proposer.set(election_ctx.address().recipient());
+        let registry = ServiceRegistry::new(config.clone(), proposer, self.transport.clone()).start();
         let mut subscribers = BTreeMap::new();
         subscribers.insert(KV_NAMESPACE.to_string(), data_map.clone().recipient());
         subscribers.insert(REGISTRY_NAMESPACE.to_string(), registry.clone().recipient());
@@ -167,7 +167,7 @@ impl NodeBuilder {
 impl Node {
     /// A builder with TCP transport and file storage under `config.data_dir`.
     pub fn builder(config: Config) -> NodeBuilder {
-        NodeBuilder { config, transport: Rc::new(TcpTransport), storage: None, state_machines: Vec::new() }
+        NodeBuilder { config, transport: Arc::new(TcpTransport), storage: None, state_machines: Vec::new() }
     }
 
     /// Starts a node with the defaults: TCP, files under `config.data_dir`.

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use futures::future::LocalBoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -32,8 +32,9 @@ pub trait Transport: 'static {
     fn connect(&self, addr: &str) -> LocalBoxFuture<'static, io::Result<BoxStream>>;
 }
 
-/// Shared handle to a transport.
-pub type TransportRef = Rc<dyn Transport>;
+/// Shared handle to a transport. `Send + Sync`: a node's actors may live on several threads
+/// (each connection's futures stay on the thread that made it).
+pub type TransportRef = Arc<dyn Transport + Send + Sync>;
 
 /// Real TCP through `tokio::net`, with Nagle off: frames are small and latency matters.
 #[derive(Clone, Copy, Debug, Default)]

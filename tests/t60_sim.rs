@@ -72,7 +72,7 @@ fn simulate(seed: u64) -> Vec<String> {
             let storage = storage.clone();
             async move {
                 let _node = Node::builder(config(i, seed))
-                    .transport(Rc::new(SimTransport))
+                    .transport(std::sync::Arc::new(SimTransport))
                     .storage(StorageConfig::Memory(storage))
                     .start()
                     .await?;

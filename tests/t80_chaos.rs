@@ -16,7 +16,6 @@
 use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -396,7 +395,7 @@ fn run_seed(seed: u64, secs: u64) -> Result<Summary, String> {
             let (storage, records) = (storage.clone(), records.clone());
             async move {
                 let node = Node::builder(config(i, seed))
-                    .transport(Rc::new(SimTransport))
+                    .transport(std::sync::Arc::new(SimTransport))
                     .storage(StorageConfig::Memory(storage))
                     .start()
                     .await?;

@@ -1,16 +1,17 @@
 //! `ServiceRegistry`: the service state machine. Owns services and their instances with the
 //! health the checks found (replicated), the load-balancing cursors (local), and, while its
-//! node leads, the health checks: when each is due, which probe is running, when each TTL
-//! instance last beat.
+//! node leads, the health checks ([`HealthChecks`]: the schedule, the probes running, the
+//! outcomes waiting to be written).
 //!
 //! Receives: `ApplyEntries` (committed `registry` commands, in index order), `GetService`,
-//! `ListServices`, `Balance`, generic `Query`s, `Beat`, and `LeadershipChanged` from
-//! `Election`. Sends: `ClientWrite` to `Election`, only as leader and only when a health
-//! changes (or an ephemeral instance expires): no log growth while nothing changes.
-//! Probes run as async tasks with deadlines, never on this actor's time.
+//! `ListServices`, `GetRegistryStats`, `Balance`, generic `Query`s, `Beat`, and
+//! `LeadershipChanged` from `Election`. Sends: `ClientWrite` to `Election`, only as leader,
+//! at most one entry at a time carrying a tick's check outcomes: nothing while nothing
+//! changes. Probes run as async tasks with deadlines, at most `check_concurrency` at once,
+//! never on this actor's time.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -25,33 +26,24 @@ use crate::messages::apply::{ApplyEntries, Query};
 use crate::messages::client::ClientWrite;
 use crate::messages::raft::LeadershipChanged;
 use crate::messages::registry::{
-    Balance, Beat, CheckKind, GetService, Health, InstanceKey, ListServices, REGISTRY_NAMESPACE, RegistryCommand,
-    RegistryQuery, Service, ServiceNode,
+    Balance, Beat, GetRegistryStats, GetService, InstanceKey, ListServices, REGISTRY_NAMESPACE, RegistryCommand,
+    RegistryQuery, RegistryStats, Service, ServiceNode,
 };
-use crate::raft::{NodeId, Payload};
-use crate::registry::probe::Probe;
-use crate::registry::{Registry, health_of, pick};
+use crate::raft::{Entry, NodeId, Payload};
+use crate::registry::checks::{CheckSettings, HealthChecks, ProbeJob};
+use crate::registry::{Registry, pick};
 use crate::state_machine::{AppliedGate, read_after};
 use crate::transport::TransportRef;
 use crate::wire::Write;
 
-/// Leader-only bookkeeping for one instance.
-#[derive(Debug)]
-struct CheckState {
-    due: Instant,
-    probing: bool,
-    /// A health write in flight, so a slow commit is not proposed twice.
-    proposed: Option<Health>,
-    last_beat: Instant,
-    removing: bool,
-}
+/// Where the registry proposes its check outcomes: `Election`, set once it exists (the two
+/// address each other, and may live on different threads).
+pub type Proposer = Arc<OnceLock<Recipient<ClientWrite>>>;
 
-impl CheckState {
-    fn new(now: Instant) -> Self {
-        // A new leader (or a new instance) starts every TTL clock now: beats sent to the
-        // previous leader are not lost against the instance.
-        CheckState { due: now, probing: false, proposed: None, last_beat: now, removing: false }
-    }
+/// What the registry does while its node leads.
+struct Leading {
+    term: u64,
+    checks: HealthChecks,
 }
 
 /// The service registry state machine.
@@ -62,17 +54,15 @@ pub struct ServiceRegistry {
     gate: AppliedGate,
     rng: StdRng,
     cursors: BTreeMap<String, usize>,
-    proposer: Recipient<ClientWrite>,
+    proposer: Proposer,
     transport: TransportRef,
-    /// The term this node leads, if it does.
-    leading: Option<u64>,
-    checks: BTreeMap<InstanceKey, CheckState>,
+    leading: Option<Leading>,
 }
 
 impl ServiceRegistry {
-    /// A registry for node `config.id`, proposing health changes to `proposer` (`Election`)
+    /// A registry for node `config.id`, proposing check outcomes to `proposer` (`Election`)
     /// and probing through `transport`.
-    pub fn new(config: Arc<Config>, proposer: Recipient<ClientWrite>, transport: TransportRef) -> Self {
+    pub fn new(config: Arc<Config>, proposer: Proposer, transport: TransportRef) -> Self {
         let seed = config.seed.unwrap_or_else(rand::random).wrapping_add(config.id).wrapping_mul(0x2545_F491_4F6C_DD1D);
         ServiceRegistry {
             id: config.id,
@@ -84,32 +74,26 @@ impl ServiceRegistry {
             proposer,
             transport,
             leading: None,
-            checks: BTreeMap::new(),
         }
     }
 
-    fn apply(&mut self, data: &[u8]) -> Result<Bytes, String> {
+    fn apply(&mut self, entry: &Entry, data: &[u8]) -> Result<Bytes, String> {
         let cmd: RegistryCommand = serde_json::from_slice(data).map_err(|e| format!("bad registry command: {e}"))?;
-        // A (re-)registration is a sign of life and a fresh start: its TTL clock, a removal
-        // or a health write in flight for the instance it replaces no longer apply.
-        let registered: Vec<InstanceKey> = match &cmd {
-            RegistryCommand::Register { service, node, .. } => {
-                vec![InstanceKey { service: service.clone(), host: node.host.clone(), port: node.port }]
+        let applied = self.registry.apply(cmd, entry.index)?;
+        if let Some(l) = self.leading.as_mut() {
+            // A (re-)registration is a sign of life and a fresh start for its checks.
+            let now = Instant::now();
+            for key in &applied.removed {
+                l.checks.removed(key);
             }
-            RegistryCommand::Set(services) => services
-                .iter()
-                .flat_map(|s| {
-                    s.nodes.iter().map(|n| InstanceKey { service: s.name.clone(), host: n.host.clone(), port: n.port })
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        let count = self.registry.apply(cmd)?;
-        for key in registered {
-            self.checks.remove(&key);
+            for key in &applied.registered {
+                l.checks.registered(&self.registry, key, now);
+            }
         }
-        self.cursors.retain(|name, _| self.registry.get(name).is_some());
-        Ok(Bytes::from(format!("{{\"count\":{count}}}")))
+        if !applied.removed.is_empty() {
+            self.cursors.retain(|name, _| self.registry.get(name).is_some());
+        }
+        Ok(Bytes::from(format!("{{\"count\":{}}}", applied.count)))
     }
 
     fn answer(&mut self, q: RegistryQuery) -> Result<Bytes, ApiError> {
@@ -134,105 +118,57 @@ impl ServiceRegistry {
         pick(service, name, strategy, cursor, &mut self.rng).cloned()
     }
 
-    fn interval(&self, node: &ServiceNode) -> Duration {
-        Duration::from_millis(node.interval_ms.unwrap_or(self.config.check_interval_ms).max(10))
+    /// Starts the probes that are due and have a slot.
+    fn start_probes(&mut self, ctx: &mut Context<Self>) {
+        let Some(l) = self.leading.as_mut() else { return };
+        let term = l.term;
+        for ProbeJob { key, generation, probe, timeout } in l.checks.due(&self.registry, Instant::now()) {
+            let fut = probe.run(self.transport.clone(), timeout, self.config.allow_script_checks);
+            // A task of its own: actix polls every future spawned in a context whenever the
+            // actor wakes, and hundreds of probes may be pending.
+            let me = ctx.address();
+            actix_rt::spawn(async move {
+                let ok = fut.await;
+                me.do_send(Probed { term, key, generation, ok });
+            });
+        }
     }
 
-    /// Proposes a registry command as this leader (never forwarded: a checker that lost
-    /// leadership must not write); `done` runs with the outcome.
-    fn propose(
-        &mut self,
-        ctx: &mut Context<Self>,
-        cmd: RegistryCommand,
-        done: impl FnOnce(&mut Self, bool) + Send + 'static,
-    ) {
-        let data = match serde_json::to_vec(&cmd) {
-            Ok(d) => Bytes::from(d),
-            Err(_) => return,
+    /// Proposes the next batch of check outcomes, if one waits and none is out. Never
+    /// forwarded: a checker that lost leadership must not write.
+    fn write_outcomes(&mut self, ctx: &mut Context<Self>) {
+        let Some(l) = self.leading.as_mut() else { return };
+        let Some(batch) = l.checks.take_batch() else { return };
+        let term = l.term;
+        let Some(proposer) = self.proposer.get().cloned() else {
+            l.checks.batch_done();
+            return;
         };
+        let outcomes = batch.len();
+        let data = match serde_json::to_vec(&RegistryCommand::Checked(batch)) {
+            Ok(d) => Bytes::from(d),
+            Err(_) => {
+                l.checks.batch_done();
+                return;
+            }
+        };
+        tracing::debug!(term, outcomes, bytes = data.len(), "writing check outcomes");
         let write = ClientWrite { write: Write { namespace: REGISTRY_NAMESPACE.into(), data }, forwarded: true };
-        // Awaited in a task of its own, not in this actor's context: actix polls every
-        // future spawned in a context whenever the actor wakes, and a leader may have
-        // thousands of these in flight.
-        let send = self.proposer.send(write);
+        let send = proposer.send(write);
         let me = ctx.address();
         actix_rt::spawn(async move {
-            let ok = matches!(send.await, Ok(Ok(_)));
-            if !ok {
-                tracing::debug!(?cmd, "health write not applied");
+            let result = send.await;
+            if !matches!(result, Ok(Ok(_))) {
+                tracing::debug!(term, outcomes, ?result, "check outcomes not written");
             }
-            me.do_send(Proposed { ok, done: Box::new(done) });
+            me.do_send(OutcomesWritten { term });
         });
     }
 
-    fn propose_health(&mut self, ctx: &mut Context<Self>, key: InstanceKey, health: Health) {
-        let Some(st) = self.checks.get_mut(&key) else { return };
-        if st.proposed == Some(health) {
-            return;
-        }
-        st.proposed = Some(health);
-        tracing::info!(instance = %key, ?health, "health changed");
-        let k = key.clone();
-        self.propose(ctx, RegistryCommand::SetHealth { key, health }, move |act, _| {
-            if let Some(st) = act.checks.get_mut(&k) {
-                st.proposed = None;
-            }
-        });
-    }
-
-    /// The leader's periodic pass: start due probes, judge TTL instances, expire ephemeral
-    /// ones.
+    /// The leader's periodic pass: judge silences, start due probes, write what they found.
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        let Some(term) = self.leading else { return };
-        let now = Instant::now();
-        let instances: Vec<(InstanceKey, ServiceNode)> =
-            self.registry.instances().map(|(k, n)| (k, n.clone())).collect();
-        // Forget instances that went (a set, not a scan per instance: this runs on the
-        // node's one thread, beside the heartbeats, with thousands of instances).
-        let present: std::collections::BTreeSet<&InstanceKey> = instances.iter().map(|(k, _)| k).collect();
-        self.checks.retain(|k, _| present.contains(k));
-        for (key, node) in instances {
-            let interval = self.interval(&node);
-            let st = self.checks.entry(key.clone()).or_insert_with(|| CheckState::new(now));
-            match node.effective_check() {
-                None => {}
-                Some(CheckKind::Ttl) => {
-                    let ttl = Duration::from_millis(node.ttl_ms.unwrap_or(self.config.ephemeral_unhealthy_after_ms));
-                    let remove_after = Duration::from_millis(self.config.ephemeral_remove_after_ms);
-                    let silent = now.duration_since(st.last_beat);
-                    // Removal comes only after the instance was marked unhealthy, whatever its TTL.
-                    let expired = silent >= remove_after.max(ttl) && node.health == Health::Unhealthy;
-                    if node.ephemeral && expired && !st.removing {
-                        st.removing = true;
-                        tracing::info!(instance = %key, silent_ms = silent.as_millis() as u64, "ephemeral instance expired");
-                        let k = key.clone();
-                        self.propose(ctx, RegistryCommand::Deregister(key), move |act, ok| {
-                            if !ok && let Some(st) = act.checks.get_mut(&k) {
-                                st.removing = false;
-                            }
-                        });
-                    } else if silent >= ttl && node.health != Health::Unhealthy {
-                        self.propose_health(ctx, key, Health::Unhealthy);
-                    }
-                }
-                Some(_) => {
-                    if st.probing || now < st.due {
-                        continue;
-                    }
-                    let Some(probe) = Probe::for_node(&node) else { continue };
-                    st.probing = true;
-                    st.due = now + interval;
-                    let timeout = node.timeout_ms.map(Duration::from_millis).unwrap_or(interval);
-                    let fut = probe.run(self.transport.clone(), timeout, self.config.allow_script_checks);
-                    // A task of its own, as in `propose`: thousands of probes may be pending.
-                    let me = ctx.address();
-                    actix_rt::spawn(async move {
-                        let ok = fut.await;
-                        me.do_send(Probed { term, key, probed: Box::new(node), ok });
-                    });
-                }
-            }
-        }
+        self.start_probes(ctx);
+        self.write_outcomes(ctx);
     }
 }
 
@@ -241,7 +177,7 @@ impl Actor for ServiceRegistry {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(65_536);
-        let every = Duration::from_millis((self.config.check_interval_ms / 4).clamp(10, 250));
+        let every = Duration::from_millis((self.config.check_interval_ms / 4).clamp(10, 100));
         ctx.run_interval(every, |act, ctx| act.tick(ctx));
     }
 }
@@ -254,7 +190,7 @@ impl Handler<ApplyEntries> for ServiceRegistry {
             .entries
             .iter()
             .map(|e| match &e.payload {
-                Payload::Command { data, .. } => self.apply(data),
+                Payload::Command { data, .. } => self.apply(e, data),
                 Payload::Blank => Ok(Bytes::new()),
             })
             .collect();
@@ -263,22 +199,20 @@ impl Handler<ApplyEntries> for ServiceRegistry {
     }
 }
 
-/// What waits for a proposed write's outcome.
-type AfterProposal = Box<dyn FnOnce(&mut ServiceRegistry, bool) + Send>;
-
-/// A write `propose` sent was answered: run what waited for it.
+/// A batch of check outcomes was written, or failed.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Proposed {
-    ok: bool,
-    done: AfterProposal,
+struct OutcomesWritten {
+    term: u64,
 }
 
-impl Handler<Proposed> for ServiceRegistry {
+impl Handler<OutcomesWritten> for ServiceRegistry {
     type Result = ();
 
-    fn handle(&mut self, msg: Proposed, _: &mut Context<Self>) {
-        (msg.done)(self, msg.ok);
+    fn handle(&mut self, msg: OutcomesWritten, _: &mut Context<Self>) {
+        if let Some(l) = self.leading.as_mut().filter(|l| l.term == msg.term) {
+            l.checks.batch_done();
+        }
     }
 }
 
@@ -289,8 +223,7 @@ struct Probed {
     /// The term of the leadership that started it.
     term: u64,
     key: InstanceKey,
-    /// The instance as it was when probed.
-    probed: Box<ServiceNode>,
+    generation: u64,
     ok: bool,
 }
 
@@ -298,19 +231,10 @@ impl Handler<Probed> for ServiceRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: Probed, ctx: &mut Context<Self>) {
-        if self.leading != Some(msg.term) {
-            return;
-        }
-        if let Some(st) = self.checks.get_mut(&msg.key) {
-            st.probing = false;
-        }
-        let health = health_of(msg.ok);
-        // A result speaks only for the instance as it was checked: one set again with another
-        // check (or url, or script) waits for its own probe.
-        let current = self.registry.instance(&msg.key);
-        if current.is_some_and(|n| n.same_checking(&msg.probed) && n.health != health) {
-            self.propose_health(ctx, msg.key, health);
-        }
+        let Some(l) = self.leading.as_mut().filter(|l| l.term == msg.term) else { return };
+        l.checks.probed(&self.registry, &msg.key, msg.generation, msg.ok, Instant::now());
+        // The slot it held goes to the next probe that is due.
+        self.start_probes(ctx);
     }
 }
 
@@ -322,13 +246,13 @@ impl Handler<LeadershipChanged> for ServiceRegistry {
             return;
         }
         if msg.is_leader {
-            tracing::info!(term = msg.term, "leading: taking over health checks");
-            self.leading = Some(msg.term);
-            self.checks.clear();
+            let settings = CheckSettings::from_config(&self.config);
+            let checks = HealthChecks::start(settings, &self.registry, Instant::now(), &mut self.rng);
+            tracing::info!(term = msg.term, instances = self.registry.counts().1, "leading: taking over health checks");
+            self.leading = Some(Leading { term: msg.term, checks });
             self.tick(ctx);
-        } else if self.leading == Some(msg.term) {
+        } else if self.leading.as_ref().is_some_and(|l| l.term == msg.term) {
             self.leading = None;
-            self.checks.clear();
         }
     }
 }
@@ -336,23 +260,25 @@ impl Handler<LeadershipChanged> for ServiceRegistry {
 impl Handler<Beat> for ServiceRegistry {
     type Result = Result<(), ApiError>;
 
-    fn handle(&mut self, Beat(key): Beat, ctx: &mut Context<Self>) -> Self::Result {
-        if self.leading.is_none() {
+    fn handle(&mut self, Beat(key): Beat, _: &mut Context<Self>) -> Self::Result {
+        let Some(l) = self.leading.as_mut() else {
             return Err(ApiError::NotLeader { node: self.id, leader: None });
-        }
-        let Some(node) = self.registry.instance(&key) else {
-            return Err(ApiError::NotFound(format!("instance {key} is not registered")));
         };
-        let now = Instant::now();
-        let st = self.checks.entry(key.clone()).or_insert_with(|| CheckState::new(now));
-        st.last_beat = now;
-        // Back to healthy if it is not, or if an "unhealthy" it missed is on its way.
-        let back_to_life = node.effective_check() == Some(CheckKind::Ttl)
-            && (node.health != Health::Healthy || st.proposed == Some(Health::Unhealthy));
-        if back_to_life {
-            self.propose_health(ctx, key, Health::Healthy);
+        if self.registry.instance(&key).is_none() {
+            return Err(ApiError::NotFound(format!("instance {key} is not registered")));
         }
+        l.checks.beat(&self.registry, &key, Instant::now());
         Ok(())
+    }
+}
+
+impl Handler<GetRegistryStats> for ServiceRegistry {
+    type Result = MessageResult<GetRegistryStats>;
+
+    fn handle(&mut self, _: GetRegistryStats, _: &mut Context<Self>) -> Self::Result {
+        let (services, instances) = self.registry.counts();
+        let (probes_running, outcomes_pending) = self.leading.as_ref().map_or((0, 0), |l| l.checks.load());
+        MessageResult(RegistryStats { services, instances, probes_running, outcomes_pending })
     }
 }
 

@@ -91,6 +91,11 @@ pub struct ServiceNode {
     /// sent is lost.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
+    /// The log index of the entry that last registered this instance, set when it is
+    /// applied (not part of its JSON). A check's outcome names the revision it judged, so an
+    /// outcome about an earlier registration never lands on a newer one.
+    #[serde(skip)]
+    pub revision: u64,
 }
 
 impl ServiceNode {
@@ -111,7 +116,13 @@ impl ServiceNode {
             timeout_ms: None,
             ttl_ms: None,
             extra: BTreeMap::new(),
+            revision: 0,
         }
+    }
+
+    /// Its key within `service`.
+    pub fn key(&self, service: &str) -> InstanceKey {
+        InstanceKey { service: service.to_string(), host: self.host.clone(), port: self.port }
     }
 
     /// `host:port`.
@@ -236,13 +247,45 @@ pub enum RegistryCommand {
     },
     /// Removes a service that has no instance; refused if it has some, or does not exist.
     Drop(String),
-    /// The leader's checks found this health (written only when it changes).
+    /// The leader's checks found this health (written only when it changes). Kept so that
+    /// logs written before [`RegistryCommand::Checked`] replay; no longer proposed.
     SetHealth {
         /// The instance.
         key: InstanceKey,
         /// Its health.
         health: Health,
     },
+    /// What the leader's checks found over one tick: many health changes and expiries in one
+    /// entry, each applied only to the registration it was judged on.
+    Checked(Vec<CheckOutcome>),
+}
+
+/// One outcome of the leader's checks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckOutcome {
+    /// The instance.
+    pub key: InstanceKey,
+    /// Its revision when it was judged ([`ServiceNode::revision`]).
+    pub revision: u64,
+    /// What to do.
+    pub change: Change,
+}
+
+/// What a check decided for one instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    /// Its health is now this.
+    Health(Health),
+    /// An ephemeral instance stopped beating long enough ago: remove it.
+    Expire,
+}
+
+impl CheckOutcome {
+    /// About how many bytes it takes in an entry (JSON), to bound a batch before encoding it.
+    pub fn size_hint(&self) -> usize {
+        self.key.service.len() + self.key.host.len() + 64
+    }
 }
 
 impl RegistryCommand {
@@ -297,6 +340,7 @@ impl RegistryCommand {
                 Err("a service name must not be empty".into())
             }
             RegistryCommand::Drop(name) if name.is_empty() => Err("a service name must not be empty".into()),
+            RegistryCommand::Checked(outcomes) if outcomes.is_empty() => Err("no check outcome given".into()),
             _ => Ok(()),
         }
     }
@@ -376,6 +420,24 @@ pub struct Balance {
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), ApiError>")]
 pub struct Beat(pub InstanceKey);
+
+/// Count services and instances, without copying them.
+#[derive(Debug, Message)]
+#[rtype(result = "RegistryStats")]
+pub struct GetRegistryStats;
+
+/// How big the registry is, and what its checks are doing on this node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryStats {
+    /// Services.
+    pub services: usize,
+    /// Instances.
+    pub instances: usize,
+    /// Probes running now (leader only).
+    pub probes_running: usize,
+    /// Check outcomes waiting to be written (leader only).
+    pub outcomes_pending: usize,
+}
 
 /// The registry's answer to a generic query, in JSON.
 pub type QueryAnswer = Result<Bytes, ApiError>;

@@ -3,22 +3,56 @@
 //! ([`probe`]). `ServiceRegistry` (the actor) owns a `Registry` and adds the leader-only
 //! parts: scheduling checks, tracking beats, proposing health changes.
 
+pub mod checks;
 pub mod probe;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use rand::RngExt;
 
 use crate::error::ApiError;
-use crate::messages::registry::{Health, InstanceKey, RegistryCommand, Service, ServiceNode, Strategy};
+use crate::messages::registry::{
+    Change, CheckOutcome, Health, InstanceKey, RegistryCommand, Service, ServiceNode, Strategy,
+};
 
-/// Services by name, as the log made them.
-#[derive(Debug, Default, Clone, PartialEq)]
+/// Services by name, as the log made them, with an index from each instance's key to its
+/// place in its service, so that a lookup (a probe's result, a beat) never scans a service.
+#[derive(Debug, Default, Clone)]
 pub struct Registry {
     services: BTreeMap<String, Service>,
     /// Services that exist only because an instance registered into them: they go when their
     /// last instance goes.
     implicit: BTreeSet<String>,
+    /// Where each instance sits in its service's `nodes` (looked up, never iterated).
+    slots: HashMap<InstanceKey, usize>,
+}
+
+impl PartialEq for Registry {
+    fn eq(&self, other: &Self) -> bool {
+        // The index follows from the services; order within a service does not matter.
+        self.implicit == other.implicit
+            && self.services.len() == other.services.len()
+            && self.services.iter().all(|(name, s)| {
+                other.services.get(name).is_some_and(|o| {
+                    o.kind == s.kind
+                        && o.extra == s.extra
+                        && o.nodes.len() == s.nodes.len()
+                        && s.nodes.iter().all(|n| other.instance(&n.key(name)) == Some(n))
+                })
+            })
+    }
+}
+
+/// What applying one command changed, beside its count: the instances it (re-)registered
+/// and those it removed, so the leader's checks can follow without scanning the registry.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// How many services or instances the command touched.
+    pub count: usize,
+    /// Instances registered or registered again (a fresh start for their checks).
+    pub registered: Vec<InstanceKey>,
+    /// Instances that went.
+    pub removed: Vec<InstanceKey>,
 }
 
 impl Registry {
@@ -32,85 +66,141 @@ impl Registry {
         self.services.values()
     }
 
+    /// How many services and instances there are.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.services.len(), self.slots.len())
+    }
+
     /// One instance.
     pub fn instance(&self, key: &InstanceKey) -> Option<&ServiceNode> {
-        self.services.get(&key.service)?.nodes.iter().find(|n| n.host == key.host && n.port == key.port)
+        let slot = *self.slots.get(key)?;
+        self.services.get(&key.service)?.nodes.get(slot)
     }
 
-    /// Every instance with its key, in order.
+    fn instance_mut(&mut self, key: &InstanceKey) -> Option<&mut ServiceNode> {
+        let slot = *self.slots.get(key)?;
+        self.services.get_mut(&key.service)?.nodes.get_mut(slot)
+    }
+
+    /// Every instance with its key, in service order.
     pub fn instances(&self) -> impl Iterator<Item = (InstanceKey, &ServiceNode)> {
-        self.services.values().flat_map(|s| {
-            s.nodes
-                .iter()
-                .map(move |n| (InstanceKey { service: s.name.clone(), host: n.host.clone(), port: n.port }, n))
-        })
+        self.services.values().flat_map(|s| s.nodes.iter().map(move |n| (n.key(&s.name), n)))
     }
 
-    /// Applies a committed command; answers how many services or instances it touched, or why
-    /// the command was refused (the same on every node: it depends on the state alone).
-    pub fn apply(&mut self, cmd: RegistryCommand) -> Result<usize, String> {
-        Ok(match cmd {
+    /// Puts `s` in place of the service of its name, indexing its instances.
+    fn insert_service(&mut self, s: Service, applied: &mut Applied) {
+        if let Some(old) = self.services.remove(&s.name) {
+            for n in &old.nodes {
+                let key = n.key(&old.name);
+                self.slots.remove(&key);
+                if !s.nodes.iter().any(|m| m.host == n.host && m.port == n.port) {
+                    applied.removed.push(key);
+                }
+            }
+        }
+        for (i, n) in s.nodes.iter().enumerate() {
+            let key = n.key(&s.name);
+            self.slots.insert(key.clone(), i);
+            applied.registered.push(key);
+        }
+        self.services.insert(s.name.clone(), s);
+    }
+
+    fn remove_service(&mut self, name: &str, applied: &mut Applied) -> bool {
+        self.implicit.remove(name);
+        let Some(old) = self.services.remove(name) else { return false };
+        for n in &old.nodes {
+            let key = n.key(name);
+            self.slots.remove(&key);
+            applied.removed.push(key);
+        }
+        true
+    }
+
+    /// Removes one instance (and its service if it was implicit and this was its last).
+    fn remove_instance(&mut self, key: &InstanceKey, applied: &mut Applied) -> bool {
+        let Some(slot) = self.slots.remove(key) else { return false };
+        let Some(s) = self.services.get_mut(&key.service) else { return false };
+        s.nodes.swap_remove(slot);
+        if let Some(moved) = s.nodes.get(slot) {
+            self.slots.insert(moved.key(&key.service), slot);
+        }
+        if s.nodes.is_empty() && self.implicit.contains(&key.service) {
+            self.services.remove(&key.service);
+            self.implicit.remove(&key.service);
+        }
+        applied.removed.push(key.clone());
+        true
+    }
+
+    /// Applies a committed command found at log index `index`; answers what it changed, or
+    /// why the command was refused (the same on every node: it depends on the state alone).
+    pub fn apply(&mut self, cmd: RegistryCommand, index: u64) -> Result<Applied, String> {
+        let mut applied = Applied::default();
+        applied.count = match cmd {
             RegistryCommand::Set(services) => {
                 let n = services.len();
                 for mut s in services {
-                    let before = self.services.get(&s.name);
                     for node in &mut s.nodes {
-                        let old =
-                            before.and_then(|b| b.nodes.iter().find(|o| o.host == node.host && o.port == node.port));
+                        let old = self.instance(&node.key(&s.name));
                         node.health = node.initial_health(old);
+                        node.revision = index;
                     }
                     self.implicit.remove(&s.name);
-                    self.services.insert(s.name.clone(), s);
+                    self.insert_service(s, &mut applied);
                 }
                 n
             }
-            RegistryCommand::Remove(names) => names
-                .iter()
-                .filter(|n| {
-                    self.implicit.remove(*n);
-                    self.services.remove(*n).is_some()
-                })
-                .count(),
+            RegistryCommand::Remove(names) => names.iter().filter(|n| self.remove_service(n, &mut applied)).count(),
             RegistryCommand::Register { service, kind, mut node } => {
-                if !self.services.contains_key(&service) {
-                    self.implicit.insert(service.clone());
-                }
-                let s = self.services.entry(service.clone()).or_insert_with(|| Service::new(service, kind));
-                match s.nodes.iter_mut().find(|o| o.host == node.host && o.port == node.port) {
+                let key = node.key(&service);
+                node.revision = index;
+                match self.instance_mut(&key) {
                     Some(old) => {
                         node.health = node.initial_health(Some(old));
                         *old = node;
                     }
                     None => {
+                        if !self.services.contains_key(&service) {
+                            self.implicit.insert(service.clone());
+                        }
+                        let s = self.services.entry(service.clone()).or_insert_with(|| Service::new(service, kind));
                         node.health = node.initial_health(None);
                         s.nodes.push(node);
+                        self.slots.insert(key.clone(), s.nodes.len() - 1);
                     }
                 }
+                applied.registered.push(key);
                 1
             }
-            RegistryCommand::Deregister(key) => {
-                let Some(s) = self.services.get_mut(&key.service) else { return Ok(0) };
-                let before = s.nodes.len();
-                s.nodes.retain(|n| !(n.host == key.host && n.port == key.port));
-                let removed = before - s.nodes.len();
-                if s.nodes.is_empty() && self.implicit.contains(&key.service) {
-                    self.services.remove(&key.service);
-                    self.implicit.remove(&key.service);
+            RegistryCommand::Deregister(key) => usize::from(self.remove_instance(&key, &mut applied)),
+            RegistryCommand::SetHealth { key, health } => match self.instance_mut(&key) {
+                Some(n) => {
+                    n.health = health;
+                    1
                 }
-                removed
-            }
-            RegistryCommand::SetHealth { key, health } => {
-                let node = self
-                    .services
-                    .get_mut(&key.service)
-                    .and_then(|s| s.nodes.iter_mut().find(|n| n.host == key.host && n.port == key.port));
-                match node {
-                    Some(n) => {
-                        n.health = health;
-                        1
+                None => 0,
+            },
+            RegistryCommand::Checked(outcomes) => {
+                let mut n = 0;
+                for CheckOutcome { key, revision, change } in outcomes {
+                    // An outcome speaks only for the registration it judged.
+                    if self.instance(&key).is_none_or(|i| i.revision != revision) {
+                        continue;
                     }
-                    None => 0,
+                    match change {
+                        Change::Health(h) => {
+                            if let Some(i) = self.instance_mut(&key) {
+                                i.health = h;
+                            }
+                        }
+                        Change::Expire => {
+                            self.remove_instance(&key, &mut applied);
+                        }
+                    }
+                    n += 1;
                 }
+                n
             }
             RegistryCommand::Define { service, create, update } => match self.services.get_mut(&service.name) {
                 Some(_) if create => return Err(format!("service {:?} already exists", service.name)),
@@ -139,8 +229,22 @@ impl Registry {
                     1
                 }
             },
-        })
+        };
+        Ok(applied)
     }
+}
+
+/// Nacos' protect threshold of a service (`protectThreshold`, 0 to 1; 0 when not set).
+pub fn protect_threshold(service: &Service) -> f64 {
+    service.extra.get("protectThreshold").and_then(serde_json::Value::as_f64).unwrap_or(0.0).clamp(0.0, 1.0)
+}
+
+/// Whether a service whose `healthy` of `total` instances are healthy has reached its
+/// protect threshold (Nacos: the healthy share is at or below it). Listing then offers every
+/// instance as healthy, so that a mass failure of checks does not send all traffic to the
+/// few left, or none anywhere.
+pub fn protection_reached(threshold: f64, healthy: usize, total: usize) -> bool {
+    total > 0 && (healthy as f64 / total as f64) <= threshold
 }
 
 /// Picks one available instance of `service`: enabled, healthy and weighted. `Weighted` draws
@@ -207,6 +311,11 @@ mod tests {
         ServiceNode { weight: f64::from(weight), ..ServiceNode::new(host, port) }
     }
 
+    /// Applies at a made-up index; answers the count.
+    fn ap(r: &mut Registry, cmd: RegistryCommand) -> Result<usize, String> {
+        r.apply(cmd, 1).map(|a| a.count)
+    }
+
     fn key(s: &str, host: &str, port: u16) -> InstanceKey {
         InstanceKey { service: s.into(), host: host.into(), port }
     }
@@ -214,19 +323,22 @@ mod tests {
     #[test]
     fn register_creates_and_deregister_removes_an_implicit_service() {
         let mut r = Registry::default();
-        r.apply(RegistryCommand::Register { service: "web".into(), kind: "http".into(), node: node("a", 1, 1) })
+        ap(&mut r, RegistryCommand::Register { service: "web".into(), kind: "http".into(), node: node("a", 1, 1) })
             .unwrap();
         assert_eq!(r.get("web").unwrap().nodes.len(), 1);
-        r.apply(RegistryCommand::Deregister(key("web", "a", 1))).unwrap();
+        ap(&mut r, RegistryCommand::Deregister(key("web", "a", 1))).unwrap();
         assert!(r.get("web").is_none(), "a service made by registration goes with its last instance");
-        r.apply(RegistryCommand::Set(vec![Service {
-            name: "db".into(),
-            kind: "tcp".into(),
-            nodes: vec![node("b", 2, 1)],
-            extra: BTreeMap::new(),
-        }]))
+        ap(
+            &mut r,
+            RegistryCommand::Set(vec![Service {
+                name: "db".into(),
+                kind: "tcp".into(),
+                nodes: vec![node("b", 2, 1)],
+                extra: BTreeMap::new(),
+            }]),
+        )
         .unwrap();
-        r.apply(RegistryCommand::Deregister(key("db", "b", 2))).unwrap();
+        ap(&mut r, RegistryCommand::Deregister(key("db", "b", 2))).unwrap();
         assert!(r.get("db").is_some(), "a declared service stays, empty");
     }
 
@@ -235,21 +347,22 @@ mod tests {
         let mut r = Registry::default();
         let mut svc = Service::new("web", "");
         svc.extra.insert("protectThreshold".into(), serde_json::json!(0.5));
-        r.apply(RegistryCommand::Define { service: svc.clone(), create: true, update: false }).unwrap();
-        let again = r.apply(RegistryCommand::Define { service: svc.clone(), create: true, update: false }).unwrap_err();
+        ap(&mut r, RegistryCommand::Define { service: svc.clone(), create: true, update: false }).unwrap();
+        let again =
+            ap(&mut r, RegistryCommand::Define { service: svc.clone(), create: true, update: false }).unwrap_err();
         assert!(again.contains("already exists"), "{again}");
-        r.apply(RegistryCommand::Register { service: "web".into(), kind: String::new(), node: node("a", 1, 1) })
+        ap(&mut r, RegistryCommand::Register { service: "web".into(), kind: String::new(), node: node("a", 1, 1) })
             .unwrap();
         svc.extra.insert("protectThreshold".into(), serde_json::json!(0.8));
-        r.apply(RegistryCommand::Define { service: svc, create: false, update: true }).unwrap();
+        ap(&mut r, RegistryCommand::Define { service: svc, create: false, update: true }).unwrap();
         let web = r.get("web").unwrap();
         assert_eq!((web.nodes.len(), &web.extra["protectThreshold"]), (1, &serde_json::json!(0.8)));
-        let busy = r.apply(RegistryCommand::Drop("web".into())).unwrap_err();
+        let busy = ap(&mut r, RegistryCommand::Drop("web".into())).unwrap_err();
         assert!(busy.contains("1 instance"), "{busy}");
-        r.apply(RegistryCommand::Deregister(key("web", "a", 1))).unwrap();
+        ap(&mut r, RegistryCommand::Deregister(key("web", "a", 1))).unwrap();
         assert!(r.get("web").is_some(), "a defined service stays when its last instance goes");
-        r.apply(RegistryCommand::Drop("web".into())).unwrap();
-        assert!(r.apply(RegistryCommand::Drop("web".into())).unwrap_err().contains("does not exist"));
+        ap(&mut r, RegistryCommand::Drop("web".into())).unwrap();
+        assert!(ap(&mut r, RegistryCommand::Drop("web".into())).unwrap_err().contains("does not exist"));
     }
 
     #[test]
@@ -258,10 +371,10 @@ mod tests {
         let checked = ServiceNode { check: Some(CheckKind::Tcp), ..node("a", 1, 1) };
         let svc =
             Service { name: "s".into(), kind: "tcp".into(), nodes: vec![checked.clone()], extra: BTreeMap::new() };
-        r.apply(RegistryCommand::Set(vec![svc.clone()])).unwrap();
+        ap(&mut r, RegistryCommand::Set(vec![svc.clone()])).unwrap();
         assert_eq!(r.instance(&key("s", "a", 1)).unwrap().health, Health::Unknown, "checked: unknown until probed");
-        r.apply(RegistryCommand::SetHealth { key: key("s", "a", 1), health: Health::Unhealthy }).unwrap();
-        r.apply(RegistryCommand::Set(vec![svc])).unwrap();
+        ap(&mut r, RegistryCommand::SetHealth { key: key("s", "a", 1), health: Health::Unhealthy }).unwrap();
+        ap(&mut r, RegistryCommand::Set(vec![svc])).unwrap();
         assert_eq!(r.instance(&key("s", "a", 1)).unwrap().health, Health::Unhealthy);
     }
 

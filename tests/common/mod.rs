@@ -168,7 +168,7 @@ impl Cluster {
                     let me = config.id;
                     let mut builder = Node::builder(config);
                     if let Some(faults) = faults {
-                        builder = builder.transport(std::rc::Rc::new(faults::FaultyTransport { me, nodes, faults }));
+                        builder = builder.transport(std::sync::Arc::new(faults::FaultyTransport { me, nodes, faults }));
                     }
                     if let Some(extend) = extend {
                         builder = extend(builder);
