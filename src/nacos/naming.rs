@@ -16,6 +16,7 @@ use crate::auth::hex;
 use crate::error::ApiError;
 use crate::messages::registry::{CheckKind, Health, InstanceKey, Service, ServiceNode};
 use crate::raft::Role;
+use crate::registry::{protect_threshold, protection_reached};
 use crate::wire::Consistency;
 
 /// Nacos' default group.
@@ -248,19 +249,36 @@ pub async fn detail(api: web::Data<NacosApi>, p: Params) -> Reply {
 }
 
 /// `GET /ns/instance/list`: the service's enabled instances, in Nacos' shape; an unknown
-/// service has none.
+/// service has none. When the healthy share of them is at or below the service's protect
+/// threshold (0 unless set), every one is listed, as healthy, as Nacos does: a mass failure
+/// of checks must not leave clients with nothing, or all traffic on the few left.
 pub async fn list(api: web::Data<NacosApi>, p: Params) -> Reply {
     let id = ServiceId::from_params(&p)?;
     let healthy_only = p.flag("healthyOnly", false)?;
     let clusters: Vec<&str> = p.get("clusters").map(|c| c.split(',').map(str::trim).collect()).unwrap_or_default();
     let service = service_of(&api, &id).await?;
-    let hosts: Vec<Value> = service
+    let served: Vec<&ServiceNode> = service
         .iter()
         .flat_map(|s| s.nodes.iter())
         .filter(|n| n.enabled)
-        .filter(|n| !healthy_only || n.health == Health::Healthy)
         .filter(|n| clusters.is_empty() || clusters.contains(&cluster_of(n)))
-        .map(|n| host_json(&api, &id, n))
+        .collect();
+    let healthy = served.iter().filter(|n| n.health == Health::Healthy).count();
+    let threshold = service.as_ref().map_or(0.0, protect_threshold);
+    let protected = protection_reached(threshold, healthy, served.len());
+    if protected {
+        tracing::debug!(service = %id.grouped(), healthy, total = served.len(), threshold, "protect threshold reached");
+    }
+    let hosts: Vec<Value> = served
+        .into_iter()
+        .filter(|n| protected || !healthy_only || n.health == Health::Healthy)
+        .map(|n| {
+            let mut h = host_json(&api, &id, n);
+            if protected {
+                h["healthy"] = json!(true);
+            }
+            h
+        })
         .collect();
     let checksum = hex(&Md5::digest(serde_json::to_vec(&hosts).unwrap_or_default()));
     Ok(HttpResponse::Ok().json(json!({
@@ -273,7 +291,7 @@ pub async fn list(api: web::Data<NacosApi>, p: Params) -> Reply {
         "lastRefTime": now_ms(),
         "checksum": checksum,
         "allIPs": false,
-        "reachProtectionThreshold": false,
+        "reachProtectionThreshold": protected,
         "valid": true,
     })))
 }
@@ -401,13 +419,14 @@ pub async fn service_list(api: web::Data<NacosApi>, p: Params) -> Reply {
 /// `DOWN` with a 503 otherwise; with the registry's counts.
 pub async fn metrics(api: web::Data<NacosApi>) -> Reply {
     let status = api.node.status().await?;
-    let services = api.node.list_services(Consistency::Stale).await?;
-    let instances: usize = services.iter().map(|s| s.nodes.len()).sum();
+    let stats = api.node.registry_stats().await?;
     let up = status.leader.is_some();
     let body = json!({
         "status": if up { "UP" } else { "DOWN" },
-        "serviceCount": services.len(),
-        "instanceCount": instances,
+        "serviceCount": stats.services,
+        "instanceCount": stats.instances,
+        "probesRunning": stats.probes_running,
+        "checkOutcomesPending": stats.outcomes_pending,
         "raftRole": status.role,
         "term": status.term,
         "leader": status.leader,

@@ -105,13 +105,27 @@ def test_instances(c1, c2):
     assert c1.modify_naming_instance("orders", "127.0.0.1", port, cluster_name="c1", enable=False, ephemeral=False)
     assert hosts(c2, "orders") == [], "a disabled instance is not listed"
 
+    # A second, healthy instance: with none healthy, Nacos' protect threshold (0 by default)
+    # would list the closed one as healthy.
+    other = socket.socket()
+    other.bind(("127.0.0.1", 0))
+    other.listen(16)
+    other_port = other.getsockname()[1]
+    assert c1.add_naming_instance("orders", "127.0.0.1", other_port, cluster_name="c1", ephemeral=False)
     probe.close()
     assert c1.modify_naming_instance("orders", "127.0.0.1", port, cluster_name="c1", enable=True, ephemeral=False)
     eventually("an instance whose port closed turns unhealthy",
-               lambda: [h for h in hosts(c2, "orders") if not h["healthy"]])
-    assert hosts(c2, "orders", healthy_only=True) == []
+               lambda: [h for h in hosts(c2, "orders") if h["port"] == port and not h["healthy"]])
+    eventually("the other one is healthy",
+               lambda: [h for h in hosts(c2, "orders") if h["port"] == other_port and h["healthy"]])
+    assert [h["port"] for h in hosts(c2, "orders", healthy_only=True)] == [other_port]
 
+    other.close()
+    eventually("with none healthy, protection lists both as healthy",
+               lambda: c2.list_naming_instance("orders", healthy_only=True).get("reachProtectionThreshold")
+               and sorted(h["port"] for h in hosts(c2, "orders", healthy_only=True)) == sorted([port, other_port]))
     assert c1.remove_naming_instance("orders", "127.0.0.1", port, cluster_name="c1", ephemeral=False)
+    assert c1.remove_naming_instance("orders", "127.0.0.1", other_port, cluster_name="c1", ephemeral=False)
     assert hosts(c2, "orders") == []
     assert hosts(c2, "never-registered") == []
 
