@@ -87,6 +87,15 @@ pub struct Config {
     pub allow_script_checks: bool,
     /// Most health probes the leader runs at once; the others wait for a free slot.
     pub check_concurrency: usize,
+    /// Most client writes a node holds at once (accepted, not yet answered); past it new
+    /// writes are refused at once with a retryable "overloaded".
+    pub max_pending_writes: usize,
+    /// Most bytes of such writes.
+    pub max_pending_write_bytes: usize,
+    /// Most reads (and beats) a node holds at once.
+    pub max_pending_reads: usize,
+    /// Most client connections, on the wire and on the HTTP API each.
+    pub max_client_connections: usize,
     /// With a username (and password), HTTP callers log in (`POST /auth/login`, or Nacos'
     /// `/nacos/v1/auth/login`) and present the token they get; wire clients present it (or
     /// the cluster token) in their handshake.
@@ -124,6 +133,10 @@ impl Default for Config {
             ephemeral_remove_after_ms: 30_000,
             allow_script_checks: false,
             check_concurrency: 256,
+            max_pending_writes: 8_192,
+            max_pending_write_bytes: 64 * 1024 * 1024,
+            max_pending_reads: 16_384,
+            max_client_connections: 4_096,
             auth_username: None,
             auth_password: None,
             auth_token_ttl_secs: 18_000,
@@ -216,6 +229,15 @@ impl Config {
         }
         if self.check_interval_ms == 0 {
             return bad("check_interval_ms must be above 0".into());
+        }
+        if self.max_pending_writes == 0 || self.max_pending_reads == 0 || self.max_client_connections == 0 {
+            return bad("max_pending_writes, max_pending_reads and max_client_connections must be above 0".into());
+        }
+        if self.max_pending_write_bytes < self.max_request_bytes {
+            return bad(format!(
+                "max_pending_write_bytes ({}) must be at least max_request_bytes ({}) so any accepted write fits",
+                self.max_pending_write_bytes, self.max_request_bytes
+            ));
         }
         if self.check_concurrency == 0 || self.check_concurrency > 65_536 {
             return bad(format!("check_concurrency ({}) must be 1 to 65536", self.check_concurrency));

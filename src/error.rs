@@ -152,6 +152,14 @@ pub enum ApiError {
     /// The state machine refused the command when applying it.
     #[error("apply failed: {0}")]
     Apply(String),
+    /// The node has as much client work pending as its bounds allow; retry after the hint.
+    #[error("overloaded: {reason}; retry in {retry_after_ms} ms")]
+    Overloaded {
+        /// Which bound was reached.
+        reason: String,
+        /// A hint for when to retry.
+        retry_after_ms: u64,
+    },
     /// The node cannot serve (storage failed, or it is shutting down).
     #[error("node unavailable: {0}")]
     Unavailable(String),
@@ -166,7 +174,18 @@ impl ApiError {
                 | ApiError::NotLeader { .. }
                 | ApiError::Dropped { .. }
                 | ApiError::Unreachable { .. }
+                | ApiError::Overloaded { .. }
         )
+    }
+
+    /// When to retry, if the error says.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            ApiError::NoLeader { retry_after_ms } | ApiError::Overloaded { retry_after_ms, .. } => {
+                Some(*retry_after_ms)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -179,6 +198,9 @@ pub enum NodeError {
     /// The log could not be opened or recovered.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The node's threads could not be started.
+    #[error("cannot start the node's threads: {0}")]
+    Threads(String),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

@@ -34,6 +34,7 @@ pub struct HttpApi {
 /// the node's own thread).
 pub fn start(node: NodeHandle, addr: &str) -> std::io::Result<HttpApi> {
     let nacos = NacosApi { auth: Auth::from_config(node.config()), node: node.clone() };
+    let max_connections = node.config().max_client_connections;
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(node.clone()))
@@ -42,6 +43,7 @@ pub fn start(node: NodeHandle, addr: &str) -> std::io::Result<HttpApi> {
             .configure(routes)
     })
     .workers(1)
+    .max_connections(max_connections)
     .disable_signals()
     .bind(addr)?;
     let bound = server.addrs().first().copied().ok_or_else(|| std::io::Error::other("http: nothing bound"))?;
@@ -96,9 +98,21 @@ fn fail(status: StatusCode, message: String) -> HttpResponse {
     HttpResponse::build(status).json(Envelope { result: 0, message, data: Value::Null })
 }
 
-/// Maps what went wrong to the status a client can act on.
+/// Maps what went wrong to the status a client can act on; a 503 says when to retry.
 fn api_fail(e: ApiError) -> HttpResponse {
-    fail(status_of(&e), e.to_string())
+    let mut response = fail(status_of(&e), e.to_string());
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        with_retry_after(&mut response, e.retry_after_ms());
+    }
+    response
+}
+
+/// Adds `Retry-After` (whole seconds, at least 1: the header takes no fraction).
+pub(crate) fn with_retry_after(response: &mut HttpResponse, ms: Option<u64>) {
+    let secs = ms.unwrap_or(1_000).div_ceil(1_000).max(1);
+    response
+        .headers_mut()
+        .insert(actix_web::http::header::RETRY_AFTER, actix_web::http::header::HeaderValue::from(secs));
 }
 
 /// The status an API error means, for both HTTP APIs.
@@ -111,6 +125,7 @@ pub(crate) fn status_of(e: &ApiError) -> StatusCode {
         ApiError::NoLeader { .. }
         | ApiError::NotLeader { .. }
         | ApiError::Unreachable { .. }
+        | ApiError::Overloaded { .. }
         | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }

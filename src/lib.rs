@@ -35,6 +35,7 @@
 //! [`messages::apply::ApplyEntries`] for its own namespace (see `examples/counter.rs`).
 
 pub mod actors;
+pub mod admission;
 pub mod auth;
 pub mod bench;
 pub mod check;

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
+use actix_rt::{Arbiter, ArbiterHandle};
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::LocalBoxFuture;
@@ -19,7 +20,8 @@ use crate::actors::key_watch::{KeyWatch, Unwatch, WatchKeys, Watching};
 use crate::actors::listener::{CountRefusal, GetRefusals, Listener, StopListener};
 use crate::actors::log_store::LogStore;
 use crate::actors::peer_link::{PeerLink, StopLink};
-use crate::actors::service_registry::ServiceRegistry;
+use crate::actors::service_registry::{Proposer, ServiceRegistry};
+use crate::admission::{Admission, Admitted};
 use crate::config::Config;
 use crate::error::{ApiError, NodeError};
 use crate::messages::apply::{ApplyEntries, Follow, Query, Subscribe};
@@ -29,8 +31,8 @@ use crate::messages::raft::{
     AppendEntries, ForwardToLeader, GetLogState, PeerDisconnected, RequestVote, WatchLeadership,
 };
 use crate::messages::registry::{
-    Balance, Beat, GetService, InstanceKey, ListServices, REGISTRY_NAMESPACE, RegistryCommand, Service, ServiceNode,
-    Strategy,
+    Balance, Beat, GetRegistryStats, GetService, InstanceKey, ListServices, REGISTRY_NAMESPACE, RegistryCommand,
+    RegistryStats, Service, ServiceNode, Strategy,
 };
 use crate::raft::{LogId, NodeId};
 use crate::storage::StorageConfig;
@@ -47,14 +49,87 @@ pub struct Node {
     http: Option<crate::http::HttpApi>,
     listener: Addr<Listener>,
     links: Vec<Addr<PeerLink>>,
+    threads: Vec<Arbiter>,
 }
 
-/// Builds a node with a non-default transport, storage, or extra state machines.
+/// Where a node's actors run.
+///
+/// `Split` (the default) is what keeps Raft's pace whatever the rest is doing: Raft
+/// (`Election`, `Replicator`s, `LogStore`, `PeerLink`s, and the codec actors `Listener` and
+/// `Connection`) on a thread of its own; the state machines (`DataMap`, `ServiceRegistry`
+/// with its probes, `KeyWatch`) on another; wire clients' requests are served on the thread
+/// that started the node, and the HTTP API on its own worker. `One` puts everything on the
+/// starting thread: a simulation (turmoil), which sees no CPU time, collapses the seam.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Threads {
+    /// Raft, state machines and client requests on threads of their own.
+    #[default]
+    Split,
+    /// Everything on the thread that starts the node.
+    One,
+}
+
+/// A thread a node's actors run on: the caller's, or an arbiter of the node's own.
+#[derive(Clone)]
+enum Place {
+    Here,
+    On(ArbiterHandle),
+}
+
+impl Place {
+    /// Runs `make` (which starts actors) on this place's thread; resolves to what it built.
+    async fn run<T, F, Fut>(&self, make: F) -> Result<T, NodeError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+    {
+        match self {
+            Place::Here => Ok(make().await),
+            Place::On(arbiter) => {
+                let (tx, rx) = futures::channel::oneshot::channel();
+                arbiter.spawn_fn(move || {
+                    actix_rt::spawn(async move {
+                        let _ = tx.send(make().await);
+                    });
+                });
+                rx.await.map_err(|_| NodeError::Threads("a node thread stopped while starting".into()))
+            }
+        }
+    }
+}
+
+/// Starts a thread of the node's own, named `name` where the platform allows.
+fn start_thread(name: &'static str) -> Result<Arbiter, NodeError> {
+    if actix_rt::System::try_current().is_none() {
+        return Err(NodeError::Threads(
+            "Threads::Split needs an actix System; use Threads::One inside a bare LocalSet".into(),
+        ));
+    }
+    let arbiter = Arbiter::try_new().map_err(|e| NodeError::Threads(format!("cannot start thread {name}: {e}")))?;
+    arbiter.spawn_fn(move || {
+        // So `top -H` and /proc tell the node's threads apart (Linux; elsewhere a no-op).
+        let _ = std::fs::write("/proc/thread-self/comm", name);
+        tracing::debug!(thread = name, "node thread started");
+    });
+    Ok(arbiter)
+}
+
+/// Builds a node with a non-default transport, storage, threads or extra state machines.
 pub struct NodeBuilder {
     config: Config,
     transport: TransportRef,
     storage: Option<StorageConfig>,
+    threads: Threads,
     state_machines: Vec<(String, Recipient<ApplyEntries>, Option<Recipient<Query>>)>,
+}
+
+/// What the Raft thread hands back once its actors run.
+struct RaftParts {
+    handle: NodeHandle,
+    local_addr: SocketAddr,
+    listener: Addr<Listener>,
+    links: Vec<Addr<PeerLink>>,
 }
 
 impl NodeBuilder {
@@ -67,6 +142,12 @@ impl NodeBuilder {
     /// The log in `storage` instead of files under `data_dir`.
     pub fn storage(mut self, storage: StorageConfig) -> Self {
         self.storage = Some(storage);
+        self
+    }
+
+    /// Where the actors run (see [`Threads`]).
+    pub fn threads(mut self, threads: Threads) -> Self {
+        self.threads = threads;
         self
     }
 
@@ -83,39 +164,37 @@ impl NodeBuilder {
     }
 
     /// Validates the config, recovers the log, binds the listener and starts the actors.
-    /// Must be called inside an actix system (or a tokio `LocalSet`).
+    /// Must be called inside an actix system (or, with [`Threads::One`], a tokio `LocalSet`).
     pub async fn start(self) -> Result<Node, NodeError> {
         let config = self.config;
         config.validate()?;
         let storage = self.storage.unwrap_or_else(|| StorageConfig::Dir(config.data_dir.clone()));
         let (backend, recovered) = storage.open(config.segment_bytes)?;
-        let listener = self
-            .transport
-            .bind(&config.listen)
-            .await
-            .map_err(|source| NodeError::Bind { addr: config.listen.clone(), source })?;
-        let local_addr =
-            listener.local_addr().map_err(|source| NodeError::Bind { addr: config.listen.clone(), source })?;
         let config = Arc::new(config);
+        let transport = self.transport;
 
-        let hard_state = recovered.hard_state;
-        let last_log = recovered.entries.last().map(|e| e.log_id()).unwrap_or(LogId::default());
-        tracing::info!(
-            id = config.id,
-            %local_addr,
-            term = hard_state.term,
-            last_index = last_log.index,
-            commit = hard_state.commit,
-            "starting node"
-        );
+        let (threads, raft, state, clients) = match self.threads {
+            Threads::One => (Vec::new(), Place::Here, Place::Here, None),
+            Threads::Split => {
+                let raft = start_thread("dister-raft")?;
+                let state = start_thread("dister-state")?;
+                let (r, s) = (Place::On(raft.handle()), Place::On(state.handle()));
+                (vec![raft, state], r, s, Some(Arbiter::current()))
+            }
+        };
 
-        // Election and LogStore address each other, and the registry proposes health changes
-        // to Election: create Election's context first.
-        let election_ctx = Context::<Election>::new();
-        let data_map = DataMap::new().start();
-        let proposer = crate::actors::service_registry::Proposer::default();
-        let _ = proposer.set(election_ctx.address().recipient());
-        let registry = ServiceRegistry::new(config.clone(), proposer, self.transport.clone()).start();
+        // The state machines first: Raft's commit stream needs their addresses. The registry
+        // learns `Election`'s address (to propose check outcomes) once it exists.
+        let proposer = Proposer::default();
+        let (data_map, registry, key_watch) = {
+            let (config, proposer, transport) = (config.clone(), proposer.clone(), transport.clone());
+            state
+                .run(move || async move {
+                    let registry = ServiceRegistry::new(config, proposer, transport).start();
+                    (DataMap::new().start(), registry, KeyWatch::new().start())
+                })
+                .await?
+        };
         let mut subscribers = BTreeMap::new();
         subscribers.insert(KV_NAMESPACE.to_string(), data_map.clone().recipient());
         subscribers.insert(REGISTRY_NAMESPACE.to_string(), registry.clone().recipient());
@@ -126,31 +205,63 @@ impl NodeBuilder {
             subscribers.insert(ns.clone(), apply);
             queries.insert(ns, query);
         }
+        let queries = Arc::new(Mutex::new(queries));
 
-        let log_store = LogStore::new(backend, recovered, subscribers, election_ctx.address().recipient()).start();
-        let mut peers = BTreeMap::new();
-        let mut links = Vec::new();
-        for p in &config.peers {
-            let link = PeerLink::new(p.id, p.addr.clone(), config.clone(), self.transport.clone()).start();
-            links.push(link.clone());
-            peers.insert(p.id, Peer { addr: p.addr.clone(), link });
-        }
-        let election = election_ctx.run(Election::new(config.clone(), hard_state, last_log, peers, log_store.clone()));
-        election.do_send(WatchLeadership(registry.clone().recipient()));
-        let key_watch = KeyWatch::new().start();
-        log_store.do_send(Follow { namespace: Some(KV_NAMESPACE.into()), recipient: key_watch.clone().recipient() });
-        let listener_ctx = Context::<Listener>::new();
-        let handle = NodeHandle {
-            config: config.clone(),
-            election,
-            log_store,
-            data_map,
-            registry,
-            key_watch,
-            listener: listener_ctx.address(),
-            queries: Arc::new(Mutex::new(queries)),
+        let parts = {
+            let config = config.clone();
+            raft.run(move || async move {
+                let listener = transport
+                    .bind(&config.listen)
+                    .await
+                    .map_err(|source| NodeError::Bind { addr: config.listen.clone(), source })?;
+                let local_addr =
+                    listener.local_addr().map_err(|source| NodeError::Bind { addr: config.listen.clone(), source })?;
+                let hard_state = recovered.hard_state;
+                let last_log = recovered.entries.last().map(|e| e.log_id()).unwrap_or(LogId::default());
+                tracing::info!(
+                    id = config.id,
+                    %local_addr,
+                    term = hard_state.term,
+                    last_index = last_log.index,
+                    commit = hard_state.commit,
+                    "starting node"
+                );
+                // Election and LogStore address each other: create Election's context first.
+                let election_ctx = Context::<Election>::new();
+                let log_store =
+                    LogStore::new(backend, recovered, subscribers, election_ctx.address().recipient()).start();
+                let mut peers = BTreeMap::new();
+                let mut links = Vec::new();
+                for p in &config.peers {
+                    let link = PeerLink::new(p.id, p.addr.clone(), config.clone(), transport.clone()).start();
+                    links.push(link.clone());
+                    peers.insert(p.id, Peer { addr: p.addr.clone(), link });
+                }
+                let election =
+                    election_ctx.run(Election::new(config.clone(), hard_state, last_log, peers, log_store.clone()));
+                let _ = proposer.set(election.clone().recipient());
+                election.do_send(WatchLeadership(registry.clone().recipient()));
+                log_store
+                    .do_send(Follow { namespace: Some(KV_NAMESPACE.into()), recipient: key_watch.clone().recipient() });
+                let listener_ctx = Context::<Listener>::new();
+                let handle = NodeHandle {
+                    config: config.clone(),
+                    election,
+                    log_store,
+                    data_map,
+                    registry,
+                    key_watch,
+                    listener: listener_ctx.address(),
+                    queries,
+                    clients,
+                    admission: Admission::new(&config),
+                };
+                let listener_addr = listener_ctx.run(Listener::new(listener, handle.clone()));
+                Ok::<_, NodeError>(RaftParts { handle, local_addr, listener: listener_addr, links })
+            })
+            .await??
         };
-        let listener = listener_ctx.run(Listener::new(listener, handle.clone()));
+        let RaftParts { handle, local_addr, listener, links } = parts;
         let http = match &config.http {
             Some(addr) => {
                 let api = crate::http::start(handle.clone(), addr)
@@ -160,14 +271,20 @@ impl NodeBuilder {
             }
             None => None,
         };
-        Ok(Node { handle, local_addr, http, listener, links })
+        Ok(Node { handle, local_addr, http, listener, links, threads })
     }
 }
 
 impl Node {
-    /// A builder with TCP transport and file storage under `config.data_dir`.
+    /// A builder with TCP transport, file storage under `config.data_dir`, split threads.
     pub fn builder(config: Config) -> NodeBuilder {
-        NodeBuilder { config, transport: Arc::new(TcpTransport), storage: None, state_machines: Vec::new() }
+        NodeBuilder {
+            config,
+            transport: Arc::new(TcpTransport),
+            storage: None,
+            threads: Threads::default(),
+            state_machines: Vec::new(),
+        }
     }
 
     /// Starts a node with the defaults: TCP, files under `config.data_dir`.
@@ -190,8 +307,14 @@ impl Node {
         self.http.as_ref().map(|h| h.addr)
     }
 
+    /// The node's own threads (Raft, state machines), empty with [`Threads::One`]: a test
+    /// can freeze them all to pause the node.
+    pub fn threads(&self) -> Vec<ArbiterHandle> {
+        self.threads.iter().map(Arbiter::handle).collect()
+    }
+
     /// Stops accepting connections and closes links to peers. The actors wind down when the
-    /// last handle is dropped; stopping the actix system stops everything at once.
+    /// last handle is dropped; dropping the node ends its threads.
     pub fn stop(&self) {
         self.listener.do_send(StopListener);
         if let Some(h) = &self.http {
@@ -199,6 +322,19 @@ impl Node {
         }
         for l in &self.links {
             l.do_send(StopLink);
+        }
+    }
+}
+
+impl Drop for Node {
+    /// Ends the node's threads and waits for them, so that nothing of it (its log above
+    /// all) outlives the value: a node restarted from the same directory never shares it.
+    fn drop(&mut self) {
+        for t in &self.threads {
+            t.stop();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
         }
     }
 }
@@ -216,6 +352,10 @@ pub struct NodeHandle {
     key_watch: Addr<KeyWatch>,
     listener: Addr<Listener>,
     queries: QueryRouter,
+    /// Where wire clients' requests are served (`None`: on the connection's own thread).
+    clients: Option<ArbiterHandle>,
+    /// The bounds on client work pending (see [`Admission`]).
+    admission: Arc<Admission>,
 }
 
 fn mailbox(e: MailboxError) -> ApiError {
@@ -245,6 +385,11 @@ impl NodeHandle {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.config.id
+    }
+
+    /// Where wire clients' requests are served, when not on their connection's thread.
+    pub fn clients(&self) -> Option<&ArbiterHandle> {
+        self.clients.as_ref()
     }
 
     /// The node's configuration.
@@ -304,10 +449,29 @@ impl NodeHandle {
             }
             .boxed_local();
         }
+        // A place is held until the write is answered: past the bound, refused at once.
+        let place = match self.admission.admit_write(write.data.len() + write.namespace.len()) {
+            Ok(p) => p,
+            Err(e) => return async move { Err(e) }.boxed_local(),
+        };
         // The send is queued now, not when the future is first polled, so requests on one
         // connection reach `Election` in the order they arrived.
         let fut = self.election.send(ClientWrite { write, forwarded });
-        async move { fut.await.map_err(mailbox)? }.boxed_local()
+        async move {
+            let _place = place;
+            fut.await.map_err(mailbox)?
+        }
+        .boxed_local()
+    }
+
+    /// A place for a read (or a beat), held by the caller until it is answered.
+    fn admit_read(&self) -> Result<Admitted, ApiError> {
+        self.admission.admit_read()
+    }
+
+    /// Client work pending on this node: writes, their bytes, reads.
+    pub fn pending(&self) -> (usize, usize, usize) {
+        self.admission.pending()
     }
 
     /// Replicates a command for the state machine owning `write.namespace`; answers once it
@@ -367,9 +531,14 @@ impl NodeHandle {
         key: String,
         consistency: Consistency,
     ) -> LocalBoxFuture<'static, Result<Option<String>, ApiError>> {
+        let place = match self.admit_read() {
+            Ok(p) => p,
+            Err(e) => return async move { Err(e) }.boxed_local(),
+        };
         let index = self.read_index(consistency);
         let data_map = self.data_map.clone();
         async move {
+            let _place = place;
             let min_applied = index.await?;
             data_map.send(GetKey { key, min_applied }).await.map_err(mailbox)
         }
@@ -412,9 +581,14 @@ impl NodeHandle {
         prefix: String,
         consistency: Consistency,
     ) -> LocalBoxFuture<'static, Result<Vec<(String, String)>, ApiError>> {
+        let place = match self.admit_read() {
+            Ok(p) => p,
+            Err(e) => return async move { Err(e) }.boxed_local(),
+        };
         let index = self.read_index(consistency);
         let data_map = self.data_map.clone();
         async move {
+            let _place = place;
             let min_applied = index.await?;
             data_map.send(ListKeys { prefix, min_applied }).await.map_err(mailbox)
         }
@@ -431,8 +605,13 @@ impl NodeHandle {
         let Some(target) = self.router().get(&namespace).cloned().flatten() else {
             return async move { Err(ApiError::UnknownNamespace(namespace)) }.boxed_local();
         };
+        let place = match self.admit_read() {
+            Ok(p) => p,
+            Err(e) => return async move { Err(e) }.boxed_local(),
+        };
         let index = self.read_index(consistency);
         async move {
+            let _place = place;
             let min_applied = index.await?;
             target.send(Query { data, min_applied }).await.map_err(mailbox)?
         }
@@ -489,9 +668,14 @@ impl NodeHandle {
     /// An instance says it is alive: the leader's registry records it (a follower passes it
     /// on, unless it was passed on already).
     pub fn beat(&self, key: InstanceKey, forwarded: bool) -> LocalBoxFuture<'static, Result<(), ApiError>> {
+        let place = match self.admit_read() {
+            Ok(p) => p,
+            Err(e) => return async move { Err(e) }.boxed_local(),
+        };
         let local = self.registry.send(Beat(key.clone()));
         let election = self.election.clone();
         async move {
+            let _place = place;
             match local.await.map_err(mailbox)? {
                 Err(ApiError::NotLeader { .. }) if !forwarded => {
                     match election
@@ -510,15 +694,27 @@ impl NodeHandle {
         .boxed_local()
     }
 
+    /// How many services and instances this node's registry holds, and what its checks are
+    /// doing (on the leader): counts only, nothing copied.
+    pub fn registry_stats(&self) -> LocalBoxFuture<'static, Result<RegistryStats, ApiError>> {
+        let fut = self.registry.send(GetRegistryStats);
+        async move { fut.await.map_err(mailbox) }.boxed_local()
+    }
+
     /// One service.
     pub fn get_service(
         &self,
         name: String,
         consistency: Consistency,
     ) -> LocalBoxFuture<'static, Result<Option<Service>, ApiError>> {
+        let place = match self.admit_read() {
+            Ok(p) => p,
+            Err(e) => return async move { Err(e) }.boxed_local(),
+        };
         let index = self.read_index(consistency);
         let registry = self.registry.clone();
         async move {
+            let _place = place;
             let min_applied = index.await?;
             registry.send(GetService { name, min_applied }).await.map_err(mailbox)
         }
@@ -527,9 +723,14 @@ impl NodeHandle {
 
     /// Every service.
     pub fn list_services(&self, consistency: Consistency) -> LocalBoxFuture<'static, Result<Vec<Service>, ApiError>> {
+        let place = match self.admit_read() {
+            Ok(p) => p,
+            Err(e) => return async move { Err(e) }.boxed_local(),
+        };
         let index = self.read_index(consistency);
         let registry = self.registry.clone();
         async move {
+            let _place = place;
             let min_applied = index.await?;
             registry.send(ListServices { min_applied }).await.map_err(mailbox)
         }

@@ -73,6 +73,7 @@ fn simulate(seed: u64) -> Vec<String> {
             async move {
                 let _node = Node::builder(config(i, seed))
                     .transport(std::sync::Arc::new(SimTransport))
+                    .threads(dister::node::Threads::One)
                     .storage(StorageConfig::Memory(storage))
                     .start()
                     .await?;

@@ -396,6 +396,7 @@ fn run_seed(seed: u64, secs: u64) -> Result<Summary, String> {
             async move {
                 let node = Node::builder(config(i, seed))
                     .transport(std::sync::Arc::new(SimTransport))
+                    .threads(dister::node::Threads::One)
                     .storage(StorageConfig::Memory(storage))
                     .start()
                     .await?;

@@ -4,9 +4,12 @@
 //! the request's id; many requests may be in flight at once. Holds no cluster state.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use actix::prelude::*;
 
+use crate::actors::listener::ClientPlace;
 use crate::error::{ApiError, WireError};
 use crate::node::NodeHandle;
 use crate::raft::NodeId;
@@ -14,12 +17,21 @@ use crate::transport::BoxStream;
 use crate::wire::handshake::FrameReader;
 use crate::wire::{Frame, FrameSender, Response, spawn_writer};
 
+/// Most requests a client may have outstanding on one connection (sent and not yet
+/// answered, or answered and not yet read): past it the connection is closed, so a client
+/// that pipelines without reading cannot grow the node's queues.
+pub const MAX_CLIENT_INFLIGHT: usize = 1_024;
+
 /// One accepted connection.
 pub struct Connection {
     node: NodeHandle,
     peer: Option<NodeId>,
     remote: SocketAddr,
     writer: Option<FrameSender>,
+    /// Requests dispatched and not yet answered (clients only).
+    inflight: Arc<AtomicUsize>,
+    /// A client's place among `max_client_connections`, given back when this stops.
+    _place: Option<ClientPlace>,
 }
 
 impl Connection {
@@ -30,10 +42,18 @@ impl Connection {
         remote: SocketAddr,
         reader: FrameReader<BoxStream>,
         write: tokio::io::WriteHalf<BoxStream>,
+        place: Option<ClientPlace>,
     ) -> Addr<Connection> {
         Connection::create(move |ctx| {
             ctx.add_stream(reader);
-            Connection { node, peer, remote, writer: Some(spawn_writer(write)) }
+            Connection {
+                node,
+                peer,
+                remote,
+                writer: Some(spawn_writer(write)),
+                inflight: Arc::new(AtomicUsize::new(0)),
+                _place: place,
+            }
         })
     }
 
@@ -74,18 +94,40 @@ impl StreamHandler<Result<Frame, WireError>> for Connection {
                     self.close_with(ctx, "peer-only request on a client connection".into());
                     return;
                 }
+                let Some(writer) = self.writer.clone() else { return };
+                if self.peer.is_none() {
+                    let outstanding = self.inflight.load(Ordering::Acquire) + writer.queued();
+                    if outstanding >= MAX_CLIENT_INFLIGHT {
+                        tracing::warn!(remote = %self.remote, outstanding, "client has too many requests outstanding; closing");
+                        let m = format!("more than {MAX_CLIENT_INFLIGHT} requests outstanding: read the responses");
+                        self.close_with(ctx, m);
+                        return;
+                    }
+                    self.inflight.fetch_add(1, Ordering::AcqRel);
+                }
+                let inflight = self.peer.is_none().then(|| self.inflight.clone());
+                let answered = move |writer: FrameSender, response| {
+                    let _ = writer.send(Frame::Response(id, response));
+                    if let Some(n) = inflight {
+                        n.fetch_sub(1, Ordering::AcqRel);
+                    }
+                };
+                if self.peer.is_none()
+                    && let Some(clients) = self.node.clients()
+                {
+                    // A client's request is served off the Raft thread; this actor only
+                    // decoded it. Handed over in arrival order, and `dispatch` queues its
+                    // first actor message at once, so the order holds.
+                    let node = self.node.clone();
+                    clients.spawn_fn(move || {
+                        let fut = node.dispatch(request, None);
+                        actix_rt::spawn(async move { answered(writer, fut.await) });
+                    });
+                    return;
+                }
                 // `dispatch` queues its first actor message now, keeping arrival order.
                 let fut = self.node.dispatch(request, self.peer);
-                let writer = self.writer.clone();
-                ctx.spawn(
-                    async move {
-                        let response = fut.await;
-                        if let Some(w) = writer {
-                            let _ = w.send(Frame::Response(id, response));
-                        }
-                    }
-                    .into_actor(self),
-                );
+                ctx.spawn(async move { answered(writer, fut.await) }.into_actor(self));
             }
             Ok(other) => {
                 tracing::warn!(remote = %self.remote, frame = ?other, "unexpected frame; closing");

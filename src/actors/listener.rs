@@ -4,6 +4,8 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::SystemTime;
 
 use actix::prelude::*;
@@ -40,20 +42,30 @@ pub struct Listener {
     /// Built once: the key behind login tokens is derived at start, not per connection.
     auth: Option<Auth>,
     refused: RefusedConnections,
+    /// Client connections open now (each `Connection` gives its place back when it stops).
+    clients: Arc<AtomicUsize>,
 }
 
 impl Listener {
     /// A listener on an already bound socket.
     pub fn new(bound: Box<dyn BoundListener>, node: NodeHandle) -> Self {
         let auth = Auth::from_config(node.config());
-        Listener { bound: Some(bound), node, auth, refused: RefusedConnections::default() }
+        Listener {
+            bound: Some(bound),
+            node,
+            auth,
+            refused: RefusedConnections::default(),
+            clients: Arc::new(AtomicUsize::new(0)),
+        }
     }
 }
 
 /// Decides whether a `Hello` may open a connection, and with what frame limit. Peers present
 /// the cluster token when there is one; clients present it too, or, when the node has
 /// credentials (`auth`), a login token.
-pub fn admit(config: &Config, auth: Option<&Auth>, hello: &Hello) -> Result<usize, Refusal> {
+/// `clients` is how many client connections are open: one more than
+/// `max_client_connections` is refused (peers always get in).
+pub fn admit(config: &Config, auth: Option<&Auth>, hello: &Hello, clients: usize) -> Result<usize, Refusal> {
     if hello.group != config.group {
         let m = format!("wrong group {:?}: this node belongs to {:?}", hello.group, config.group);
         return Err(Refusal::new(RefusalKind::WrongGroup, m));
@@ -72,6 +84,10 @@ pub fn admit(config: &Config, auth: Option<&Auth>, hello: &Hello) -> Result<usiz
         return Err(Refusal::new(RefusalKind::BadToken, m));
     }
     match hello.node_id {
+        None if clients >= config.max_client_connections => Err(Refusal::new(
+            RefusalKind::TooManyConnections,
+            format!("this node already serves {clients} clients (max_client_connections); retry later"),
+        )),
         None => Ok(config.client_max_frame()),
         Some(id) if config.peers.iter().any(|p| p.id == id) => Ok(config.peer_max_frame()),
         Some(id) => {
@@ -81,6 +97,23 @@ pub fn admit(config: &Config, auth: Option<&Auth>, hello: &Hello) -> Result<usiz
 }
 
 type Accepted = io::Result<(BoxStream, SocketAddr)>;
+
+/// A client connection's place among `max_client_connections`; given back on drop.
+#[derive(Debug)]
+pub struct ClientPlace(Arc<AtomicUsize>);
+
+impl ClientPlace {
+    fn take(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        ClientPlace(count)
+    }
+}
+
+impl Drop for ClientPlace {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
 
 impl Actor for Listener {
     type Context = Context<Self>;
@@ -109,12 +142,17 @@ impl StreamHandler<Accepted> for Listener {
         let auth = self.auth.clone();
         let welcome = Welcome { group: node.config().group.clone(), node_id: node.id() };
         let timeout = node.config().handshake_timeout();
+        let clients = self.clients.clone();
         let fut = async move {
             let config = node.config().clone();
-            match handshake::accept(stream, welcome, timeout, move |h| admit(&config, auth.as_ref(), h)).await {
+            let open = clients.clone();
+            let admitted =
+                move |h: &Hello| admit(&config, auth.as_ref(), h, open.load(std::sync::atomic::Ordering::Acquire));
+            match handshake::accept(stream, welcome, timeout, admitted).await {
                 Ok((reader, write, hello)) => {
                     tracing::debug!(%remote, peer = ?hello.node_id, "connection accepted");
-                    Connection::start(node, hello.node_id, remote, reader, write);
+                    let place = hello.node_id.is_none().then(|| ClientPlace::take(clients));
+                    Connection::start(node, hello.node_id, remote, reader, write, place);
                     None
                 }
                 Err(AcceptError::Refused(r)) => {

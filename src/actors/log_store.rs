@@ -26,6 +26,9 @@ use crate::raft::log::MemLog;
 use crate::raft::{Entry, HardState, LogId, Payload};
 use crate::storage::{LogBackend, LogWrite, Recovered, WriteBatch};
 
+/// Most entries handed to the state machines in one batch.
+const MAX_APPLY_BATCH: u64 = 4_096;
+
 /// The log actor.
 pub struct LogStore {
     log: MemLog,
@@ -35,6 +38,9 @@ pub struct LogStore {
     commit_dirty: bool,
     dispatched: u64,
     applied: u64,
+    /// A batch is with the state machines: the next waits for it, so their mailboxes hold
+    /// at most one batch from here however far commit runs ahead.
+    applying: bool,
     subscribers: BTreeMap<String, Recipient<ApplyEntries>>,
     /// Actors that follow the commit stream without owning a namespace (audit, metrics,
     /// watches): `None` follows every entry, blanks included.
@@ -64,6 +70,7 @@ impl LogStore {
             commit_dirty: false,
             dispatched: 0,
             applied: 0,
+            applying: false,
             subscribers,
             followers: Vec::new(),
             election,
@@ -143,10 +150,12 @@ impl LogStore {
     /// Sends newly committed entries to their state machines and followers, and reports the
     /// state machines' outputs.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
-        let commit = self.hard_state.commit;
-        if commit <= self.dispatched {
+        if self.applying || self.hard_state.commit <= self.dispatched {
             return;
         }
+        // Bounded, so one batch never holds a state machine's thread for long.
+        let commit = self.hard_state.commit.min(self.dispatched + MAX_APPLY_BATCH);
+        self.applying = true;
         let mut per_namespace: BTreeMap<&str, Vec<Arc<Entry>>> = BTreeMap::new();
         let mut outputs = Vec::new();
         for index in self.dispatched + 1..=commit {
@@ -202,11 +211,13 @@ impl LogStore {
             });
         }
         let election = self.election.clone();
-        ctx.spawn(futures::future::join_all(sends).into_actor(self).map(move |all, act, _| {
+        ctx.spawn(futures::future::join_all(sends).into_actor(self).map(move |all, act, ctx| {
             act.applied = act.applied.max(commit);
+            act.applying = false;
             outputs.extend(all.into_iter().flatten());
             outputs.sort_by_key(|o| o.index);
             election.do_send(EntriesApplied { outputs, applied_to: commit });
+            act.dispatch(ctx);
         }));
     }
 }

@@ -95,7 +95,13 @@ impl ResponseError for NacosError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.0).content_type("text/plain; charset=utf-8").body(format!("caused: {};", self.1))
+        let mut response =
+            HttpResponse::build(self.0).content_type("text/plain; charset=utf-8").body(format!("caused: {};", self.1));
+        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+            // Nacos clients try the next server on a 5xx; others read when to come back.
+            crate::http::with_retry_after(&mut response, None);
+        }
+        response
     }
 }
 

@@ -59,7 +59,7 @@ pub struct Recovered {
 }
 
 /// Receives durable-write batches; completes them in submission order.
-pub trait LogBackend: 'static {
+pub trait LogBackend: Send + 'static {
     /// Queues a batch; the receiver resolves when it and every earlier batch are durable,
     /// or with the error that stopped the backend.
     fn submit(&mut self, batch: WriteBatch) -> oneshot::Receiver<Result<(), StorageError>>;

@@ -82,6 +82,8 @@ pub enum RefusalKind {
     Malformed,
     /// No hello within the handshake timeout.
     Timeout,
+    /// The node already serves `max_client_connections` clients.
+    TooManyConnections,
 }
 
 /// A refused connection: why, and what the other side was told.

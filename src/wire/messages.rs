@@ -134,6 +134,8 @@ pub struct RefusedConnections {
     pub malformed: u64,
     /// No hello in time.
     pub timeout: u64,
+    /// Clients beyond `max_client_connections`.
+    pub too_many_connections: u64,
 }
 
 impl RefusedConnections {
@@ -148,6 +150,7 @@ impl RefusedConnections {
             K::RaftFromClient => &mut self.raft_from_client,
             K::Malformed => &mut self.malformed,
             K::Timeout => &mut self.timeout,
+            K::TooManyConnections => &mut self.too_many_connections,
         };
         *slot += 1;
     }

@@ -95,6 +95,7 @@ fn api_error() -> impl Strategy<Value = ApiError> {
         text().prop_map(ApiError::Apply),
         text().prop_map(ApiError::Unavailable),
         text().prop_map(ApiError::NotFound),
+        (text(), any::<u64>()).prop_map(|(reason, retry_after_ms)| ApiError::Overloaded { reason, retry_after_ms }),
     ]
 }
 
@@ -204,13 +205,14 @@ pub fn variant(f: &Frame) -> &'static str {
                 ApiError::Apply(_) => "response/error/apply",
                 ApiError::Unavailable(_) => "response/error/unavailable",
                 ApiError::NotFound(_) => "response/error/not-found",
+                ApiError::Overloaded { .. } => "response/error/overloaded",
             },
         },
     }
 }
 
 /// Every name [`variant`] can return.
-pub const VARIANTS: usize = 3 + 10 + 9 + 10;
+pub const VARIANTS: usize = 3 + 10 + 9 + 11;
 
 /// Encodes frames back to back, as one connection would carry them.
 pub fn encode_all(frames: &[Frame]) -> Vec<u8> {

@@ -56,6 +56,8 @@ pub fn free_port() -> u16 {
 
 struct Running {
     system: actix_rt::System,
+    /// The node's own threads (Raft, state machines), beside the system's.
+    threads: Vec<actix_rt::ArbiterHandle>,
     thread: JoinHandle<()>,
 }
 
@@ -133,11 +135,14 @@ impl Cluster {
         self.configs.iter().map(|c| c.id).collect()
     }
 
-    /// Freezes node `i`'s whole actor system (its thread) for `d`, as SIGSTOP would; its
-    /// storage thread and sockets stay, and it resumes where it was.
+    /// Freezes node `i`'s whole actor system (all its threads) for `d`, as SIGSTOP would;
+    /// its storage thread and sockets stay, and it resumes where it was.
     pub fn pause(&self, i: usize, d: Duration) {
         if let Some(r) = &self.running[i] {
             r.system.arbiter().spawn_fn(move || std::thread::sleep(d));
+            for t in &r.threads {
+                t.spawn_fn(move || std::thread::sleep(d));
+            }
         }
     }
 
@@ -177,7 +182,7 @@ impl Cluster {
                 });
                 match started {
                     Ok((node, system)) => {
-                        let _ = tx.send(Ok(system));
+                        let _ = tx.send(Ok((system, node.threads())));
                         let _ = sys.run();
                         drop(node);
                     }
@@ -187,9 +192,9 @@ impl Cluster {
                 }
             })
             .expect("spawn node thread");
-        let system =
+        let (system, threads) =
             rx.recv().expect("node thread answered").unwrap_or_else(|e| panic!("node {} failed to start: {e}", i + 1));
-        self.running[i] = Some(Running { system, thread });
+        self.running[i] = Some(Running { system, threads, thread });
     }
 
     /// Stops node `i`: its whole actor system, sockets included, as a crash would end them.
