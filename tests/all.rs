@@ -24,4 +24,5 @@ mod t55_faults;
 mod t60_sim;
 mod t70_extension;
 mod t80_chaos;
+mod t82_registry_load;
 mod t90_regressions;

@@ -3,49 +3,15 @@
 //! randomness from the configured seed. The fault suite builds on this.
 
 use crate::common;
+use crate::common::sim::{NODES, SimTransport};
 
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
 use dister::storage::{MemoryStorage, StorageConfig};
-use dister::transport::{BoxStream, Listener, Transport};
 use dister::{Client, Config, Consistency, Node, PeerConfig};
-use futures::future::LocalBoxFuture;
 
-/// Sockets through turmoil's simulated network.
-struct SimTransport;
-
-struct SimListener(turmoil::net::TcpListener);
-
-impl Listener for SimListener {
-    fn accept(&mut self) -> LocalBoxFuture<'_, std::io::Result<(BoxStream, std::net::SocketAddr)>> {
-        Box::pin(async move {
-            let (s, a) = self.0.accept().await?;
-            Ok((Box::new(s) as BoxStream, a))
-        })
-    }
-
-    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.0.local_addr()
-    }
-}
-
-impl Transport for SimTransport {
-    fn bind(&self, addr: &str) -> LocalBoxFuture<'static, std::io::Result<Box<dyn Listener>>> {
-        let addr = addr.to_string();
-        Box::pin(async move {
-            Ok(Box::new(SimListener(turmoil::net::TcpListener::bind(addr.as_str()).await?)) as Box<dyn Listener>)
-        })
-    }
-
-    fn connect(&self, addr: &str) -> LocalBoxFuture<'static, std::io::Result<BoxStream>> {
-        let addr = addr.to_string();
-        Box::pin(async move { Ok(Box::new(turmoil::net::TcpStream::connect(addr.as_str()).await?) as BoxStream) })
-    }
-}
-
-const NODES: [&str; 3] = ["n1", "n2", "n3"];
 /// The simulated nodes listen on every address, so the cluster needs a token.
 const TOKEN: &str = "simulation-token-0123";
 

@@ -14,137 +14,28 @@
 //! `DISTER_SEED=N` replays one seed. Pinned regressions live in `pinned_seeds`.
 
 use crate::common;
+use crate::common::sim::{NODES, Nemesis, Recorder, Shared, SimTransport, digest};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
-use bytes::Bytes;
 use dister::check::{History, Op, Outcome};
-use dister::messages::apply::{ApplyEntries, Follow};
-use dister::messages::raft::{LeadershipChanged, WatchLeadership};
-use dister::raft::Payload;
+use dister::messages::apply::Follow;
+use dister::messages::raft::WatchLeadership;
 use dister::storage::{MemoryStorage, StorageConfig};
-use dister::transport::{BoxStream, Listener, Transport};
 use dister::{ApiError, Client, ClientError, Config, Consistency, Node, PeerConfig};
-use futures::future::LocalBoxFuture;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-const NODES: [&str; 3] = ["n1", "n2", "n3"];
-const KEYS: [&str; 3] = ["a", "b", "c"];
-const CLIENTS: usize = 3;
+pub(crate) const KEYS: [&str; 3] = ["a", "b", "c"];
+pub(crate) const CLIENTS: usize = 3;
 const TOKEN: &str = "chaos-suite-token-0123";
-
-// ---- the simulated network -----------------------------------------------------------------
-
-struct SimTransport;
-struct SimListener(turmoil::net::TcpListener);
-
-impl Listener for SimListener {
-    fn accept(&mut self) -> LocalBoxFuture<'_, std::io::Result<(BoxStream, std::net::SocketAddr)>> {
-        Box::pin(async move {
-            let (s, a) = self.0.accept().await?;
-            Ok((Box::new(s) as BoxStream, a))
-        })
-    }
-
-    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.0.local_addr()
-    }
-}
-
-impl Transport for SimTransport {
-    fn bind(&self, addr: &str) -> LocalBoxFuture<'static, std::io::Result<Box<dyn Listener>>> {
-        let addr = addr.to_string();
-        Box::pin(async move {
-            Ok(Box::new(SimListener(turmoil::net::TcpListener::bind(addr.as_str()).await?)) as Box<dyn Listener>)
-        })
-    }
-
-    fn connect(&self, addr: &str) -> LocalBoxFuture<'static, std::io::Result<BoxStream>> {
-        let addr = addr.to_string();
-        Box::pin(async move { Ok(Box::new(turmoil::net::TcpStream::connect(addr.as_str()).await?) as BoxStream) })
-    }
-}
-
-// ---- what the nodes themselves report --------------------------------------------------------
-
-/// Records from the nodes' own commit streams and leadership events.
-#[derive(Default, Debug)]
-struct Records {
-    /// Every (term, leader) a node announced.
-    leaders: BTreeMap<u64, BTreeSet<u64>>,
-    /// Per node, what it applied at each index: (term, payload digest).
-    applied: BTreeMap<u64, BTreeMap<u64, (u64, String)>>,
-    /// Safety violations seen as they happened.
-    violations: Vec<String>,
-}
-
-type Shared = Arc<Mutex<Records>>;
-
-/// Follows one node's commit stream (every entry) and its leadership events.
-struct Recorder {
-    node: u64,
-    records: Shared,
-}
-
-impl Actor for Recorder {
-    type Context = Context<Self>;
-}
-
-impl Handler<ApplyEntries> for Recorder {
-    type Result = Vec<Result<Bytes, String>>;
-
-    fn handle(&mut self, msg: ApplyEntries, _: &mut Context<Self>) -> Self::Result {
-        let mut r = self.records.lock().unwrap();
-        for e in &msg.entries {
-            let digest = match &e.payload {
-                Payload::Blank => "blank".to_string(),
-                Payload::Command { namespace, data } => format!("{namespace}:{}", String::from_utf8_lossy(data)),
-            };
-            let mine = r.applied.entry(self.node).or_default();
-            match mine.get(&e.index) {
-                Some(seen) if *seen != (e.term, digest.clone()) => {
-                    let v = format!(
-                        "node {} applied {:?} and then {:?} at index {}",
-                        self.node,
-                        seen,
-                        (e.term, &digest),
-                        e.index
-                    );
-                    r.violations.push(v);
-                }
-                _ => {
-                    mine.insert(e.index, (e.term, digest));
-                }
-            }
-        }
-        Vec::new()
-    }
-}
-
-impl Handler<LeadershipChanged> for Recorder {
-    type Result = ();
-
-    fn handle(&mut self, msg: LeadershipChanged, _: &mut Context<Self>) {
-        if !msg.is_leader {
-            return;
-        }
-        let mut r = self.records.lock().unwrap();
-        let leaders = r.leaders.entry(msg.term).or_default();
-        leaders.insert(msg.node);
-        if leaders.len() > 1 {
-            let v = format!("two leaders in term {}: {:?}", msg.term, leaders);
-            r.violations.push(v);
-        }
-    }
-}
 
 // ---- the nodes -------------------------------------------------------------------------------
 
-fn config(i: usize, seed: u64) -> Config {
+pub(crate) fn config(i: usize, seed: u64) -> Config {
     Config {
         id: i as u64 + 1,
         listen: "0.0.0.0:7070".into(),
@@ -162,14 +53,14 @@ fn config(i: usize, seed: u64) -> Config {
 
 // ---- clients ---------------------------------------------------------------------------------
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     turmoil::sim_elapsed().map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 /// Whether a failed write definitely did not happen: refused before it was proposed, or its
 /// entry was replaced. Anything else (timeouts, lost connections, an unreachable leader that
 /// may have received it) is unknown.
-fn definitely_failed(e: &ClientError) -> bool {
+pub(crate) fn definitely_failed(e: &ClientError) -> bool {
     matches!(
         e,
         ClientError::Api(
@@ -177,12 +68,13 @@ fn definitely_failed(e: &ClientError) -> bool {
                 | ApiError::NotLeader { .. }
                 | ApiError::Dropped { .. }
                 | ApiError::BadRequest(_)
+                | ApiError::Overloaded { .. }
                 | ApiError::UnknownNamespace(_)
         )
     )
 }
 
-async fn connect(node: &str) -> Option<Client> {
+pub(crate) async fn connect(node: &str) -> Option<Client> {
     let stream = tokio::time::timeout(
         Duration::from_millis(500),
         turmoil::net::TcpStream::connect(format!("{node}:7070").as_str()),
@@ -195,7 +87,7 @@ async fn connect(node: &str) -> Option<Client> {
 }
 
 /// One client: random reads and writes of random keys through random nodes until `until`.
-async fn client(id: u64, seed: u64, until: Duration, history: History, acked: Arc<Mutex<Vec<(String, String)>>>) {
+pub(crate) async fn client(id: u64, seed: u64, until: Duration, history: History, acked: Arc<Mutex<Vec<(String, String)>>>) {
     let mut rng = StdRng::seed_from_u64(seed ^ (id << 32) ^ 0xC11E);
     let mut conns: BTreeMap<usize, Client> = BTreeMap::new();
     let mut n = 0u64;
@@ -243,123 +135,6 @@ async fn client(id: u64, seed: u64, until: Duration, history: History, acked: Ar
             }
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..20))).await;
-    }
-}
-
-// ---- the nemesis -----------------------------------------------------------------------------
-
-/// Every unordered pair of nodes.
-fn pairs() -> impl Iterator<Item = (&'static str, &'static str)> {
-    NODES.iter().enumerate().flat_map(|(i, a)| NODES[i + 1..].iter().map(move |b| (*a, *b)))
-}
-
-/// Every node but `n`.
-fn others(n: usize) -> impl Iterator<Item = &'static str> {
-    NODES.iter().enumerate().filter(move |(i, _)| *i != n).map(|(_, o)| *o)
-}
-
-#[derive(Debug, Clone)]
-enum Fault {
-    /// One node cut off from the other two (for a leader: the isolated-leader case).
-    Isolate(usize),
-    /// Two nodes cannot talk; both still reach the third (a bridge).
-    Bridge(usize, usize),
-    /// Messages from one node to another are lost, the reverse still flows.
-    OneWay(usize, usize),
-    /// Every link slow.
-    Delay(Duration),
-    /// Links randomly break and repair.
-    Lossy(f64),
-    /// One node's links are held (its messages wait), then released all at once.
-    Pause(usize),
-    /// One node crashes, losing un-synced writes, and restarts later.
-    Crash(usize),
-    /// The whole cluster crashes at once and restarts.
-    CrashAll,
-}
-
-struct Nemesis {
-    rng: StdRng,
-    active: Option<Fault>,
-    next_at: Duration,
-    until: Duration,
-    log: Vec<String>,
-}
-
-impl Nemesis {
-    fn new(seed: u64, until: Duration) -> Self {
-        Nemesis {
-            rng: StdRng::seed_from_u64(seed ^ 0x0E3E_5155),
-            active: None,
-            next_at: Duration::from_secs(1),
-            until,
-            log: Vec::new(),
-        }
-    }
-
-    fn pick(&mut self, leader: Option<usize>) -> Fault {
-        let a = self.rng.random_range(0..NODES.len());
-        let b = (a + self.rng.random_range(1..NODES.len())) % NODES.len();
-        match self.rng.random_range(0..9) {
-            0 => Fault::Isolate(leader.unwrap_or(a)),
-            1 => Fault::Isolate(a),
-            2 => Fault::Bridge(a, b),
-            3 => Fault::OneWay(leader.unwrap_or(a), b),
-            4 => Fault::Delay(Duration::from_millis(self.rng.random_range(20..120))),
-            5 => Fault::Lossy(self.rng.random_range(0.02..0.15)),
-            6 => Fault::Pause(leader.unwrap_or(a)),
-            7 => Fault::Crash(leader.unwrap_or(a)),
-            _ if self.rng.random_bool(0.3) => Fault::CrashAll,
-            _ => Fault::Crash(a),
-        }
-    }
-
-    fn apply(&mut self, sim: &mut turmoil::Sim<'_>, fault: &Fault) {
-        match *fault {
-            Fault::Isolate(n) => others(n).for_each(|o| sim.partition(NODES[n], o)),
-            Fault::Bridge(a, b) => sim.partition(NODES[a], NODES[b]),
-            Fault::OneWay(a, b) => sim.partition_oneway(NODES[a], NODES[b]),
-            Fault::Delay(d) => pairs().for_each(|(a, b)| sim.set_link_latency(a, b, d)),
-            Fault::Lossy(p) => pairs().for_each(|(a, b)| sim.set_link_fail_rate(a, b, p)),
-            Fault::Pause(n) => others(n).for_each(|o| sim.hold(NODES[n], o)),
-            Fault::Crash(n) => sim.crash(NODES[n]),
-            Fault::CrashAll => NODES.iter().for_each(|n| sim.crash(*n)),
-        }
-    }
-
-    fn heal(&mut self, sim: &mut turmoil::Sim<'_>, fault: &Fault) {
-        for (a, b) in pairs() {
-            for (x, y) in [(a, b), (b, a)] {
-                sim.repair(x, y);
-                sim.release(x, y);
-            }
-            sim.set_link_latency(a, b, Duration::from_millis(1));
-            sim.set_link_fail_rate(a, b, 0.0);
-        }
-        match *fault {
-            Fault::Crash(n) => sim.bounce(NODES[n]),
-            Fault::CrashAll => NODES.iter().for_each(|n| sim.bounce(*n)),
-            _ => {}
-        }
-    }
-
-    /// Called between simulation steps: starts or ends a fault when its time comes.
-    fn tick(&mut self, sim: &mut turmoil::Sim<'_>, leader: Option<usize>) {
-        let now = sim.elapsed();
-        if now < self.next_at {
-            return;
-        }
-        if let Some(f) = self.active.take() {
-            self.heal(sim, &f);
-            self.log.push(format!("{:>6} ms heal {f:?}", now.as_millis()));
-            self.next_at = now + Duration::from_millis(self.rng.random_range(300..1_500));
-        } else if now < self.until {
-            let f = self.pick(leader);
-            self.apply(sim, &f);
-            self.log.push(format!("{:>6} ms {f:?}", now.as_millis()));
-            self.active = Some(f);
-            self.next_at = now + Duration::from_millis(self.rng.random_range(300..2_000));
-        }
     }
 }
 
@@ -496,22 +271,16 @@ fn run_seed(seed: u64, secs: u64) -> Result<Summary, String> {
         return fail(format!("safety violations: {:#?}", r.violations));
     }
     // State Machine Safety across nodes: one entry per index.
-    let mut by_index: BTreeMap<u64, &(u64, String)> = BTreeMap::new();
-    for (node, applied) in &r.applied {
-        for (index, entry) in applied {
-            if let Some(other) = by_index.insert(*index, entry)
-                && other != entry
-            {
-                return fail(format!("index {index}: node {node} applied {entry:?}, another node {other:?}"));
-            }
-        }
-    }
+    let by_index = match r.one_entry_per_index() {
+        Ok(b) => b,
+        Err(e) => return fail(e),
+    };
     // Every acknowledged write was committed (it is in the commit stream).
-    let committed: BTreeSet<&str> = by_index.values().map(|(_, d)| d.as_str()).collect();
+    let committed: BTreeSet<u64> = by_index.values().map(|(_, d)| *d).collect();
     for (key, value) in acked.lock().unwrap().iter() {
         let json =
             serde_json::to_string(&dister::messages::kv::KvCommand::Set(vec![(key.clone(), value.clone())])).unwrap();
-        if !committed.contains(format!("kv:{json}").as_str()) {
+        if !committed.contains(&digest("kv", json.as_bytes())) {
             return fail(format!("acknowledged write {key}={value} is not in any node's commit stream"));
         }
     }
