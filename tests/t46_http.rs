@@ -111,8 +111,12 @@ async fn every_endpoint_through_leader_and_follower() {
             "must not be empty",
         );
         refused(
-            &call("POST", &format!("{base}/service"), Some(r#"[{"name":"s","node":[{"host":"h","port":99999}]}]"#))
-                .await,
+            &call(
+                "POST",
+                &format!("{base}/service"),
+                Some(r#"[{"name":"s","node":[{"host":"127.0.0.8","port":99999}]}]"#),
+            )
+            .await,
             400,
             "bad service",
         );
@@ -121,7 +125,7 @@ async fn every_endpoint_through_leader_and_follower() {
             &call(
                 "POST",
                 &format!("{base}/service"),
-                Some(r#"[{"name":"d","node":[{"host":"h","port":1},{"host":"h","port":1}]}]"#),
+                Some(r#"[{"name":"d","node":[{"host":"127.0.0.8","port":1},{"host":"127.0.0.8","port":1}]}]"#),
             )
             .await,
             400,
@@ -131,7 +135,7 @@ async fn every_endpoint_through_leader_and_follower() {
             &call(
                 "POST",
                 &format!("{base}/service"),
-                Some(r#"[{"name":"t","node":[{"host":"h","port":1,"ttl_ms":0}]}]"#),
+                Some(r#"[{"name":"t","node":[{"host":"127.0.0.8","port":1,"ttl_ms":0}]}]"#),
             )
             .await,
             400,
@@ -141,7 +145,7 @@ async fn every_endpoint_through_leader_and_follower() {
             &call(
                 "POST",
                 &format!("{base}/service"),
-                Some(r#"[{"name":"u","node":[{"host":"h","port":1,"check":"http","url":"https://h/"}]}]"#),
+                Some(r#"[{"name":"u","node":[{"host":"127.0.0.8","port":1,"check":"http","url":"https://127.0.0.8/"}]}]"#),
             )
             .await,
             400,

@@ -120,27 +120,39 @@ async fn errors_are_answered_as_nacos_does() {
     let leader = cluster.wait_leader(Duration::from_secs(3)).await;
     let b = base(&cluster, (leader + 1) % 3);
     let inst = format!("{b}/ns/instance");
-    refused(&http("POST", &format!("{inst}?ip=1.2.3.4&port=80"), &[], None).await, 400, "serviceName");
+    refused(&http("POST", &format!("{inst}?ip=127.0.0.4&port=80"), &[], None).await, 400, "serviceName");
     refused(&http("POST", &format!("{inst}?serviceName=s&port=80"), &[], None).await, 400, "'ip'");
-    refused(&http("POST", &format!("{inst}?serviceName=s&ip=h&port=99999"), &[], None).await, 400, "port");
-    refused(&http("POST", &format!("{inst}?serviceName=s&ip=h&port=1&weight=x"), &[], None).await, 400, "weight");
-    refused(&http("POST", &format!("{inst}?serviceName=s&ip=h&port=1&weight=-1"), &[], None).await, 400, "weight");
-    refused(&http("POST", &format!("{inst}?serviceName=s&ip=h&port=1&enable=maybe"), &[], None).await, 400, "enable");
-    let bad_meta = format!("{inst}?serviceName=s&ip=h&port=1&metadata={}", enc("{\"a\":{\"b\":1}}"));
+    refused(&http("POST", &format!("{inst}?serviceName=s&ip=127.0.0.8&port=99999"), &[], None).await, 400, "port");
+    refused(
+        &http("POST", &format!("{inst}?serviceName=s&ip=127.0.0.8&port=1&weight=x"), &[], None).await,
+        400,
+        "weight",
+    );
+    refused(
+        &http("POST", &format!("{inst}?serviceName=s&ip=127.0.0.8&port=1&weight=-1"), &[], None).await,
+        400,
+        "weight",
+    );
+    refused(
+        &http("POST", &format!("{inst}?serviceName=s&ip=127.0.0.8&port=1&enable=maybe"), &[], None).await,
+        400,
+        "enable",
+    );
+    let bad_meta = format!("{inst}?serviceName=s&ip=127.0.0.8&port=1&metadata={}", enc("{\"a\":{\"b\":1}}"));
     refused(&http("POST", &bad_meta, &[], None).await, 400, "metadata");
     refused(
-        &http("POST", &format!("{inst}?serviceName=s&ip=h&port=1&groupName=a/b"), &[], None).await,
+        &http("POST", &format!("{inst}?serviceName=s&ip=127.0.0.8&port=1&groupName=a/b"), &[], None).await,
         400,
         "groupName",
     );
-    refused(&http("GET", &format!("{inst}?serviceName=s&ip=h&port=1"), &[], None).await, 404, "no matched ip");
+    refused(&http("GET", &format!("{inst}?serviceName=s&ip=127.0.0.8&port=1"), &[], None).await, 404, "no matched ip");
     let light =
-        json_of(&http("PUT", &format!("{b}/ns/instance/beat?serviceName=s&ip=1.2.3.4&port=5"), &[], None).await);
+        json_of(&http("PUT", &format!("{b}/ns/instance/beat?serviceName=s&ip=127.0.0.4&port=5"), &[], None).await);
     assert_eq!(light["code"], json!(20404), "a light beat for an unknown instance: register again");
     let heavy =
-        format!("{b}/ns/instance/beat?serviceName=s&beat={}", enc(r#"{"ip":"1.2.3.4","port":5,"weight":1e308}"#));
+        format!("{b}/ns/instance/beat?serviceName=s&beat={}", enc(r#"{"ip":"127.0.0.4","port":5,"weight":1e308}"#));
     refused(&http("PUT", &heavy, &[], None).await, 400, "weight");
-    let huge = r#"[{"name":"w","node":[{"host":"a","port":1,"weight":1e308},{"host":"b","port":1,"weight":1e308}]}]"#;
+    let huge = r#"[{"name":"w","node":[{"host":"127.0.0.10","port":1,"weight":1e308},{"host":"127.0.0.11","port":1,"weight":1e308}]}]"#;
     let root = b.trim_end_matches("/nacos/v1");
     let r = awc::Client::new()
         .post(format!("{root}/service"))
@@ -159,7 +171,7 @@ async fn errors_are_answered_as_nacos_does() {
     refused(&http("POST", &svc, &[], None).await, 400, "already exists");
     refused(&http("PUT", &format!("{b}/ns/service?serviceName=nope"), &[], None).await, 400, "does not exist");
     refused(&http("POST", &format!("{svc}&protectThreshold=2"), &[], None).await, 400, "protectThreshold");
-    assert_eq!(http("POST", &format!("{inst}?serviceName=G%40%40pay&ip=10.0.0.1&port=80"), &[], None).await.1, "ok");
+    assert_eq!(http("POST", &format!("{inst}?serviceName=G%40%40pay&ip=127.0.0.9&port=80"), &[], None).await.1, "ok");
     refused(&http("DELETE", &format!("{b}/ns/service?serviceName=pay&groupName=G"), &[], None).await, 400, "instance");
     let got = json_of(&http("GET", &format!("{b}/ns/service?serviceName=pay&groupName=G"), &[], None).await);
     assert_eq!((got["protectThreshold"].clone(), got["metadata"].clone()), (json!(0.5), json!({"k": "v"})));
@@ -199,7 +211,7 @@ async fn services_namespaces_and_operator_endpoints() {
         ("dev", "DEFAULT_GROUP", "a"),
         ("public", "G", "c"),
     ] {
-        let url = format!("{b}/ns/instance?namespaceId={ns}&groupName={group}&serviceName={name}&ip=10.0.0.1&port=1");
+        let url = format!("{b}/ns/instance?namespaceId={ns}&groupName={group}&serviceName={name}&ip=127.0.0.9&port=1");
         assert_eq!(http("POST", &url, &[], None).await.1, "ok");
     }
     let page = |q: &str| format!("{b}/ns/service/list?{q}");
@@ -373,10 +385,67 @@ async fn the_cluster_token_guards_the_nacos_api_too() {
     let b = base(&cluster, 0);
     let publish = format!("{b}/cs/configs");
     refused(&http("POST", &publish, &[], Some("dataId=a&group=G&content=x")).await, 403, "token");
-    let reg = format!("{b}/ns/instance?serviceName=web&ip=10.0.0.1&port=80");
+    let reg = format!("{b}/ns/instance?serviceName=web&ip=127.0.0.9&port=80");
     refused(&http("POST", &reg, &[], None).await, 403, "token");
     let with = [("X-Dister-Token", "only-a-cluster-token")];
     assert_eq!(http("POST", &publish, &with, Some("dataId=a&group=G&content=x")).await, (200, "true".into()));
     let as_param = format!("{b}/cs/configs?dataId=a&group=G&accessToken=only-a-cluster-token");
     assert_eq!(http("GET", &as_param, &[], None).await, (200, "x".into()));
+}
+
+/// Nacos' protect threshold: when the healthy share of a service's instances falls to its
+/// `protectThreshold`, listing offers every instance as healthy.
+///
+/// 1. A service with threshold 0.6 and two persistent instances: one on a listening port,
+///    one on a closed port (both on 127.0.0.1).
+/// 2. Once the checks found one healthy and one not (1/2 = 0.5 ≤ 0.6): the list says
+///    `reachProtectionThreshold`, and even `healthyOnly` gives both, as healthy.
+/// 3. Threshold 0.4: not reached; `healthyOnly` gives the healthy one only, and the other is
+///    listed unhealthy.
+#[actix_rt::test]
+async fn the_protect_threshold_lists_every_instance_when_too_few_are_healthy() {
+    let cluster = Cluster::start_with(3, nacos_config);
+    let leader = cluster.wait_leader(Duration::from_secs(3)).await;
+    let b = base(&cluster, (leader + 1) % 3);
+    let up = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_port = up.local_addr().unwrap().port();
+    let down_port = common::free_port();
+    let r = http("POST", &format!("{b}/ns/service?serviceName=guarded&protectThreshold=0.6"), &[], None).await;
+    assert_eq!(r.0, 200, "{r:?}");
+    for port in [up_port, down_port] {
+        let url = format!("{b}/ns/instance?serviceName=guarded&ip=127.0.0.1&port={port}&ephemeral=false");
+        assert_eq!(http("POST", &url, &[], None).await.0, 200);
+    }
+    let list = |healthy_only: bool| {
+        let url = format!("{b}/ns/instance/list?serviceName=guarded&healthyOnly={healthy_only}");
+        async move { json_of(&http("GET", &url, &[], None).await) }
+    };
+    // The checks' own view (the wire API shows health as it is).
+    let c = cluster.client(leader).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = c.get_service("guarded", dister::Consistency::Linearizable).await.unwrap().unwrap();
+        let health = |port| s.nodes.iter().find(|n| n.port == port).map(|n| n.health);
+        use dister::messages::registry::Health;
+        if (health(up_port), health(down_port)) == (Some(Health::Healthy), Some(Health::Unhealthy)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "checks did not find one up, one down: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let l = list(true).await;
+    assert_eq!(l["reachProtectionThreshold"], json!(true), "{l}");
+    let hosts = l["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 2, "{l}");
+    assert!(hosts.iter().all(|h| h["healthy"] == json!(true)), "{l}");
+    let r = http("PUT", &format!("{b}/ns/service?serviceName=guarded&protectThreshold=0.4"), &[], None).await;
+    assert_eq!(r.0, 200, "{r:?}");
+    let l = list(true).await;
+    assert_eq!(l["reachProtectionThreshold"], json!(false), "{l}");
+    let ports: Vec<u64> = l["hosts"].as_array().unwrap().iter().filter_map(|h| h["port"].as_u64()).collect();
+    assert_eq!(ports, [u64::from(up_port)], "{l}");
+    let all = list(false).await;
+    let down = all["hosts"].as_array().unwrap().iter().find(|h| h["port"] == json!(down_port)).cloned();
+    assert_eq!(down.map(|h| h["healthy"].clone()), Some(json!(false)), "{all}");
+    drop(up);
 }

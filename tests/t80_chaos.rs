@@ -87,7 +87,13 @@ pub(crate) async fn connect(node: &str) -> Option<Client> {
 }
 
 /// One client: random reads and writes of random keys through random nodes until `until`.
-pub(crate) async fn client(id: u64, seed: u64, until: Duration, history: History, acked: Arc<Mutex<Vec<(String, String)>>>) {
+pub(crate) async fn client(
+    id: u64,
+    seed: u64,
+    until: Duration,
+    history: History,
+    acked: Arc<Mutex<Vec<(String, String)>>>,
+) {
     let mut rng = StdRng::seed_from_u64(seed ^ (id << 32) ^ 0xC11E);
     let mut conns: BTreeMap<usize, Client> = BTreeMap::new();
     let mut n = 0u64;

@@ -292,9 +292,8 @@ fn run(seed: u64, chaos: bool) -> Result<Outcome, String> {
         }
         let committed: BTreeSet<u64> = by_index.values().map(|(_, d)| *d).collect();
         for (key, value) in kv_acked.lock().unwrap().iter() {
-            let json =
-                serde_json::to_string(&dister::messages::kv::KvCommand::Set(vec![(key.clone(), value.clone())]))
-                    .unwrap();
+            let json = serde_json::to_string(&dister::messages::kv::KvCommand::Set(vec![(key.clone(), value.clone())]))
+                .unwrap();
             if !committed.contains(&digest("kv", json.as_bytes())) {
                 return fail(format!("acknowledged write {key}={value} is not in any node's commit stream"));
             }

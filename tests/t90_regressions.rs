@@ -37,3 +37,58 @@ async fn a_peer_answering_as_another_node_is_not_counted() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Every address written in the tests, examples, configs and README is on loopback: the
+/// leader health-checks what is registered, so an address beyond 127.0.0.0/8 in a test
+/// could send probes off this machine (issue 9). `0.0.0.0` is allowed: it is only bound, in
+/// the simulations. Test names that cannot resolve (`h`, `a`) are no better: use 127.x.
+///
+/// 1. Walk `tests/`, `examples/`, `config/` and `README.md`.
+/// 2. Every IPv4 literal must be in 127.0.0.0/8, or be 0.0.0.0.
+#[test]
+fn the_tree_names_only_loopback_addresses() {
+    fn walk(p: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        if p.is_dir() {
+            for e in std::fs::read_dir(p).unwrap().flatten() {
+                walk(&e.path(), out);
+            }
+        } else if p.extension().is_some_and(|x| ["rs", "md", "toml", "sh", "py", "lua"].contains(&x.to_str().unwrap()))
+        {
+            out.push(p.to_path_buf());
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for d in ["tests", "examples", "config", "README.md"] {
+        walk(&root.join(d), &mut files);
+    }
+    assert!(files.len() > 20, "the walk found too little: {files:?}");
+    let mut bad = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        for (n, line) in text.lines().enumerate() {
+            let chars: Vec<char> = line.chars().collect();
+            let mut i = 0;
+            while i < chars.len() {
+                // A literal starts where no digit or dot came before.
+                if chars[i].is_ascii_digit() && (i == 0 || !(chars[i - 1].is_ascii_digit() || chars[i - 1] == '.')) {
+                    let end = (i..chars.len())
+                        .find(|&j| !(chars[j].is_ascii_digit() || chars[j] == '.'))
+                        .unwrap_or(chars.len());
+                    let word: String = chars[i..end].iter().collect::<String>().trim_end_matches('.').to_string();
+                    if let Ok(ip) = word.parse::<std::net::Ipv4Addr>()
+                        && !ip.is_loopback()
+                        && !ip.is_unspecified()
+                        && f.file_name().is_none_or(|name| name != "t90_regressions.rs")
+                    {
+                        bad.push(format!("{}:{}: {ip}", f.display(), n + 1));
+                    }
+                    i = end;
+                } else {
+                    i += 1;
+                }
+            }
+        }
+    }
+    assert!(bad.is_empty(), "addresses beyond loopback:\n{}", bad.join("\n"));
+}

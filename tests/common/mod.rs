@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod procs;
 pub mod sim;
 
 use std::path::PathBuf;

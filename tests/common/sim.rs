@@ -181,7 +181,6 @@ impl Nemesis {
     }
 }
 
-
 // ---- what the nodes themselves report --------------------------------------------------------
 
 /// A digest of one entry's payload (`namespace:data`; blanks are `blank`), the same on every

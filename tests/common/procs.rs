@@ -1,0 +1,152 @@
+//! Real `dister` processes for the process-level tests: started on free loopback ports with
+//! their HTTP API, killed with SIGKILL, restarted from their data directories, always
+//! killed when the test ends.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dister::raft::Role;
+use dister::{Client, Consistency};
+
+/// Processes killed when the test ends, however it ends.
+pub struct Procs {
+    children: Vec<Option<Child>>,
+    /// Each node's wire address.
+    pub addrs: Vec<String>,
+    /// Each node's HTTP address.
+    pub http: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl Procs {
+    /// Starts `n` nodes, each with its HTTP API on.
+    pub fn start(n: usize) -> Procs {
+        let dir = tempfile::tempdir().unwrap();
+        let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", super::free_port())).collect();
+        let http: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", super::free_port())).collect();
+        let mut p = Procs { children: (0..n).map(|_| None).collect(), addrs, http, dir };
+        for i in 0..n {
+            p.spawn(i);
+        }
+        p
+    }
+
+    /// Node `i`'s data directory.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("n{}", i + 1))
+    }
+
+    /// The command that starts node `i`.
+    pub fn command(&self, i: usize) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dister"));
+        cmd.arg("server").args(["--id", &(i + 1).to_string()]).arg("--data-dir").arg(self.data_dir(i));
+        cmd.args(["--listen", &self.addrs[i], "--http", &self.http[i]]);
+        for (j, a) in self.addrs.iter().enumerate() {
+            if j != i {
+                cmd.args(["--peer", &format!("{}={a}", j + 1)]);
+            }
+        }
+        cmd
+    }
+
+    /// Starts node `i` from its data directory.
+    pub fn spawn(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log(i)).unwrap();
+        let mut cmd = self.command(i);
+        cmd.stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info");
+        self.children[i] = Some(cmd.spawn().expect("spawn dister"));
+    }
+
+    /// Node `i`'s log file.
+    pub fn log(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("n{}.log", i + 1))
+    }
+
+    /// SIGKILL: no shutdown code runs, nothing not yet fsynced survives.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// Node `i`'s role, if it answers.
+    pub async fn role(&self, i: usize) -> Option<Role> {
+        let c = Client::connect(&self.addrs[i], "default").await.ok()?;
+        c.with_timeout(Duration::from_secs(1)).status().await.ok().map(|s| s.role)
+    }
+
+    /// Waits for a node that says it leads.
+    pub async fn leader(&self, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            for i in 0..self.addrs.len() {
+                if self.children[i].is_some() && self.role(i).await == Some(Role::Leader) {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within {within:?}; logs: {}", dump(self.dir.path()));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every acknowledged write reads back (linearizable) through the leader, and every
+    /// node's own copy holds them once it has caught up.
+    pub async fn check(&self, acked: &BTreeMap<String, String>) {
+        let leader = self.leader(Duration::from_secs(10)).await;
+        let c = Client::connect(&self.addrs[leader], "default").await.unwrap();
+        let all: BTreeMap<String, String> = c.list("", Consistency::Linearizable).await.unwrap().into_iter().collect();
+        let missing: Vec<_> = acked.iter().filter(|(k, v)| all.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
+        assert!(
+            missing.is_empty(),
+            "{} of {} acknowledged writes lost, e.g. {:?}",
+            missing.len(),
+            acked.len(),
+            &missing[..missing.len().min(5)]
+        );
+        for i in 0..self.addrs.len() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let local: Option<BTreeMap<String, String>> = match Client::connect(&self.addrs[i], "default").await {
+                    Ok(c) => c.list("", Consistency::Stale).await.ok().map(|l| l.into_iter().collect()),
+                    Err(_) => None,
+                };
+                if local.as_ref().is_some_and(|l| acked.iter().all(|(k, v)| l.get(k) == Some(v))) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "node {} did not catch up; logs: {}", i + 1, dump(self.dir.path()));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The last lines of every node's log.
+pub fn dump(dir: &Path) -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "log") {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            out.push_str(&format!("\n== {:?}\n{}", e.path(), tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
+        }
+    }
+    out
+}
+
+impl Procs {
+    /// The last lines of every node's log.
+    pub fn logs(&self) -> String {
+        dump(self.dir.path())
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill9(i);
+        }
+    }
+}
