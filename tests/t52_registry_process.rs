@@ -16,7 +16,7 @@ use dister::wire::StatusInfo;
 use dister::{Client, Consistency};
 
 /// Instances registered, over all connections.
-const INSTANCES: usize = 24_000;
+const INSTANCES: usize = 40_000;
 /// Connections registering at once (a third per node).
 const CONNECTIONS: usize = 48;
 
@@ -98,11 +98,11 @@ async fn health(p: &Procs) -> Vec<(usize, usize)> {
 /// A registry load keeps the term; so does a restart of every node from its data.
 ///
 /// 1. Start three nodes with their HTTP API.
-/// 2. 48 connections, 16 per node, register 24,000 persistent instances through the Nacos
+/// 2. 48 connections, 16 per node, register 40,000 persistent instances through the Nacos
 ///    API at 127.x.y.z:8080, where nothing listens: none is refused, and all the while
 ///    every node names the same leader in the same term.
 /// 3. The leader probes them and writes their health: within 30 s every node holds all
-///    24,000, unhealthy; the term has not moved.
+///    40,000, unhealthy; the term has not moved.
 /// 4. `kill -9` all three and start them again from their data directories: a leader
 ///    within three seconds, and for ten seconds, while it takes over the checks of every
 ///    instance, the same leader and term on every node.
