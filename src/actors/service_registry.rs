@@ -10,7 +10,9 @@
 //! changes. Probes run as async tasks with deadlines, at most `check_concurrency` at once,
 //! never on this actor's time.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -44,7 +46,14 @@ pub type Proposer = Arc<OnceLock<Recipient<ClientWrite>>>;
 struct Leading {
     term: u64,
     checks: HealthChecks,
+    /// Results of this leadership's probes, as they finish: the tasks push here and wake
+    /// the actor only when it was empty, so thousands of results a second cost a few
+    /// messages, and each wake starts the next probes once.
+    results: ProbeResults,
 }
+
+/// Probe results waiting for the actor: (instance, generation, ok).
+type ProbeResults = Rc<RefCell<Vec<(InstanceKey, u64, bool)>>>;
 
 /// The service registry state machine.
 pub struct ServiceRegistry {
@@ -125,11 +134,17 @@ impl ServiceRegistry {
         for ProbeJob { key, generation, probe, timeout } in l.checks.due(&self.registry, Instant::now()) {
             let fut = probe.run(self.transport.clone(), timeout, self.config.allow_script_checks);
             // A task of its own: actix polls every future spawned in a context whenever the
-            // actor wakes, and hundreds of probes may be pending.
+            // actor wakes, and hundreds of probes may be pending. It runs on this actor's
+            // thread, so the results can be shared without a lock.
             let me = ctx.address();
+            let results = l.results.clone();
             actix_rt::spawn(async move {
                 let ok = fut.await;
-                me.do_send(Probed { term, key, generation, ok });
+                let mut r = results.borrow_mut();
+                r.push((key, generation, ok));
+                if r.len() == 1 {
+                    me.do_send(Probed { term });
+                }
             });
         }
     }
@@ -141,14 +156,14 @@ impl ServiceRegistry {
         let Some(batch) = l.checks.take_batch() else { return };
         let term = l.term;
         let Some(proposer) = self.proposer.get().cloned() else {
-            l.checks.batch_done();
+            l.checks.batch_done(false);
             return;
         };
         let outcomes = batch.len();
         let data = match serde_json::to_vec(&RegistryCommand::Checked(batch)) {
             Ok(d) => Bytes::from(d),
             Err(_) => {
-                l.checks.batch_done();
+                l.checks.batch_done(false);
                 return;
             }
         };
@@ -158,10 +173,11 @@ impl ServiceRegistry {
         let me = ctx.address();
         actix_rt::spawn(async move {
             let result = send.await;
-            if !matches!(result, Ok(Ok(_))) {
+            let written = matches!(result, Ok(Ok(_)));
+            if !written {
                 tracing::debug!(term, outcomes, ?result, "check outcomes not written");
             }
-            me.do_send(OutcomesWritten { term });
+            me.do_send(OutcomesWritten { term, written });
         });
     }
 
@@ -204,6 +220,7 @@ impl Handler<ApplyEntries> for ServiceRegistry {
 #[rtype(result = "()")]
 struct OutcomesWritten {
     term: u64,
+    written: bool,
 }
 
 impl Handler<OutcomesWritten> for ServiceRegistry {
@@ -211,20 +228,17 @@ impl Handler<OutcomesWritten> for ServiceRegistry {
 
     fn handle(&mut self, msg: OutcomesWritten, _: &mut Context<Self>) {
         if let Some(l) = self.leading.as_mut().filter(|l| l.term == msg.term) {
-            l.checks.batch_done();
+            l.checks.batch_done(msg.written);
         }
     }
 }
 
-/// A probe finished.
+/// Probes finished: their results wait in the leadership's `results`.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Probed {
-    /// The term of the leadership that started it.
+    /// The term of the leadership that started them.
     term: u64,
-    key: InstanceKey,
-    generation: u64,
-    ok: bool,
 }
 
 impl Handler<Probed> for ServiceRegistry {
@@ -232,8 +246,12 @@ impl Handler<Probed> for ServiceRegistry {
 
     fn handle(&mut self, msg: Probed, ctx: &mut Context<Self>) {
         let Some(l) = self.leading.as_mut().filter(|l| l.term == msg.term) else { return };
-        l.checks.probed(&self.registry, &msg.key, msg.generation, msg.ok, Instant::now());
-        // The slot it held goes to the next probe that is due.
+        let now = Instant::now();
+        let done = std::mem::take(&mut *l.results.borrow_mut());
+        for (key, generation, ok) in done {
+            l.checks.probed(&self.registry, &key, generation, ok, now);
+        }
+        // The slots they held go to the next probes that are due.
         self.start_probes(ctx);
     }
 }
@@ -249,7 +267,7 @@ impl Handler<LeadershipChanged> for ServiceRegistry {
             let settings = CheckSettings::from_config(&self.config);
             let checks = HealthChecks::start(settings, &self.registry, Instant::now(), &mut self.rng);
             tracing::info!(term = msg.term, instances = self.registry.counts().1, "leading: taking over health checks");
-            self.leading = Some(Leading { term: msg.term, checks });
+            self.leading = Some(Leading { term: msg.term, checks, results: ProbeResults::default() });
             self.tick(ctx);
         } else if self.leading.as_ref().is_some_and(|l| l.term == msg.term) {
             self.leading = None;
@@ -277,8 +295,16 @@ impl Handler<GetRegistryStats> for ServiceRegistry {
 
     fn handle(&mut self, _: GetRegistryStats, _: &mut Context<Self>) -> Self::Result {
         let (services, instances) = self.registry.counts();
-        let (probes_running, outcomes_pending) = self.leading.as_ref().map_or((0, 0), |l| l.checks.load());
-        MessageResult(RegistryStats { services, instances, probes_running, outcomes_pending })
+        let (probes_running, outcomes_pending, probes_done, outcomes_written) =
+            self.leading.as_ref().map_or((0, 0, 0, 0), |l| l.checks.load());
+        MessageResult(RegistryStats {
+            services,
+            instances,
+            probes_running,
+            outcomes_pending,
+            probes_done,
+            outcomes_written,
+        })
     }
 }
 

@@ -437,6 +437,10 @@ pub struct RegistryStats {
     pub probes_running: usize,
     /// Check outcomes waiting to be written (leader only).
     pub outcomes_pending: usize,
+    /// Probes finished since this node became leader.
+    pub probes_done: u64,
+    /// Check outcomes written since this node became leader.
+    pub outcomes_written: u64,
 }
 
 /// The registry's answer to a generic query, in JSON.

@@ -427,6 +427,8 @@ pub async fn metrics(api: web::Data<NacosApi>) -> Reply {
         "instanceCount": stats.instances,
         "probesRunning": stats.probes_running,
         "checkOutcomesPending": stats.outcomes_pending,
+        "probesDone": stats.probes_done,
+        "checkOutcomesWritten": stats.outcomes_written,
         "raftRole": status.role,
         "term": status.term,
         "leader": status.leader,

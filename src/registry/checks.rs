@@ -16,7 +16,7 @@
 //! [`removed`]: HealthChecks::removed
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::time::Duration;
 
 use rand::{Rng, RngExt};
@@ -105,7 +105,8 @@ type Slot = Reverse<(Instant, u64, InstanceKey, u64)>;
 #[derive(Debug)]
 pub struct HealthChecks {
     settings: CheckSettings,
-    tracks: BTreeMap<InstanceKey, Track>,
+    /// Looked up by key, never iterated (no decision depends on its order).
+    tracks: HashMap<InstanceKey, Track, foldhash::fast::RandomState>,
     probes: BinaryHeap<Slot>,
     silences: BinaryHeap<Slot>,
     seq: u64,
@@ -117,6 +118,8 @@ pub struct HealthChecks {
     /// The batch handed out and not yet done.
     inflight: BTreeMap<InstanceKey, (u64, Change)>,
     batch_out: bool,
+    probes_done: u64,
+    outcomes_written: u64,
 }
 
 impl HealthChecks {
@@ -126,7 +129,7 @@ impl HealthChecks {
     pub fn start(settings: CheckSettings, registry: &Registry, now: Instant, rng: &mut impl Rng) -> Self {
         let mut checks = HealthChecks {
             settings,
-            tracks: BTreeMap::new(),
+            tracks: HashMap::default(),
             probes: BinaryHeap::new(),
             silences: BinaryHeap::new(),
             seq: 0,
@@ -135,6 +138,8 @@ impl HealthChecks {
             pending: BTreeMap::new(),
             inflight: BTreeMap::new(),
             batch_out: false,
+            probes_done: 0,
+            outcomes_written: 0,
         };
         for (key, node) in registry.instances() {
             let spread = checks.settings.interval(node).mul_f64(rng.random_range(0.0..1.0));
@@ -309,6 +314,7 @@ impl HealthChecks {
     /// A probe handed out by [`due`](Self::due) finished with `ok`.
     pub fn probed(&mut self, registry: &Registry, key: &InstanceKey, generation: u64, ok: bool, now: Instant) {
         self.running = self.running.saturating_sub(1);
+        self.probes_done += 1;
         let interval = match registry.instance(key) {
             Some(n) => self.settings.interval(n),
             None => return,
@@ -356,14 +362,17 @@ impl HealthChecks {
 
     /// The batch handed out was written (or failed: what it decided is decided again by the
     /// next probe or silence, since the registry did not change).
-    pub fn batch_done(&mut self) {
+    pub fn batch_done(&mut self, written: bool) {
+        if written {
+            self.outcomes_written += self.inflight.len() as u64;
+        }
         self.inflight.clear();
         self.batch_out = false;
     }
 
-    /// Probes running and outcomes waiting to be written.
-    pub fn load(&self) -> (usize, usize) {
-        (self.running, self.pending.len() + self.inflight.len())
+    /// Probes running, outcomes waiting to be written, probes done and outcomes written.
+    pub fn load(&self) -> (usize, usize, u64, u64) {
+        (self.running, self.pending.len() + self.inflight.len(), self.probes_done, self.outcomes_written)
     }
 }
 
@@ -455,13 +464,13 @@ mod tests {
             .unwrap();
         c.registered(&r, &again, t);
         apply(&mut r, first, 1_001);
-        c.batch_done();
+        c.batch_done(true);
         assert_eq!(r.instance(&again).unwrap().health, Health::Unknown, "the new registration waits for its probe");
         let mut written = 100;
         while let Some(b) = c.take_batch() {
             written += b.len();
             apply(&mut r, b, 1_002);
-            c.batch_done();
+            c.batch_done(true);
         }
         assert_eq!(written, 250);
         let unhealthy = r.instances().filter(|(_, n)| n.health == Health::Unhealthy).count();
@@ -493,7 +502,7 @@ mod tests {
             while let Some(b) = c.take_batch() {
                 index += 1;
                 apply(r, b, index);
-                c.batch_done();
+                c.batch_done(true);
             }
         };
         run(&mut c, &mut r, now + Duration::from_secs(14));
@@ -528,12 +537,12 @@ mod tests {
         probe(&mut c, &r, t, true);
         let b = c.take_batch().unwrap();
         assert_eq!(b[0].change, Change::Health(Health::Healthy), "unknown → healthy");
-        c.batch_done();
+        c.batch_done(true);
         t += Duration::from_secs(2);
         probe(&mut c, &r, t, true);
         let b = c.take_batch().expect("the write failed: decided again");
         apply(&mut r, b, 10);
-        c.batch_done();
+        c.batch_done(true);
         t += Duration::from_secs(2);
         probe(&mut c, &r, t, false);
         t += Duration::from_secs(2);

@@ -23,8 +23,9 @@ pub struct Registry {
     /// Services that exist only because an instance registered into them: they go when their
     /// last instance goes.
     implicit: BTreeSet<String>,
-    /// Where each instance sits in its service's `nodes` (looked up, never iterated).
-    slots: HashMap<InstanceKey, usize>,
+    /// Where each instance sits in its service's `nodes` (looked up, never iterated; a fast
+    /// hash, as a probe result or a beat looks one up each).
+    slots: HashMap<InstanceKey, usize, foldhash::fast::RandomState>,
 }
 
 impl PartialEq for Registry {
