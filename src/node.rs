@@ -173,13 +173,14 @@ impl NodeBuilder {
         let config = Arc::new(config);
         let transport = self.transport;
 
-        let (threads, raft, state, clients) = match self.threads {
-            Threads::One => (Vec::new(), Place::Here, Place::Here, None),
+        let (threads, raft, state, prober, clients) = match self.threads {
+            Threads::One => (Vec::new(), Place::Here, Place::Here, None, None),
             Threads::Split => {
                 let raft = start_thread("dister-raft")?;
                 let state = start_thread("dister-state")?;
-                let (r, s) = (Place::On(raft.handle()), Place::On(state.handle()));
-                (vec![raft, state], r, s, Some(Arbiter::current()))
+                let checks = start_thread("dister-checks")?;
+                let (r, s, c) = (Place::On(raft.handle()), Place::On(state.handle()), checks.handle());
+                (vec![raft, state, checks], r, s, Some(c), Some(Arbiter::current()))
             }
         };
 
@@ -190,7 +191,11 @@ impl NodeBuilder {
             let (config, proposer, transport) = (config.clone(), proposer.clone(), transport.clone());
             state
                 .run(move || async move {
-                    let registry = ServiceRegistry::new(config, proposer, transport).start();
+                    let mut registry = ServiceRegistry::new(config, proposer, transport);
+                    if let Some(p) = prober {
+                        registry = registry.with_prober(p);
+                    }
+                    let registry = registry.start();
                     (DataMap::new().start(), registry, KeyWatch::new().start())
                 })
                 .await?
@@ -377,6 +382,23 @@ fn validate(write: &Write) -> Result<(), ApiError> {
     checked.map_err(|e| ApiError::BadRequest(format!("{} command: {e}", write.namespace)))
 }
 
+/// A built-in command that can say whether it is well formed before it is encoded.
+trait Command: serde::Serialize {
+    fn check(&self) -> Result<(), String>;
+}
+
+impl Command for KvCommand {
+    fn check(&self) -> Result<(), String> {
+        self.validate()
+    }
+}
+
+impl Command for RegistryCommand {
+    fn check(&self) -> Result<(), String> {
+        self.validate()
+    }
+}
+
 fn encode<T: serde::Serialize>(value: &T) -> Result<Bytes, ApiError> {
     serde_json::to_vec(value).map(Bytes::from).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
@@ -437,8 +459,15 @@ impl NodeHandle {
         self.router().contains_key(namespace)
     }
 
-    fn write_inner(&self, write: Write, forwarded: bool) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        if let Err(e) = validate(&write) {
+    /// `checked`: the command was validated already (built typed here, or validated by the
+    /// follower that forwarded it), so its bytes are not decoded again.
+    fn write_inner(
+        &self,
+        write: Write,
+        forwarded: bool,
+        checked: bool,
+    ) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
+        if !checked && let Err(e) = validate(&write) {
             return async move { Err(e) }.boxed_local();
         }
         let max = self.config.max_request_bytes;
@@ -477,23 +506,32 @@ impl NodeHandle {
     /// Replicates a command for the state machine owning `write.namespace`; answers once it
     /// is committed and applied, with the state machine's output.
     pub fn write(&self, write: Write) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
+        self.write_checked(write, false)
+    }
+
+    fn write_checked(&self, write: Write, checked: bool) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
         // Only namespaces registered on this node are accepted, so a typo cannot put an
         // entry no state machine applies into the log. Extensions register on every node.
         if !self.knows(&write.namespace) {
             let ns = write.namespace;
             return async move { Err(ApiError::UnknownNamespace(ns)) }.boxed_local();
         }
-        self.write_inner(write, false)
+        self.write_inner(write, false, checked)
     }
 
-    /// Encodes a built-in command (JSON) and writes it to `namespace`.
-    fn write_command<T: serde::Serialize>(
+    /// Validates a built-in command as the typed value it is, encodes it (JSON) and writes
+    /// it to `namespace`: decoded once, where it is applied, not again on the way.
+    fn write_command<T: Command>(
         &self,
         namespace: &str,
         command: &T,
     ) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
+        if let Err(e) = command.check() {
+            let e = ApiError::BadRequest(format!("{namespace} command: {e}"));
+            return async move { Err(e) }.boxed_local();
+        }
         match encode(command) {
-            Ok(data) => self.write(Write { namespace: namespace.into(), data }),
+            Ok(data) => self.write_checked(Write { namespace: namespace.into(), data }, true),
             Err(e) => async move { Err(e) }.boxed_local(),
         }
     }
@@ -794,8 +832,9 @@ impl NodeHandle {
                 async move { answer(fut.await.map_err(mailbox).and_then(|r| r), Response::ReadIndex) }.boxed_local()
             }
             Request::Forward(w) => {
+                // The follower that forwarded it (a member) validated it.
                 let fut = if self.knows(&w.namespace) {
-                    self.write_inner(w, true)
+                    self.write_inner(w, true, true)
                 } else {
                     let ns = w.namespace;
                     async move { Err(ApiError::UnknownNamespace(ns)) }.boxed_local()

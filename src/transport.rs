@@ -30,6 +30,13 @@ pub trait Transport: 'static {
     fn bind(&self, addr: &str) -> LocalBoxFuture<'static, io::Result<Box<dyn Listener>>>;
     /// Connects to `addr` (`host:port`).
     fn connect(&self, addr: &str) -> LocalBoxFuture<'static, io::Result<BoxStream>>;
+
+    /// Whether something accepts connections at `addr`: a TCP health check. The connection
+    /// is closed at once.
+    fn probe(&self, addr: &str) -> LocalBoxFuture<'static, io::Result<()>> {
+        let connect = self.connect(addr);
+        Box::pin(async move { connect.await.map(drop) })
+    }
 }
 
 /// Shared handle to a transport. `Send + Sync`: a node's actors may live on several threads
@@ -71,6 +78,36 @@ impl Transport for TcpTransport {
             let s = tokio::net::TcpStream::connect(&addr).await?;
             s.set_nodelay(true)?;
             Ok(Box::new(s) as BoxStream)
+        })
+    }
+
+    /// A health check pays for every probe a TCP connect costs, hundreds of thousands a
+    /// minute on a big registry: a refusal the kernel already has when `connect` returns
+    /// (a closed port nearby) is read from the socket there, without the event loop's
+    /// registration and wake-up; only a connect still under way waits in the event loop.
+    fn probe(&self, addr: &str) -> LocalBoxFuture<'static, io::Result<()>> {
+        let Ok(at) = addr.parse::<SocketAddr>() else {
+            // A name: resolved by tokio, as any connect.
+            let connect = self.connect(addr);
+            return Box::pin(async move { connect.await.map(drop) });
+        };
+        Box::pin(async move {
+            let socket = socket2::Socket::new(socket2::Domain::for_address(at), socket2::Type::STREAM, None)?;
+            socket.set_nonblocking(true)?;
+            match socket.connect(&at.into()) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                Err(e) => return Err(e),
+            }
+            if let Some(e) = socket.take_error()? {
+                return Err(e);
+            }
+            let stream = tokio::net::TcpStream::from_std(std::net::TcpStream::from(socket))?;
+            stream.writable().await?;
+            match stream.take_error()? {
+                Some(e) => Err(e),
+                None => stream.peer_addr().map(drop),
+            }
         })
     }
 }

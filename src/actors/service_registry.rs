@@ -10,13 +10,12 @@
 //! changes. Probes run as async tasks with deadlines, at most `check_concurrency` at once,
 //! never on this actor's time.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::rc::Rc;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use actix::prelude::*;
+use actix_rt::ArbiterHandle;
 use bytes::Bytes;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -52,8 +51,16 @@ struct Leading {
     results: ProbeResults,
 }
 
-/// Probe results waiting for the actor: (instance, generation, ok).
-type ProbeResults = Rc<RefCell<Vec<(InstanceKey, u64, bool)>>>;
+/// Probe results waiting for the actor: (instance, generation, ok). Shared with the probe
+/// tasks, which may run on another thread.
+type ProbeResults = Arc<Mutex<Vec<(InstanceKey, u64, bool)>>>;
+
+/// How long probe results gather before the actor is woken for them.
+const RESULT_BATCH_WINDOW: Duration = Duration::from_millis(2);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// The service registry state machine.
 pub struct ServiceRegistry {
@@ -65,6 +72,8 @@ pub struct ServiceRegistry {
     cursors: BTreeMap<String, usize>,
     proposer: Proposer,
     transport: TransportRef,
+    /// Where probes run (`None`: on this actor's thread).
+    prober: Option<ArbiterHandle>,
     leading: Option<Leading>,
 }
 
@@ -82,6 +91,7 @@ impl ServiceRegistry {
             cursors: BTreeMap::new(),
             proposer,
             transport,
+            prober: None,
             leading: None,
         }
     }
@@ -127,25 +137,49 @@ impl ServiceRegistry {
         pick(service, name, strategy, cursor, &mut self.rng).cloned()
     }
 
+    /// Probes run on `prober`'s thread instead of this actor's: a busy probe schedule
+    /// then never holds up what the registry applies and answers.
+    pub fn with_prober(mut self, prober: ArbiterHandle) -> Self {
+        self.prober = Some(prober);
+        self
+    }
+
     /// Starts the probes that are due and have a slot.
     fn start_probes(&mut self, ctx: &mut Context<Self>) {
         let Some(l) = self.leading.as_mut() else { return };
-        let term = l.term;
-        for ProbeJob { key, generation, probe, timeout } in l.checks.due(&self.registry, Instant::now()) {
-            let fut = probe.run(self.transport.clone(), timeout, self.config.allow_script_checks);
-            // A task of its own: actix polls every future spawned in a context whenever the
-            // actor wakes, and hundreds of probes may be pending. It runs on this actor's
-            // thread, so the results can be shared without a lock.
-            let me = ctx.address();
-            let results = l.results.clone();
-            actix_rt::spawn(async move {
-                let ok = fut.await;
-                let mut r = results.borrow_mut();
-                r.push((key, generation, ok));
-                if r.len() == 1 {
-                    me.do_send(Probed { term });
-                }
-            });
+        let jobs = l.checks.due(&self.registry, Instant::now());
+        if jobs.is_empty() {
+            return;
+        }
+        let (term, me, results) = (l.term, ctx.address(), l.results.clone());
+        let (transport, scripts) = (self.transport.clone(), self.config.allow_script_checks);
+        // Each probe is a task of its own: actix polls every future spawned in a context
+        // whenever the actor wakes, and hundreds of probes may be pending.
+        let start = move || {
+            for ProbeJob { key, generation, probe, timeout } in jobs {
+                let fut = probe.run(transport.clone(), timeout, scripts);
+                let (me, results) = (me.clone(), results.clone());
+                actix_rt::spawn(async move {
+                    let ok = fut.await;
+                    let first = {
+                        let mut r = lock(&results);
+                        r.push((key, generation, ok));
+                        r.len() == 1
+                    };
+                    if first {
+                        // Whatever finishes in the next moment rides along: one wake of
+                        // the actor (and one crossing between threads) per burst.
+                        tokio::time::sleep(RESULT_BATCH_WINDOW).await;
+                        me.do_send(Probed { term });
+                    }
+                });
+            }
+        };
+        match &self.prober {
+            Some(p) => {
+                p.spawn_fn(start);
+            }
+            None => start(),
         }
     }
 
@@ -247,7 +281,7 @@ impl Handler<Probed> for ServiceRegistry {
     fn handle(&mut self, msg: Probed, ctx: &mut Context<Self>) {
         let Some(l) = self.leading.as_mut().filter(|l| l.term == msg.term) else { return };
         let now = Instant::now();
-        let done = std::mem::take(&mut *l.results.borrow_mut());
+        let done = std::mem::take(&mut *lock(&l.results));
         for (key, generation, ok) in done {
             l.checks.probed(&self.registry, &key, generation, ok, now);
         }

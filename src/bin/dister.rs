@@ -1,6 +1,11 @@
 //! The `dister` command: parse the command line, load and validate the config, call into the
 //! library. Logs go to stderr (`RUST_LOG` respected); results to stdout.
 
+/// mimalloc, not the system allocator: a node allocates small buffers on several threads at
+/// once (frames, entries, JSON), where glibc's arenas spent a fifth of its time.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

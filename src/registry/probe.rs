@@ -36,7 +36,7 @@ impl Probe {
     pub async fn run(self, transport: TransportRef, timeout: Duration, scripts_allowed: bool) -> bool {
         let outcome = tokio::time::timeout(timeout, async move {
             match self {
-                Probe::Tcp(addr) => transport.connect(&addr).await.is_ok(),
+                Probe::Tcp(addr) => transport.probe(&addr).await.is_ok(),
                 Probe::Http(url) => {
                     // A check must not be sent off to wherever the instance redirects it.
                     let client = awc::Client::builder().timeout(timeout).disable_redirects().finish();
