@@ -1,8 +1,12 @@
 //! dister: a Raft-replicated key/value, config and service-registry node built from actix
 //! actors.
 //!
-//! A node is one actix system holding a handful of long-lived actors; each piece of state has
-//! exactly one owner and everything else asks it by message:
+//! A node is one actix system holding a handful of long-lived actors, on threads of their own
+//! so that Raft keeps its pace whatever the rest does ([`node::Threads`]: Raft and the codec
+//! actors on `dister-raft`, the state machines on `dister-state`, health probes on
+//! `dister-checks`, collapsed onto one thread in a simulation); client work is admitted up
+//! to bounds and refused past them ([`admission`]). Each piece of state has exactly one
+//! owner and everything else asks it by message:
 //!
 //! | actor | owns |
 //! | --- | --- |

@@ -56,9 +56,9 @@ pub struct Node {
 ///
 /// `Split` (the default) is what keeps Raft's pace whatever the rest is doing: Raft
 /// (`Election`, `Replicator`s, `LogStore`, `PeerLink`s, and the codec actors `Listener` and
-/// `Connection`) on a thread of its own; the state machines (`DataMap`, `ServiceRegistry`
-/// with its probes, `KeyWatch`) on another; wire clients' requests are served on the thread
-/// that started the node, and the HTTP API on its own worker. `One` puts everything on the
+/// `Connection`) on a thread of its own; the state machines (`DataMap`, `ServiceRegistry`,
+/// `KeyWatch`) on another; the health probes on a third; wire clients' requests are served
+/// on the thread that started the node, and the HTTP API on its own worker. `One` puts everything on the
 /// starting thread: a simulation (turmoil), which sees no CPU time, collapses the seam.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Threads {
@@ -478,19 +478,16 @@ impl NodeHandle {
             }
             .boxed_local();
         }
-        // A place is held until the write is answered: past the bound, refused at once.
+        // A place is held until the write is answered (`Election` holds it with the write):
+        // past the bound, refused at once.
         let place = match self.admission.admit_write(write.data.len() + write.namespace.len()) {
             Ok(p) => p,
             Err(e) => return async move { Err(e) }.boxed_local(),
         };
         // The send is queued now, not when the future is first polled, so requests on one
         // connection reach `Election` in the order they arrived.
-        let fut = self.election.send(ClientWrite { write, forwarded });
-        async move {
-            let _place = place;
-            fut.await.map_err(mailbox)?
-        }
-        .boxed_local()
+        let fut = self.election.send(ClientWrite { write, forwarded, place: Some(place) });
+        async move { fut.await.map_err(mailbox)? }.boxed_local()
     }
 
     /// A place for a read (or a beat), held by the caller until it is answered.

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use crate::actors::log_store::LogStore;
 use crate::actors::peer_link::{Call, PeerLink};
 use crate::actors::replicator::{Replicator, ReplicatorLinks};
+use crate::admission::Admitted;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::messages::apply::EntriesApplied;
@@ -53,6 +54,8 @@ pub struct Peer {
 struct Waiter {
     term: u64,
     tx: oneshot::Sender<Result<WriteReply, ApiError>>,
+    /// The client's admission place, given back when the write is answered.
+    _place: Option<Admitted>,
 }
 
 struct PendingRead {
@@ -722,16 +725,21 @@ impl Handler<ClientWrite> for Election {
                 let (node, leader) = (self.id, self.leader);
                 return Box::pin(async move { Err(ApiError::NotLeader { node, leader }) });
             }
-            return self.forward(Request::Forward(msg.write), |r| match r {
+            let forwarded = self.forward(Request::Forward(msg.write), |r| match r {
                 Response::Written(w) => Ok(w),
                 Response::Error(e) => Err(e),
                 other => Err(ApiError::Unavailable(format!("unexpected answer from leader: {other:?}"))),
+            });
+            let place = msg.place;
+            return Box::pin(async move {
+                let _place = place;
+                forwarded.await
             });
         }
         let payload = Payload::Command { namespace: msg.write.namespace, data: msg.write.data };
         let index = self.propose(ctx, payload);
         let (tx, rx) = oneshot::channel();
-        self.waiters.insert(index, Waiter { term: self.term, tx });
+        self.waiters.insert(index, Waiter { term: self.term, tx, _place: msg.place });
         let timeout = self.config.request_timeout();
         Box::pin(async move {
             match tokio::time::timeout(timeout, rx).await {

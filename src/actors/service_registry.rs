@@ -202,7 +202,8 @@ impl ServiceRegistry {
             }
         };
         tracing::debug!(term, outcomes, bytes = data.len(), "writing check outcomes");
-        let write = ClientWrite { write: Write { namespace: REGISTRY_NAMESPACE.into(), data }, forwarded: true };
+        let write =
+            ClientWrite { write: Write { namespace: REGISTRY_NAMESPACE.into(), data }, forwarded: true, place: None };
         let send = proposer.send(write);
         let me = ctx.address();
         actix_rt::spawn(async move {

@@ -2,6 +2,7 @@
 
 use actix::Message;
 
+use crate::admission::Admitted;
 use crate::error::ApiError;
 use crate::raft::{LogId, NodeId, Role};
 use crate::wire::{PeerStatus, Write, WriteReply};
@@ -15,6 +16,10 @@ pub struct ClientWrite {
     pub write: Write,
     /// True when a follower forwarded it here; it is not forwarded again.
     pub forwarded: bool,
+    /// The client's place among the node's pending writes, held until the write is
+    /// answered here (not until the client gives up): what admission counts is what the
+    /// node holds. `None` for the node's own writes (the registry's check outcomes).
+    pub place: Option<Admitted>,
 }
 
 /// Ask for a read index (§6.4): the leader confirms it still leads, then answers its commit
