@@ -21,6 +21,7 @@ pub struct Admission {
     writes: AtomicUsize,
     write_bytes: AtomicUsize,
     reads: AtomicUsize,
+    beats: AtomicUsize,
     max_writes: usize,
     max_write_bytes: usize,
     max_reads: usize,
@@ -32,6 +33,7 @@ pub struct Admission {
 enum Kind {
     Write,
     Read,
+    Beat,
 }
 
 /// A place held; given back on drop.
@@ -54,6 +56,9 @@ impl Drop for Admitted {
             Kind::Read => {
                 a.reads.fetch_sub(1, Ordering::AcqRel);
             }
+            Kind::Beat => {
+                a.beats.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 }
@@ -65,6 +70,7 @@ impl Admission {
             writes: AtomicUsize::new(0),
             write_bytes: AtomicUsize::new(0),
             reads: AtomicUsize::new(0),
+            beats: AtomicUsize::new(0),
             max_writes: config.max_pending_writes,
             max_write_bytes: config.max_pending_write_bytes,
             max_reads: config.max_pending_reads,
@@ -97,13 +103,23 @@ impl Admission {
         Ok(place)
     }
 
-    /// Takes a place for a read (or a beat), or refuses if the reads pending are at their
-    /// bound.
+    /// Takes a place for a read, or refuses if the reads pending are at their bound.
     pub fn admit_read(self: &Arc<Self>) -> Result<Admitted, ApiError> {
         let n = self.reads.fetch_add(1, Ordering::AcqRel) + 1;
         let place = Admitted { admission: self.clone(), kind: Kind::Read, bytes: 0 };
         if n > self.max_reads {
             return Err(self.refuse(format!("{} reads pending (max_pending_reads {})", n - 1, self.max_reads)));
+        }
+        Ok(place)
+    }
+
+    /// Takes a place for a beat. Beats have a bound of their own (the same number as
+    /// reads): a flood of reads must not starve them, or live instances would expire.
+    pub fn admit_beat(self: &Arc<Self>) -> Result<Admitted, ApiError> {
+        let n = self.beats.fetch_add(1, Ordering::AcqRel) + 1;
+        let place = Admitted { admission: self.clone(), kind: Kind::Beat, bytes: 0 };
+        if n > self.max_reads {
+            return Err(self.refuse(format!("{} beats pending (max_pending_reads {})", n - 1, self.max_reads)));
         }
         Ok(place)
     }
@@ -146,7 +162,9 @@ mod tests {
         assert!(e.to_string().contains("max_pending_write_bytes 100"), "{e}");
         let r = a.admit_read().unwrap();
         assert!(a.admit_read().is_err());
-        drop(r);
-        assert!(a.admit_read().is_ok());
+        let b = a.admit_beat().expect("reads do not take the beats' places");
+        assert!(a.admit_beat().is_err());
+        drop((r, b));
+        assert!(a.admit_read().is_ok() && a.admit_beat().is_ok());
     }
 }

@@ -49,7 +49,8 @@ pub struct Node {
     http: Option<crate::http::HttpApi>,
     listener: Addr<Listener>,
     links: Vec<Addr<PeerLink>>,
-    threads: Vec<Arbiter>,
+    /// Last, so it is dropped last: the threads end after everything else let go.
+    threads: NodeThreads,
 }
 
 /// Where a node's actors run.
@@ -99,20 +100,40 @@ impl Place {
     }
 }
 
-/// Starts a thread of the node's own, named `name` where the platform allows.
-fn start_thread(name: &'static str) -> Result<Arbiter, NodeError> {
-    if actix_rt::System::try_current().is_none() {
-        return Err(NodeError::Threads(
-            "Threads::Split needs an actix System; use Threads::One inside a bare LocalSet".into(),
-        ));
+/// The node's own threads; dropping this stops them and waits for them to end, so nothing
+/// of the node (its log above all) outlives it: a node started again from the same directory
+/// never shares it with the last one. Never drop it on one of these threads.
+struct NodeThreads(Vec<Arbiter>);
+
+impl NodeThreads {
+    /// Starts a thread of the node's own, named `name` where the platform allows.
+    fn start(&mut self, name: &'static str) -> Result<ArbiterHandle, NodeError> {
+        if actix_rt::System::try_current().is_none() {
+            return Err(NodeError::Threads(
+                "Threads::Split needs an actix System; use Threads::One inside a bare LocalSet".into(),
+            ));
+        }
+        let arbiter = Arbiter::try_new().map_err(|e| NodeError::Threads(format!("cannot start thread {name}: {e}")))?;
+        arbiter.spawn_fn(move || {
+            // So `top -H` and /proc tell the node's threads apart (Linux; elsewhere a no-op).
+            let _ = std::fs::write("/proc/thread-self/comm", name);
+            tracing::debug!(thread = name, "node thread started");
+        });
+        let handle = arbiter.handle();
+        self.0.push(arbiter);
+        Ok(handle)
     }
-    let arbiter = Arbiter::try_new().map_err(|e| NodeError::Threads(format!("cannot start thread {name}: {e}")))?;
-    arbiter.spawn_fn(move || {
-        // So `top -H` and /proc tell the node's threads apart (Linux; elsewhere a no-op).
-        let _ = std::fs::write("/proc/thread-self/comm", name);
-        tracing::debug!(thread = name, "node thread started");
-    });
-    Ok(arbiter)
+}
+
+impl Drop for NodeThreads {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.stop();
+        }
+        for t in self.0.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Builds a node with a non-default transport, storage, threads or extra state machines.
@@ -173,14 +194,16 @@ impl NodeBuilder {
         let config = Arc::new(config);
         let transport = self.transport;
 
-        let (threads, raft, state, prober, clients) = match self.threads {
-            Threads::One => (Vec::new(), Place::Here, Place::Here, None, None),
+        // Owned from the start: if starting fails half way, dropping this ends whatever
+        // began on them (a running Raft thread above all) before the error is returned.
+        let mut threads = NodeThreads(Vec::new());
+        let (raft, state, prober, clients) = match self.threads {
+            Threads::One => (Place::Here, Place::Here, None, None),
             Threads::Split => {
-                let raft = start_thread("dister-raft")?;
-                let state = start_thread("dister-state")?;
-                let checks = start_thread("dister-checks")?;
-                let (r, s, c) = (Place::On(raft.handle()), Place::On(state.handle()), checks.handle());
-                (vec![raft, state, checks], r, s, Some(c), Some(Arbiter::current()))
+                let raft = threads.start("dister-raft")?;
+                let state = threads.start("dister-state")?;
+                let checks = threads.start("dister-checks")?;
+                (Place::On(raft), Place::On(state), Some(checks), Some(Arbiter::current()))
             }
         };
 
@@ -315,7 +338,7 @@ impl Node {
     /// The node's own threads (Raft, state machines), empty with [`Threads::One`]: a test
     /// can freeze them all to pause the node.
     pub fn threads(&self) -> Vec<ArbiterHandle> {
-        self.threads.iter().map(Arbiter::handle).collect()
+        self.threads.0.iter().map(Arbiter::handle).collect()
     }
 
     /// Stops accepting connections and closes links to peers. The actors wind down when the
@@ -332,15 +355,10 @@ impl Node {
 }
 
 impl Drop for Node {
-    /// Ends the node's threads and waits for them, so that nothing of it (its log above
-    /// all) outlives the value: a node restarted from the same directory never shares it.
+    /// Stops serving (listener, HTTP API, peer links); then its threads end and are waited
+    /// for (see `NodeThreads`). Do not drop a `Node` on one of its own threads.
     fn drop(&mut self) {
-        for t in &self.threads {
-            t.stop();
-        }
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        self.stop();
     }
 }
 
@@ -486,7 +504,7 @@ impl NodeHandle {
         };
         // The send is queued now, not when the future is first polled, so requests on one
         // connection reach `Election` in the order they arrived.
-        let fut = self.election.send(ClientWrite { write, forwarded, place: Some(place) });
+        let fut = self.election.send(ClientWrite { write, forwarded, place: Some(place), term: None });
         async move { fut.await.map_err(mailbox)? }.boxed_local()
     }
 
@@ -703,7 +721,7 @@ impl NodeHandle {
     /// An instance says it is alive: the leader's registry records it (a follower passes it
     /// on, unless it was passed on already).
     pub fn beat(&self, key: InstanceKey, forwarded: bool) -> LocalBoxFuture<'static, Result<(), ApiError>> {
-        let place = match self.admit_read() {
+        let place = match self.admission.admit_beat() {
             Ok(p) => p,
             Err(e) => return async move { Err(e) }.boxed_local(),
         };

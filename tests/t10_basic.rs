@@ -162,3 +162,45 @@ async fn service_registry_replicates() {
         assert_eq!(&got[..], b"null");
     }
 }
+
+/// A write that names the term it was decided in (the registry's check outcomes) is taken
+/// only by the leader of that term: a node that led before and leads again never writes,
+/// in its new term, what it decided in the old one.
+///
+/// 1. A single node, embedded; it leads term T.
+/// 2. A write naming T is applied; one naming T + 1 or T - 1 is refused as "not leader".
+#[actix_rt::test]
+async fn a_write_bound_to_a_term_is_refused_in_another() {
+    use dister::messages::client::{ClientWrite, GetElectionStatus};
+    use dister::wire::Write;
+    common::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dister::Config {
+        listen: format!("127.0.0.1:{}", common::free_port()),
+        data_dir: dir.path().into(),
+        ..dister::Config::default()
+    };
+    let node = dister::Node::start(config).await.expect("start");
+    let h = node.handle();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let term = loop {
+        let s = h.election().send(GetElectionStatus).await.unwrap();
+        if s.role == Role::Leader {
+            break s.term;
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let write = |t: u64| ClientWrite {
+        write: Write { namespace: "kv".into(), data: br#"{"Set":[["k","v"]]}"#.to_vec().into() },
+        forwarded: true,
+        place: None,
+        term: Some(t),
+    };
+    assert!(h.election().send(write(term)).await.unwrap().is_ok(), "the leader's own term");
+    for other in [term + 1, term - 1] {
+        let r = h.election().send(write(other)).await.unwrap();
+        assert!(matches!(r, Err(dister::ApiError::NotLeader { .. })), "term {other}: {r:?}");
+    }
+    drop(node);
+}

@@ -232,3 +232,29 @@ async fn http_requires_the_cluster_token_when_there_is_one() {
     refused(&call("GET", &format!("{base}/kv"), None).await, 403, "requires its token");
     ok(&call("GET", &format!("{base}/kv?token=http-token-of-some-length"), None).await);
 }
+
+/// A node whose HTTP address is taken fails to start, and leaves nothing running: its Raft
+/// thread (with its log and listener) ends before the error is returned.
+///
+/// 1. Hold a port, and start a node with its HTTP API there: refused, naming the address.
+/// 2. Nothing listens on the node's wire address afterwards.
+/// 3. Once the port is free, a node starts from the same data directory at once.
+#[actix_rt::test]
+async fn a_node_that_cannot_bind_its_http_port_leaves_nothing_running() {
+    common::init_tracing();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let config = dister::Config {
+        listen: listen.clone(),
+        http: Some(taken.local_addr().unwrap().to_string()),
+        data_dir: dir.path().into(),
+        ..dister::Config::default()
+    };
+    let err = dister::Node::start(config.clone()).await.err().expect("the HTTP port is taken");
+    assert!(err.to_string().contains("cannot listen"), "{err}");
+    assert!(std::net::TcpStream::connect(&listen).is_err(), "the failed node still listens");
+    drop(taken);
+    let node = dister::Node::start(config).await.expect("starts from the same directory");
+    drop(node);
+}

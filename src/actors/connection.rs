@@ -22,6 +22,35 @@ use crate::wire::{Frame, FrameSender, Response, spawn_writer};
 /// that pipelines without reading cannot grow the node's queues.
 pub const MAX_CLIENT_INFLIGHT: usize = 1_024;
 
+/// Where one request's response goes. Dropped unsent (the request was dropped on its way),
+/// it answers that the node cannot serve it, so no request is left without an answer and no
+/// place among the outstanding ones is lost.
+struct Answer {
+    id: u64,
+    writer: Option<FrameSender>,
+    inflight: Option<Arc<AtomicUsize>>,
+}
+
+impl Answer {
+    fn send(mut self, response: Response) {
+        if let Some(w) = self.writer.take() {
+            let _ = w.send(Frame::Response(self.id, response));
+        }
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if let Some(w) = self.writer.take() {
+            let e = ApiError::Unavailable("the node is stopping".into());
+            let _ = w.send(Frame::Response(self.id, Response::Error(e)));
+        }
+        if let Some(n) = &self.inflight {
+            n.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// One accepted connection.
 pub struct Connection {
     node: NodeHandle,
@@ -105,29 +134,25 @@ impl StreamHandler<Result<Frame, WireError>> for Connection {
                     }
                     self.inflight.fetch_add(1, Ordering::AcqRel);
                 }
-                let inflight = self.peer.is_none().then(|| self.inflight.clone());
-                let answered = move |writer: FrameSender, response| {
-                    let _ = writer.send(Frame::Response(id, response));
-                    if let Some(n) = inflight {
-                        n.fetch_sub(1, Ordering::AcqRel);
-                    }
-                };
+                let answer =
+                    Answer { id, writer: Some(writer), inflight: self.peer.is_none().then(|| self.inflight.clone()) };
                 if self.peer.is_none()
                     && let Some(clients) = self.node.clients()
                 {
                     // A client's request is served off the Raft thread; this actor only
                     // decoded it. Handed over in arrival order, and `dispatch` queues its
-                    // first actor message at once, so the order holds.
+                    // first actor message at once, so the order holds. (If that thread is
+                    // gone, the closure is dropped and the answer says so.)
                     let node = self.node.clone();
                     clients.spawn_fn(move || {
                         let fut = node.dispatch(request, None);
-                        actix_rt::spawn(async move { answered(writer, fut.await) });
+                        actix_rt::spawn(async move { answer.send(fut.await) });
                     });
                     return;
                 }
                 // `dispatch` queues its first actor message now, keeping arrival order.
                 let fut = self.node.dispatch(request, self.peer);
-                ctx.spawn(async move { answered(writer, fut.await) }.into_actor(self));
+                ctx.spawn(async move { answer.send(fut.await) }.into_actor(self));
             }
             Ok(other) => {
                 tracing::warn!(remote = %self.remote, frame = ?other, "unexpected frame; closing");

@@ -519,6 +519,12 @@ impl Actor for Election {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(65_536);
+        // A waiter whose client gave up (every client times out by request_timeout) holds
+        // its admission place until it is dropped: drop them on time, not only when entries
+        // are applied (a deposed leader may see none applied at its indexes for long).
+        ctx.run_interval(self.config.request_timeout(), |act, _| {
+            act.waiters.retain(|_, w| !w.tx.is_canceled());
+        });
         if self.peers.is_empty() {
             // A single-node cluster is its own majority: elect at once.
             self.start_campaign(ctx, false);
@@ -719,6 +725,10 @@ impl Handler<ClientWrite> for Election {
     fn handle(&mut self, msg: ClientWrite, ctx: &mut Context<Self>) -> Self::Result {
         if self.storage_failed {
             return Box::pin(async { Err(ApiError::Unavailable("log storage failed".into())) });
+        }
+        if msg.term.is_some_and(|t| t != self.term || self.role != Role::Leader) {
+            let (node, leader) = (self.id, self.leader);
+            return Box::pin(async move { Err(ApiError::NotLeader { node, leader }) });
         }
         if self.role != Role::Leader {
             if msg.forwarded {

@@ -246,7 +246,12 @@ impl Replicator {
                 }
                 Ok(Err(_)) | Err(_) => {
                     if epoch == act.epoch {
-                        act.restart(act.match_index + 1, Some(act.config.heartbeat_interval()));
+                        // Probe again from where the last batch would have gone: the link
+                        // broke, not the log, and the follower may hold more than `match_index`
+                        // says (a leader that just started has heard no answer yet).
+                        let next = act.next_index;
+                        act.restart(next, Some(act.config.heartbeat_interval()));
+                        act.probing = true;
                     }
                 }
             }
@@ -274,7 +279,10 @@ impl Replicator {
         self.epoch += 1;
         self.inflight = 0;
         self.probe_inflight = None;
-        self.next_index = next_index.clamp(self.match_index + 1, self.last_index + 1);
+        // Never below what the follower is known to hold; never past what this leader has
+        // (a match reported for entries appended since the last `Replicate` counts as had).
+        let highest = self.last_index.max(self.match_index) + 1;
+        self.next_index = next_index.clamp(self.match_index + 1, highest);
         // Resend commit and any read round with the next batch.
         self.commit_sent = 0;
         self.round_sent = 0;

@@ -55,6 +55,45 @@ struct Leading {
 /// tasks, which may run on another thread.
 type ProbeResults = Arc<Mutex<Vec<(InstanceKey, u64, bool)>>>;
 
+/// One probe's way back to the registry: `record` its result, or, dropped without one,
+/// it records a failure (and wakes the actor itself).
+struct Report {
+    job: Option<(InstanceKey, u64)>,
+    term: u64,
+    me: Addr<ServiceRegistry>,
+    results: ProbeResults,
+}
+
+impl Report {
+    /// Records the result; true if the caller should wake the actor (the list was empty).
+    fn record(&mut self, ok: bool) -> bool {
+        let Some((key, generation)) = self.job.take() else { return false };
+        let mut r = lock(&self.results);
+        r.push((key, generation, ok));
+        r.len() == 1
+    }
+
+    fn wake(&self) {
+        self.me.do_send(Probed { term: self.term });
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        // Recorded and woken already, or never run.
+        if let Some((key, generation)) = self.job.take() {
+            let first = {
+                let mut r = lock(&self.results);
+                r.push((key, generation, false));
+                r.len() == 1
+            };
+            if first {
+                self.me.do_send(Probed { term: self.term });
+            }
+        }
+    }
+}
+
 /// How long probe results gather before the actor is woken for them.
 const RESULT_BATCH_WINDOW: Duration = Duration::from_millis(2);
 
@@ -153,30 +192,39 @@ impl ServiceRegistry {
         }
         let (term, me, results) = (l.term, ctx.address(), l.results.clone());
         let (transport, scripts) = (self.transport.clone(), self.config.allow_script_checks);
+        // Every job reports, whatever happens to it (a probe task that panics, a probe
+        // thread that is gone): a slot is never lost.
+        let jobs: Vec<(ProbeJob, Report)> = jobs
+            .into_iter()
+            .map(|job| {
+                let report = Report {
+                    job: Some((job.key.clone(), job.generation)),
+                    term,
+                    me: me.clone(),
+                    results: results.clone(),
+                };
+                (job, report)
+            })
+            .collect();
         // Each probe is a task of its own: actix polls every future spawned in a context
         // whenever the actor wakes, and hundreds of probes may be pending.
         let start = move || {
-            for ProbeJob { key, generation, probe, timeout } in jobs {
+            for (ProbeJob { probe, timeout, .. }, mut report) in jobs {
                 let fut = probe.run(transport.clone(), timeout, scripts);
-                let (me, results) = (me.clone(), results.clone());
                 actix_rt::spawn(async move {
                     let ok = fut.await;
-                    let first = {
-                        let mut r = lock(&results);
-                        r.push((key, generation, ok));
-                        r.len() == 1
-                    };
-                    if first {
+                    if report.record(ok) {
                         // Whatever finishes in the next moment rides along: one wake of
                         // the actor (and one crossing between threads) per burst.
                         tokio::time::sleep(RESULT_BATCH_WINDOW).await;
-                        me.do_send(Probed { term });
+                        report.wake();
                     }
                 });
             }
         };
         match &self.prober {
             Some(p) => {
+                // If the thread is gone the closure is dropped, and every job reports failed.
                 p.spawn_fn(start);
             }
             None => start(),
@@ -202,8 +250,12 @@ impl ServiceRegistry {
             }
         };
         tracing::debug!(term, outcomes, bytes = data.len(), "writing check outcomes");
-        let write =
-            ClientWrite { write: Write { namespace: REGISTRY_NAMESPACE.into(), data }, forwarded: true, place: None };
+        let write = ClientWrite {
+            write: Write { namespace: REGISTRY_NAMESPACE.into(), data },
+            forwarded: true,
+            place: None,
+            term: Some(term),
+        };
         let send = proposer.send(write);
         let me = ctx.address();
         actix_rt::spawn(async move {

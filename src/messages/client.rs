@@ -20,6 +20,10 @@ pub struct ClientWrite {
     /// answered here (not until the client gives up): what admission counts is what the
     /// node holds. `None` for the node's own writes (the registry's check outcomes).
     pub place: Option<Admitted>,
+    /// Only as leader of this term: the node's own writes decided by what it saw while it
+    /// led (the registry's check outcomes) must not land in a later term it leads again,
+    /// having missed what happened in between.
+    pub term: Option<u64>,
 }
 
 /// Ask for a read index (§6.4): the leader confirms it still leads, then answers its commit

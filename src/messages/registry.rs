@@ -288,6 +288,27 @@ impl CheckOutcome {
     }
 }
 
+/// The JSON names of a service's own fields.
+const SERVICE_FIELDS: [&str; 3] = ["name", "type", "node"];
+
+/// The JSON names of an instance's own fields (`priority` is `weight`'s alias).
+const NODE_FIELDS: [&str; 14] = [
+    "host",
+    "port",
+    "weight",
+    "priority",
+    "enabled",
+    "health",
+    "metadata",
+    "ephemeral",
+    "check",
+    "url",
+    "script",
+    "interval_ms",
+    "timeout_ms",
+    "ttl_ms",
+];
+
 impl RegistryCommand {
     /// Refuses services without a name, instances without a host, and empty commands.
     pub fn validate(&self) -> Result<(), String> {
@@ -309,6 +330,11 @@ impl RegistryCommand {
             if n.ttl_ms == Some(0) || n.interval_ms == Some(0) || n.timeout_ms == Some(0) {
                 return Err(format!("instance {}: ttl_ms, interval_ms and timeout_ms must be above 0", n.addr()));
             }
+            // An extra field named like a real one would be written twice and refused when
+            // applied, on every node: refuse it here.
+            if let Some(k) = n.extra.keys().find(|k| NODE_FIELDS.contains(&k.as_str())) {
+                return Err(format!("instance {}: extra field {k:?} is one of the instance's own", n.addr()));
+            }
             Ok(())
         };
         match self {
@@ -317,6 +343,9 @@ impl RegistryCommand {
                 for s in services {
                     if s.name.is_empty() {
                         return Err("a service name must not be empty".into());
+                    }
+                    if let Some(k) = s.extra.keys().find(|k| SERVICE_FIELDS.contains(&k.as_str())) {
+                        return Err(format!("service {:?}: extra field {k:?} is one of the service's own", s.name));
                     }
                     s.nodes.iter().try_for_each(node_ok)?;
                     let mut seen = std::collections::BTreeSet::new();
@@ -338,6 +367,14 @@ impl RegistryCommand {
             }
             RegistryCommand::Define { service, .. } if service.name.is_empty() => {
                 Err("a service name must not be empty".into())
+            }
+            RegistryCommand::Define { service, .. } => {
+                match service.extra.keys().find(|k| SERVICE_FIELDS.contains(&k.as_str())) {
+                    Some(k) => {
+                        Err(format!("service {:?}: extra field {k:?} is one of the service's own", service.name))
+                    }
+                    None => Ok(()),
+                }
             }
             RegistryCommand::Drop(name) if name.is_empty() => Err("a service name must not be empty".into()),
             RegistryCommand::Checked(outcomes) if outcomes.is_empty() => Err("no check outcome given".into()),

@@ -214,21 +214,32 @@ impl HealthChecks {
 
     /// The health `node` will have once what is decided about it is written.
     fn expected(&self, key: &InstanceKey, node: &ServiceNode) -> Health {
-        match self.pending.get(key).or(self.inflight.get(key)) {
-            Some((_, Change::Health(h))) => *h,
-            Some((_, Change::Expire)) => Health::Unhealthy,
+        match self.decided(key, node) {
+            Some(Change::Health(h)) => h,
+            Some(Change::Expire) => Health::Unhealthy,
             None => node.health,
         }
     }
 
+    /// What is decided and not yet applied about this registration of `node` (an outcome
+    /// in flight for an earlier one will be void, and decides nothing).
+    fn decided(&self, key: &InstanceKey, node: &ServiceNode) -> Option<Change> {
+        let revision = self.revision(key, node);
+        self.pending.get(key).or(self.inflight.get(key)).filter(|(r, _)| *r == revision).map(|(_, c)| *c)
+    }
+
+    fn revision(&self, key: &InstanceKey, node: &ServiceNode) -> u64 {
+        self.tracks.get(key).map_or(node.revision, |t| t.revision)
+    }
+
     /// Decides `change` for `node`, unless it is what the registry will hold anyway.
     fn want(&mut self, key: &InstanceKey, node: &ServiceNode, change: Change) {
-        let revision = self.tracks.get(key).map_or(node.revision, |t| t.revision);
-        let decided = self.pending.get(key).or(self.inflight.get(key)).map(|(_, c)| *c);
-        match decided {
+        let revision = self.revision(key, node);
+        let in_flight = self.inflight.get(key).is_some_and(|(r, _)| *r == revision);
+        match self.decided(key, node) {
             Some(c) if c == change => {}
             None if change == Change::Health(node.health) => {}
-            Some(_) if !self.inflight.contains_key(key) && change == Change::Health(node.health) => {
+            Some(_) if !in_flight && change == Change::Health(node.health) => {
                 // It was to change and changed back before anything was written.
                 self.pending.remove(key);
             }
@@ -548,5 +559,29 @@ mod tests {
         t += Duration::from_secs(2);
         probe(&mut c, &r, t, true);
         assert!(c.take_batch().is_none(), "down and up again before a write: nothing to write");
+    }
+
+    /// An outcome in flight for an earlier registration does not stand in for the same
+    /// outcome about the new one: that one is decided (and written) on its own.
+    #[test]
+    fn an_outcome_for_an_old_registration_does_not_stand_for_the_new_one() {
+        let mut r = registry(1, 0);
+        let now = Instant::now();
+        let mut c = HealthChecks::start(settings(4), &r, now, &mut StdRng::seed_from_u64(7));
+        let t = now + Duration::from_secs(3);
+        let j = c.due(&r, t).pop().unwrap();
+        c.probed(&r, &j.key, j.generation, false, t);
+        let old = c.take_batch().expect("unknown -> unhealthy");
+        // Registered again while that batch is out: the batch is void for it.
+        let node = ServiceNode { check: Some(CheckKind::Tcp), ..ServiceNode::new(j.key.host.clone(), j.key.port) };
+        r.apply(RegistryCommand::Register { service: j.key.service.clone(), kind: String::new(), node }, 50).unwrap();
+        c.registered(&r, &j.key, t);
+        let j2 = c.due(&r, t).pop().expect("the new registration is probed at once");
+        c.probed(&r, &j2.key, j2.generation, false, t);
+        apply(&mut r, old, 51);
+        c.batch_done(true);
+        assert_eq!(r.instance(&j.key).unwrap().health, Health::Unknown, "the old outcome was void");
+        let b = c.take_batch().expect("the new registration's own outcome");
+        assert_eq!((b[0].revision, b[0].change), (50, Change::Health(Health::Unhealthy)));
     }
 }
