@@ -14,18 +14,14 @@
 //! `DISTER_SEED=N` replays one seed. Pinned regressions live in `pinned_seeds`.
 
 use crate::common;
-use crate::common::sim::{NODES, Nemesis, Recorder, Shared, SimTransport, digest};
+use crate::common::sim::{NODES, Nemesis, Shared, host_nodes, kv_writes_committed, simulation};
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix::prelude::*;
 use dister::check::{History, Op, Outcome};
-use dister::messages::apply::Follow;
-use dister::messages::raft::WatchLeadership;
-use dister::storage::{MemoryStorage, StorageConfig};
-use dister::{ApiError, Client, ClientError, Config, Consistency, Node, PeerConfig};
+use dister::{ApiError, Client, ClientError, Config, Consistency, PeerConfig};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -160,36 +156,9 @@ struct Summary {
 
 fn run_seed(seed: u64, secs: u64) -> Result<Summary, String> {
     let chaos = Duration::from_secs(secs);
-    let mut sim = turmoil::Builder::new()
-        .rng_seed(seed)
-        .simulation_duration(chaos + Duration::from_secs(60))
-        .min_message_latency(Duration::from_millis(0))
-        .max_message_latency(Duration::from_millis(2))
-        .tcp_capacity(4096)
-        .build();
+    let mut sim = simulation(seed, secs + 60);
     let records: Shared = Arc::default();
-    for (i, name) in NODES.iter().enumerate() {
-        // Writes reach "disk" 1 ms after they are submitted; a crash loses the rest.
-        let storage = MemoryStorage::with_sync_delay(Duration::from_millis(1));
-        let records = records.clone();
-        sim.host(*name, move || {
-            let (storage, records) = (storage.clone(), records.clone());
-            async move {
-                let node = Node::builder(config(i, seed))
-                    .transport(std::sync::Arc::new(SimTransport))
-                    .threads(dister::node::Threads::One)
-                    .storage(StorageConfig::Memory(storage))
-                    .start()
-                    .await?;
-                let handle = node.handle();
-                let recorder = Recorder { node: i as u64 + 1, records }.start();
-                handle.log_store().do_send(Follow { namespace: None, recipient: recorder.clone().recipient() });
-                handle.election().do_send(WatchLeadership(recorder.recipient()));
-                std::future::pending::<()>().await;
-                Ok(())
-            }
-        });
-    }
+    host_nodes(&mut sim, config, seed, &records);
     let history = History::with_clock(now);
     let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     for id in 0..CLIENTS as u64 {
@@ -282,13 +251,8 @@ fn run_seed(seed: u64, secs: u64) -> Result<Summary, String> {
         Err(e) => return fail(e),
     };
     // Every acknowledged write was committed (it is in the commit stream).
-    let committed: BTreeSet<u64> = by_index.values().map(|(_, d)| *d).collect();
-    for (key, value) in acked.lock().unwrap().iter() {
-        let json =
-            serde_json::to_string(&dister::messages::kv::KvCommand::Set(vec![(key.clone(), value.clone())])).unwrap();
-        if !committed.contains(&digest("kv", json.as_bytes())) {
-            return fail(format!("acknowledged write {key}={value} is not in any node's commit stream"));
-        }
+    if let Err(e) = kv_writes_committed(&acked.lock().unwrap(), &by_index) {
+        return fail(e);
     }
     if finals.lock().unwrap().is_none() {
         return fail("nodes did not converge".into());

@@ -8,22 +8,17 @@
 //! `DISTER_REGISTRY_SCALE` (default 1.0) scales the load, for quick local runs.
 
 use crate::common;
-use crate::common::sim::{NODES, Nemesis, Recorder, Shared, SimTransport, digest};
+use crate::common::sim::{NODES, Nemesis, Shared, host_nodes, kv_writes_committed, simulation};
 use crate::t80_chaos::{KEYS, connect};
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix::prelude::*;
 use dister::check::History;
-use dister::messages::apply::Follow;
-use dister::messages::raft::WatchLeadership;
 use dister::messages::registry::{CheckKind, Health, InstanceKey, Service, ServiceNode};
-use dister::node::Threads;
-use dister::storage::{MemoryStorage, StorageConfig};
-use dister::{Client, Config, Consistency, Node};
+use dister::{Client, Config, Consistency};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -167,35 +162,9 @@ struct Outcome {
 fn run(seed: u64, chaos: bool) -> Result<Outcome, String> {
     let (persistent, ephemeral) = load();
     let total = persistent + ephemeral;
-    let mut sim = turmoil::Builder::new()
-        .rng_seed(seed)
-        .simulation_duration(Duration::from_secs(1_800))
-        .min_message_latency(Duration::from_millis(0))
-        .max_message_latency(Duration::from_millis(2))
-        .tcp_capacity(4096)
-        .build();
+    let mut sim = simulation(seed, 1_800);
     let records: Shared = Arc::default();
-    for (i, name) in NODES.iter().enumerate() {
-        let storage = MemoryStorage::with_sync_delay(Duration::from_millis(1));
-        let records = records.clone();
-        sim.host(*name, move || {
-            let (storage, records) = (storage.clone(), records.clone());
-            async move {
-                let node = Node::builder(config(i, seed))
-                    .transport(Arc::new(SimTransport))
-                    .threads(Threads::One)
-                    .storage(StorageConfig::Memory(storage))
-                    .start()
-                    .await?;
-                let handle = node.handle();
-                let recorder = Recorder { node: i as u64 + 1, records }.start();
-                handle.log_store().do_send(Follow { namespace: None, recipient: recorder.clone().recipient() });
-                handle.election().do_send(WatchLeadership(recorder.recipient()));
-                std::future::pending::<()>().await;
-                Ok(())
-            }
-        });
-    }
+    host_nodes(&mut sim, config, seed, &records);
     let registrations = Arc::new(Registrations::default());
     for id in 0..REGISTRARS {
         let out = registrations.clone();
@@ -290,13 +259,8 @@ fn run(seed: u64, chaos: bool) -> Result<Outcome, String> {
         if let Err(e) = dister::check::check(&history.operations()) {
             return fail(format!("history is not linearizable: {e}"));
         }
-        let committed: BTreeSet<u64> = by_index.values().map(|(_, d)| *d).collect();
-        for (key, value) in kv_acked.lock().unwrap().iter() {
-            let json = serde_json::to_string(&dister::messages::kv::KvCommand::Set(vec![(key.clone(), value.clone())]))
-                .unwrap();
-            if !committed.contains(&digest("kv", json.as_bytes())) {
-                return fail(format!("acknowledged write {key}={value} is not in any node's commit stream"));
-            }
+        if let Err(e) = kv_writes_committed(&kv_acked.lock().unwrap(), &by_index) {
+            return fail(e);
         }
     }
     Ok(Outcome {

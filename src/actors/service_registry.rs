@@ -55,19 +55,16 @@ struct Leading {
 /// tasks, which may run on another thread.
 type ProbeResults = Arc<Mutex<Vec<(InstanceKey, u64, bool)>>>;
 
-/// One probe's way back to the registry: `record` its result, or, dropped without one,
-/// it records a failure (and wakes the actor itself).
-struct Report {
-    job: Option<(InstanceKey, u64)>,
+/// The way back to the registry, shared by a burst of probes.
+struct Back {
     term: u64,
     me: Addr<ServiceRegistry>,
     results: ProbeResults,
 }
 
-impl Report {
-    /// Records the result; true if the caller should wake the actor (the list was empty).
-    fn record(&mut self, ok: bool) -> bool {
-        let Some((key, generation)) = self.job.take() else { return false };
+impl Back {
+    /// Records a result; true if the caller should wake the actor (the list was empty).
+    fn record(&self, key: InstanceKey, generation: u64, ok: bool) -> bool {
         let mut r = lock(&self.results);
         r.push((key, generation, ok));
         r.len() == 1
@@ -78,18 +75,31 @@ impl Report {
     }
 }
 
+/// One probe's report: `record` its result, or, dropped without one, it records a failure
+/// (and wakes the actor itself).
+struct Report {
+    job: Option<(InstanceKey, u64)>,
+    back: Arc<Back>,
+}
+
+impl Report {
+    /// Records the result; true if the caller should wake the actor.
+    fn record(&mut self, ok: bool) -> bool {
+        self.job.take().is_some_and(|(key, generation)| self.back.record(key, generation, ok))
+    }
+
+    fn wake(&self) {
+        self.back.wake();
+    }
+}
+
 impl Drop for Report {
     fn drop(&mut self) {
-        // Recorded and woken already, or never run.
-        if let Some((key, generation)) = self.job.take() {
-            let first = {
-                let mut r = lock(&self.results);
-                r.push((key, generation, false));
-                r.len() == 1
-            };
-            if first {
-                self.me.do_send(Probed { term: self.term });
-            }
+        // Recorded already, or never run.
+        if let Some((key, generation)) = self.job.take()
+            && self.back.record(key, generation, false)
+        {
+            self.back.wake();
         }
     }
 }
@@ -190,26 +200,20 @@ impl ServiceRegistry {
         if jobs.is_empty() {
             return;
         }
-        let (term, me, results) = (l.term, ctx.address(), l.results.clone());
+        let back = Arc::new(Back { term: l.term, me: ctx.address(), results: l.results.clone() });
         let (transport, scripts) = (self.transport.clone(), self.config.allow_script_checks);
         // Every job reports, whatever happens to it (a probe task that panics, a probe
         // thread that is gone): a slot is never lost.
-        let jobs: Vec<(ProbeJob, Report)> = jobs
+        let jobs: Vec<_> = jobs
             .into_iter()
-            .map(|job| {
-                let report = Report {
-                    job: Some((job.key.clone(), job.generation)),
-                    term,
-                    me: me.clone(),
-                    results: results.clone(),
-                };
-                (job, report)
+            .map(|ProbeJob { key, generation, probe, timeout }| {
+                (probe, timeout, Report { job: Some((key, generation)), back: back.clone() })
             })
             .collect();
         // Each probe is a task of its own: actix polls every future spawned in a context
         // whenever the actor wakes, and hundreds of probes may be pending.
         let start = move || {
-            for (ProbeJob { probe, timeout, .. }, mut report) in jobs {
+            for (probe, timeout, mut report) in jobs {
                 let fut = probe.run(transport.clone(), timeout, scripts);
                 actix_rt::spawn(async move {
                     let ok = fut.await;

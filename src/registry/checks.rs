@@ -90,8 +90,6 @@ pub struct ProbeJob {
 struct Track {
     /// Bumped at every registration: heap entries and probes of an older one are void.
     generation: u64,
-    /// The registration's revision, written into the outcomes about it.
-    revision: u64,
     /// When its heap entry fires.
     due: Instant,
     last_beat: Instant,
@@ -157,8 +155,7 @@ impl HealthChecks {
         self.next_generation += 1;
         let generation = self.next_generation;
         let due = if kind == CheckKind::Ttl { now + self.settings.ttl(node) } else { probe_at };
-        self.tracks
-            .insert(key.clone(), Track { generation, revision: node.revision, due, last_beat: now, probing: false });
+        self.tracks.insert(key.clone(), Track { generation, due, last_beat: now, probing: false });
         self.push(kind == CheckKind::Ttl, due, key, generation);
     }
 
@@ -224,17 +221,17 @@ impl HealthChecks {
     /// What is decided and not yet applied about this registration of `node` (an outcome
     /// in flight for an earlier one will be void, and decides nothing).
     fn decided(&self, key: &InstanceKey, node: &ServiceNode) -> Option<Change> {
-        let revision = self.revision(key, node);
-        self.pending.get(key).or(self.inflight.get(key)).filter(|(r, _)| *r == revision).map(|(_, c)| *c)
+        if self.pending.is_empty() && self.inflight.is_empty() {
+            return None;
+        }
+        let current = |(r, c): &(u64, Change)| (*r == node.revision).then_some(*c);
+        self.pending.get(key).and_then(current).or_else(|| self.inflight.get(key).and_then(current))
     }
 
-    fn revision(&self, key: &InstanceKey, node: &ServiceNode) -> u64 {
-        self.tracks.get(key).map_or(node.revision, |t| t.revision)
-    }
-
-    /// Decides `change` for `node`, unless it is what the registry will hold anyway.
+    /// Decides `change` for `node` (as it is registered now), unless it is what the registry
+    /// will hold anyway.
     fn want(&mut self, key: &InstanceKey, node: &ServiceNode, change: Change) {
-        let revision = self.revision(key, node);
+        let revision = node.revision;
         let in_flight = self.inflight.get(key).is_some_and(|(r, _)| *r == revision);
         match self.decided(key, node) {
             Some(c) if c == change => {}

@@ -8,11 +8,14 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use dister::messages::apply::ApplyEntries;
-use dister::messages::raft::LeadershipChanged;
+use dister::messages::apply::{ApplyEntries, Follow};
+use dister::messages::raft::{LeadershipChanged, WatchLeadership};
 use dister::messages::registry::{InstanceKey, REGISTRY_NAMESPACE, RegistryCommand};
+use dister::node::Threads;
 use dister::raft::Payload;
+use dister::storage::{MemoryStorage, StorageConfig};
 use dister::transport::{BoxStream, Listener, Transport};
+use dister::{Config, Node};
 use futures::future::LocalBoxFuture;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -294,4 +297,58 @@ impl Handler<LeadershipChanged> for Recorder {
             r.violations.push(v);
         }
     }
+}
+
+// ---- the cluster -----------------------------------------------------------------------------
+
+/// A simulation as the suites run it: seeded, 0-2 ms per message, `secs` at most.
+pub fn simulation(seed: u64, secs: u64) -> turmoil::Sim<'static> {
+    turmoil::Builder::new()
+        .rng_seed(seed)
+        .simulation_duration(Duration::from_secs(secs))
+        .min_message_latency(Duration::from_millis(0))
+        .max_message_latency(Duration::from_millis(2))
+        .tcp_capacity(4096)
+        .build()
+}
+
+/// Hosts the three nodes in `sim`, node `i` with `config(i)`, each log in memory reaching
+/// "disk" 1 ms after it is submitted (a crash loses the rest), each followed by a
+/// [`Recorder`] writing to `records`.
+pub fn host_nodes(sim: &mut turmoil::Sim<'_>, config: fn(usize, u64) -> Config, seed: u64, records: &Shared) {
+    for (i, name) in NODES.iter().enumerate() {
+        let storage = MemoryStorage::with_sync_delay(Duration::from_millis(1));
+        let records = records.clone();
+        sim.host(*name, move || {
+            let (storage, records) = (storage.clone(), records.clone());
+            async move {
+                let node = Node::builder(config(i, seed))
+                    .transport(Arc::new(SimTransport))
+                    .threads(Threads::One)
+                    .storage(StorageConfig::Memory(storage))
+                    .start()
+                    .await?;
+                let handle = node.handle();
+                let recorder = Recorder { node: i as u64 + 1, records }.start();
+                handle.log_store().do_send(Follow { namespace: None, recipient: recorder.clone().recipient() });
+                handle.election().do_send(WatchLeadership(recorder.recipient()));
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        });
+    }
+}
+
+/// Every acknowledged key/value write is in the commit stream (`by_index`, from
+/// [`Records::one_entry_per_index`]).
+pub fn kv_writes_committed(acked: &[(String, String)], by_index: &BTreeMap<u64, (u64, u64)>) -> Result<(), String> {
+    let committed: BTreeSet<u64> = by_index.values().map(|(_, d)| *d).collect();
+    for (key, value) in acked {
+        let json = serde_json::to_string(&dister::messages::kv::KvCommand::Set(vec![(key.clone(), value.clone())]))
+            .map_err(|e| e.to_string())?;
+        if !committed.contains(&digest("kv", json.as_bytes())) {
+            return Err(format!("acknowledged write {key}={value} is not in any node's commit stream"));
+        }
+    }
+    Ok(())
 }
