@@ -219,18 +219,7 @@ fn run_seed(seed: u64, secs: u64) -> Result<Summary, String> {
         });
     }
     let mut nemesis = Nemesis::new(seed, chaos);
-    loop {
-        let leader = {
-            let r = records.lock().unwrap();
-            r.leaders.iter().next_back().and_then(|(_, l)| l.iter().next()).map(|&n| n as usize - 1)
-        };
-        nemesis.tick(&mut sim, leader);
-        match sim.step() {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => return Err(format!("simulation failed: {e}\nfaults:\n{}", nemesis.log.join("\n"))),
-        }
-    }
+    nemesis.run(&mut sim, &records, true)?;
     if let Some(f) = nemesis.active.take() {
         nemesis.heal(&mut sim, &f);
     }

@@ -222,21 +222,8 @@ fn run(seed: u64, chaos: bool) -> Result<Outcome, String> {
             Ok(())
         });
     }
-    let mut nemesis = Nemesis::new(seed, if chaos { chaos_for } else { Duration::ZERO });
-    loop {
-        if chaos {
-            let leader = {
-                let r = records.lock().unwrap();
-                r.leaders.iter().next_back().and_then(|(_, l)| l.iter().next()).map(|&n| n as usize - 1)
-            };
-            nemesis.tick(&mut sim, leader);
-        }
-        match sim.step() {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => return Err(format!("simulation failed: {e}\nfaults:\n{}", nemesis.log.join("\n"))),
-        }
-    }
+    let mut nemesis = Nemesis::new(seed, chaos_for);
+    nemesis.run(&mut sim, &records, chaos)?;
     let fail = |what: String| Err(format!("{what}\nfaults:\n{}", nemesis.log.join("\n")));
     match result.lock().unwrap().take() {
         Some(Ok(())) => {}

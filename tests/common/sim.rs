@@ -165,7 +165,26 @@ impl Nemesis {
     }
 
     /// Called between simulation steps: starts or ends a fault when its time comes.
-    pub fn tick(&mut self, sim: &mut turmoil::Sim<'_>, leader: Option<usize>) {
+    /// Runs `sim` to its end, starting and ending faults between steps when `active` (aimed
+    /// at the latest leader `records` know of).
+    pub fn run(&mut self, sim: &mut turmoil::Sim<'_>, records: &Shared, active: bool) -> Result<(), String> {
+        loop {
+            if active {
+                let leader = {
+                    let r = records.lock().unwrap();
+                    r.leaders.iter().next_back().and_then(|(_, l)| l.iter().next()).map(|&n| n as usize - 1)
+                };
+                self.tick(sim, leader);
+            }
+            match sim.step() {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => return Err(format!("simulation failed: {e}\nfaults:\n{}", self.log.join("\n"))),
+            }
+        }
+    }
+
+    fn tick(&mut self, sim: &mut turmoil::Sim<'_>, leader: Option<usize>) {
         let now = sim.elapsed();
         if now < self.next_at {
             return;
