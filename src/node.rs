@@ -15,7 +15,7 @@ use futures::FutureExt;
 use futures::future::LocalBoxFuture;
 
 use crate::actors::data_map::DataMap;
-use crate::actors::election::{Election, Peer};
+use crate::actors::election::Election;
 use crate::actors::key_watch::{KeyWatch, Unwatch, WatchKeys, Watching};
 use crate::actors::listener::{CountRefusal, GetRefusals, Listener, StopListener};
 use crate::actors::log_store::LogStore;
@@ -263,7 +263,7 @@ impl NodeBuilder {
                 for p in &config.peers {
                     let link = PeerLink::new(p.id, p.addr.clone(), config.clone(), transport.clone()).start();
                     links.push(link.clone());
-                    peers.insert(p.id, Peer { addr: p.addr.clone(), link });
+                    peers.insert(p.id, link);
                 }
                 let election =
                     election_ctx.run(Election::new(config.clone(), hard_state, last_log, peers, log_store.clone()));

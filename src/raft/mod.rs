@@ -1,11 +1,13 @@
 //! The Raft decisions as pure code: no actors, no IO, no timers.
 //!
-//! The actors (`Election`, `Replicator`, `LogStore`) call these functions and do the IO
-//! around them, so every rule here can be stepped by a unit or property test. Section
-//! numbers refer to the Raft paper (Ongaro & Ousterhout, "In Search of an Understandable
-//! Consensus Algorithm", extended version).
+//! `core` is the whole of `Election`'s decision making as a state machine fed inputs and
+//! leaving actions; the actors (`Election`, `Replicator`, `LogStore`) do the IO around it and
+//! these functions, so every rule here can be stepped by a unit or property test (t15 drives
+//! the core itself). Section numbers refer to the Raft paper (Ongaro & Ousterhout, "In Search
+//! of an Understandable Consensus Algorithm", extended version).
 
 pub mod commit;
+pub mod core;
 pub mod log;
 pub mod vote;
 

@@ -1,0 +1,974 @@
+//! The Raft core: every decision `Election` makes, as a state machine with no actors, no IO and
+//! no clock reads. The caller feeds it [`Input`]s with the time they happened and carries out
+//! the [`Action`]s it leaves behind, in order; results of the IO come back as inputs.
+//!
+//! The core owns the role, term, vote, leader, commit index, the election deadline and check-
+//! quorum, the campaign, the leader's view of its peers (match index, read rounds, last answer),
+//! the reads waiting for a ReadIndex, and the cluster's members. It does not hold the log (that
+//! is `LogStore`'s), nor the clients' answer channels (the caller keys them by token or index).
+//!
+//! Durability rules (Figure 2) are the core's: a vote is answered only once term and vote are
+//! durable; a candidate asks for votes only once its own vote is; an AppendEntries success is
+//! answered only once its entries are durable, and only if the term has not moved meanwhile.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use super::commit::{advance_commit, majority_value};
+use super::vote::{Candidacy, VoterState, should_grant_pre_vote, should_grant_vote};
+use super::{Entry, HardState, LogId, NodeId, Payload, Role, quorum};
+use crate::error::{ApiError, StorageError};
+use crate::messages::raft::{AppendFromLeaderReply, AppendResult};
+use crate::wire::{AppendEntriesRequest, AppendEntriesResponse, AppendOutcome, VoteRequest, VoteResponse};
+
+/// The rules the core decides with. Always [`Rules::RAFT`] in a node; the property tests swap
+/// in broken rules to prove that their checks catch them.
+#[derive(Clone, Copy)]
+pub struct Rules {
+    /// The vote rule (§5.2, §5.4.1).
+    pub grant_vote: fn(VoterState, Candidacy) -> bool,
+    /// The pre-vote rule (thesis §9.6); the last argument says whether a leader is live.
+    pub grant_pre_vote: fn(VoterState, Candidacy, bool) -> bool,
+    /// The commit rule (§5.3, §5.4.2).
+    pub advance_commit: fn(u64, &[u64], u64) -> Option<u64>,
+}
+
+impl Rules {
+    /// The rules of the paper.
+    pub const RAFT: Rules =
+        Rules { grant_vote: should_grant_vote, grant_pre_vote: should_grant_pre_vote, advance_commit };
+}
+
+/// The timing the core decides with.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Shortest election timeout; also how long a leader's last word keeps it "live".
+    pub election_min: Duration,
+    /// Longest election timeout; also check-quorum's window.
+    pub election_max: Duration,
+}
+
+/// The cluster's members as the core knows them: the voters (this node among them) and their
+/// addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Members {
+    /// Voters, by id, with the address peers reach them at.
+    pub voters: BTreeMap<NodeId, String>,
+}
+
+impl Members {
+    /// The voters other than `me`.
+    pub fn peers_of(&self, me: NodeId) -> impl Iterator<Item = NodeId> + '_ {
+        self.voters.keys().copied().filter(move |&id| id != me)
+    }
+
+    /// Votes (or acknowledgements) that make a majority of the voters.
+    pub fn quorum(&self) -> usize {
+        quorum(self.voters.len())
+    }
+}
+
+/// Something that happened, for the core to decide on.
+#[derive(Debug)]
+pub enum Input {
+    /// Time passed: the election deadline or the next check-quorum may be due.
+    Tick,
+    /// A peer asks for our (pre-)vote; answer with [`Action::AnswerVote`] and `token`.
+    VoteRequest {
+        /// Names the answer.
+        token: u64,
+        /// The request.
+        request: VoteRequest,
+    },
+    /// A peer answered our vote request.
+    VoteResponse {
+        /// The peer.
+        from: NodeId,
+        /// The request it answers.
+        request: VoteRequest,
+        /// Its answer.
+        response: VoteResponse,
+    },
+    /// A leader's AppendEntries; answer with [`Action::AnswerAppend`] and `token`.
+    AppendRequest {
+        /// Names the answer.
+        token: u64,
+        /// The request.
+        request: AppendEntriesRequest,
+    },
+    /// `LogStore` handled an [`Action::StoreFromLeader`].
+    AppendStored {
+        /// The ticket of that action.
+        ticket: AppendTicket,
+        /// What `LogStore` answered (`None`: it could not be reached).
+        result: Option<Result<AppendFromLeaderReply, StorageError>>,
+    },
+    /// `LogStore` handled an [`Action::SaveHardState`]; `Ok` carries its last entry.
+    HardStateSaved {
+        /// The ticket of that action.
+        ticket: SaveTicket,
+        /// What `LogStore` answered (`None`: it could not be reached).
+        result: Option<Result<LogId, StorageError>>,
+    },
+    /// `LogStore` handled an [`Action::AppendLocal`] that asked for an answer.
+    LocalAppended {
+        /// The term the entries were stamped in.
+        term: u64,
+        /// What `LogStore` answered (`None`: it could not be reached).
+        result: Option<Result<LogId, StorageError>>,
+    },
+    /// The stamped entries may go to the log now (after [`Action::ScheduleFlush`]).
+    Flush,
+    /// A read round may start now (after [`Action::ScheduleReadRound`]).
+    ReadRound,
+    /// A replicator's report.
+    PeerProgress {
+        /// The peer.
+        peer: NodeId,
+        /// The term the replicator works for.
+        term: u64,
+        /// The read round the peer confirmed.
+        acked_round: u64,
+        /// Highest index durable on the peer, if it moved.
+        match_index: Option<u64>,
+    },
+    /// A peer answered with a higher term.
+    HigherTerm {
+        /// The peer.
+        peer: NodeId,
+        /// Its term.
+        term: u64,
+    },
+    /// A peer's connection to us closed.
+    PeerDisconnected {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// A client asks for a ReadIndex; answered with [`Action::AnswerRead`] and `token`.
+    ReadIndex {
+        /// Names the answer.
+        token: u64,
+    },
+}
+
+/// What the core wants done, in order.
+#[derive(Debug)]
+pub enum Action {
+    /// Make term and vote durable; report with [`Input::HardStateSaved`].
+    SaveHardState {
+        /// Return it with the result.
+        ticket: SaveTicket,
+    },
+    /// Append the leader's own entries; report with [`Input::LocalAppended`] if `report`.
+    AppendLocal {
+        /// The term they were stamped in.
+        term: u64,
+        /// Consecutive entries.
+        entries: Vec<Arc<Entry>>,
+        /// Whether the core waits for the answer (not for entries flushed on stepping down).
+        report: bool,
+    },
+    /// Store a leader's entries on this follower; report with [`Input::AppendStored`].
+    StoreFromLeader {
+        /// Return it with the result.
+        ticket: AppendTicket,
+        /// The entry before `entries`.
+        prev: LogId,
+        /// The entries.
+        entries: Vec<Arc<Entry>>,
+    },
+    /// The commit index moved: apply up to it.
+    CommitTo(u64),
+    /// Ask a peer for its vote; report its answer with [`Input::VoteResponse`].
+    SendVote {
+        /// The peer.
+        to: NodeId,
+        /// The request.
+        request: VoteRequest,
+    },
+    /// Answer a vote request.
+    AnswerVote {
+        /// The request's token.
+        token: u64,
+        /// The answer.
+        response: VoteResponse,
+    },
+    /// Answer an AppendEntries.
+    AnswerAppend {
+        /// The request's token.
+        token: u64,
+        /// The answer.
+        response: AppendEntriesResponse,
+    },
+    /// Answer a ReadIndex request.
+    AnswerRead {
+        /// The request's token.
+        token: u64,
+        /// The read index, or why there is none.
+        result: Result<u64, ApiError>,
+    },
+    /// Start one replicator per peer for `term`, each from `next_index`.
+    StartReplication {
+        /// The leader's term.
+        term: u64,
+        /// Where every peer starts (the leader's no-op).
+        next_index: u64,
+        /// The peers.
+        peers: Vec<NodeId>,
+    },
+    /// Stop every replicator.
+    StopReplication,
+    /// Tell every replicator what there is to ship.
+    Replicate {
+        /// The leader's last index.
+        last_index: u64,
+        /// The leader's commit index.
+        commit: u64,
+        /// The newest read round waiting for confirmation.
+        round: u64,
+    },
+    /// This node started (`true`) or stopped leading `term`.
+    LeadershipChanged {
+        /// The term.
+        term: u64,
+        /// Whether it now leads.
+        is_leader: bool,
+    },
+    /// Feed [`Input::Flush`] once the inputs at hand are handled (proposals are batched).
+    ScheduleFlush,
+    /// Feed [`Input::ReadRound`] once the inputs at hand are handled (reads are batched).
+    ScheduleReadRound,
+}
+
+/// Travels with an [`Action::SaveHardState`] and back with its result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SaveTicket {
+    /// Orders `LogStore`'s answers.
+    pub seq: u64,
+    /// The term to make durable.
+    pub term: u64,
+    /// The vote to make durable.
+    pub voted_for: Option<NodeId>,
+}
+
+/// Travels with an [`Action::StoreFromLeader`] and back with its result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendTicket {
+    /// The answer's token.
+    pub token: u64,
+    /// Orders `LogStore`'s answers.
+    pub seq: u64,
+    /// The leader's term.
+    pub term: u64,
+    /// The leader's commit index.
+    pub leader_commit: u64,
+}
+
+/// What the leader knows of one peer, for status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerView {
+    /// Highest index known durable on it.
+    pub match_index: u64,
+    /// Whether it answered within check-quorum's window.
+    pub alive: bool,
+}
+
+struct Campaign {
+    term: u64,
+    pre_vote: bool,
+    granted: BTreeSet<NodeId>,
+}
+
+struct PendingRead {
+    token: u64,
+    round: u64,
+    read_index: u64,
+}
+
+struct Lead {
+    match_index: BTreeMap<NodeId, u64>,
+    self_durable: u64,
+    /// Index of the leader's no-op: the first entry of its term (§5.4.2, §6.4).
+    term_start: u64,
+    /// Entries stamped but not yet handed to the log (flushed once per burst of inputs).
+    pending: Vec<Arc<Entry>>,
+    flush_scheduled: bool,
+    /// The newest read round issued, the rounds each peer confirmed, and the reads waiting.
+    round: u64,
+    round_scheduled: bool,
+    acked_round: BTreeMap<NodeId, u64>,
+    last_ack: BTreeMap<NodeId, Instant>,
+    reads: VecDeque<PendingRead>,
+    next_quorum_check: Instant,
+}
+
+struct VoteToAnswer {
+    seq: u64,
+    token: u64,
+    response: VoteResponse,
+}
+
+/// The Raft core of one node. See the module header.
+pub struct Core {
+    id: NodeId,
+    members: Members,
+    timing: Timing,
+    rules: Rules,
+    rng: StdRng,
+    role: Role,
+    term: u64,
+    voted_for: Option<NodeId>,
+    /// Term and vote as last confirmed durable.
+    durable_vote: (u64, Option<NodeId>),
+    leader: Option<NodeId>,
+    commit: u64,
+    /// The last log entry as the core knows it: stamped by itself as leader, reported by
+    /// `LogStore` otherwise.
+    last_log: LogId,
+    /// Orders `LogStore`'s answers, so the view of the log only moves forward.
+    seq: u64,
+    seq_seen: u64,
+    deadline: Instant,
+    last_leader_contact: Option<Instant>,
+    campaign: Option<Campaign>,
+    lead: Option<Lead>,
+    votes_to_answer: Vec<VoteToAnswer>,
+    storage_failed: bool,
+    actions: Vec<Action>,
+}
+
+impl Core {
+    /// A core starting at `now` from the durable state `LogStore` recovered. `seed` makes the
+    /// election timeouts replayable; each node mixes its id in, so nodes do not time out in step.
+    pub fn new(
+        id: NodeId,
+        members: Members,
+        timing: Timing,
+        hard_state: HardState,
+        last_log: LogId,
+        seed: u64,
+        now: Instant,
+    ) -> Self {
+        let mut core = Core {
+            id,
+            members,
+            timing,
+            rules: Rules::RAFT,
+            rng: StdRng::seed_from_u64(seed.wrapping_add(id.wrapping_mul(0x9E37_79B9_7F4A_7C15))),
+            role: Role::Follower,
+            term: hard_state.term,
+            voted_for: hard_state.voted_for,
+            durable_vote: (hard_state.term, hard_state.voted_for),
+            leader: None,
+            commit: hard_state.commit.min(last_log.index),
+            last_log,
+            seq: 0,
+            seq_seen: 0,
+            deadline: now,
+            last_leader_contact: None,
+            campaign: None,
+            lead: None,
+            votes_to_answer: Vec::new(),
+            storage_failed: false,
+            actions: Vec::new(),
+        };
+        if core.is_alone() {
+            // A single-node cluster is its own majority: stand at once.
+            core.start_campaign(now, false);
+        } else {
+            core.reset_deadline(now);
+        }
+        core
+    }
+
+    /// The same core deciding with other rules (tests of the tests only).
+    #[doc(hidden)]
+    pub fn with_rules(mut self, rules: Rules) -> Self {
+        self.rules = rules;
+        self
+    }
+
+    /// Handles one input at `now`; the actions it causes wait in [`Core::take_actions`].
+    pub fn step(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Tick => self.tick(now),
+            Input::VoteRequest { token, request } => self.on_vote_request(now, token, request),
+            Input::VoteResponse { from, request, response } => self.on_vote_response(now, from, request, response),
+            Input::AppendRequest { token, request } => self.on_append_request(now, token, request),
+            Input::AppendStored { ticket, result } => self.on_append_stored(ticket, result),
+            Input::HardStateSaved { ticket, result } => self.on_hard_state_saved(now, ticket, result),
+            Input::LocalAppended { term, result } => self.on_local_appended(now, term, result),
+            Input::Flush => self.flush(),
+            Input::ReadRound => {
+                if let Some(lead) = self.lead.as_mut() {
+                    lead.round += 1;
+                    lead.round_scheduled = false;
+                }
+                self.broadcast();
+                self.serve_reads();
+            }
+            Input::PeerProgress { peer, term, acked_round, match_index } => {
+                self.on_peer_progress(now, peer, term, acked_round, match_index)
+            }
+            Input::HigherTerm { peer, term } => {
+                if term > self.term {
+                    tracing::info!(id = self.id, term = self.term, peer, peer_term = term, "peer has a higher term");
+                    self.become_follower(now, term, None);
+                    self.persist();
+                }
+            }
+            Input::PeerDisconnected { peer } => self.on_peer_disconnected(now, peer),
+            Input::ReadIndex { token } => self.on_read_index(token),
+        }
+    }
+
+    /// Stamps a client's command with term and index, for the log; refused unless leading.
+    pub fn propose(&mut self, payload: Payload) -> Result<u64, ApiError> {
+        if self.storage_failed {
+            return Err(ApiError::Unavailable("log storage failed".into()));
+        }
+        if self.role != Role::Leader {
+            return Err(ApiError::NotLeader { node: self.id, leader: self.leader });
+        }
+        Ok(self.stamp(payload))
+    }
+
+    /// The actions decided so far, oldest first.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// When the core next wants an [`Input::Tick`]: the election deadline, or on the leader the
+    /// next check-quorum.
+    pub fn next_wakeup(&self) -> Instant {
+        match &self.lead {
+            Some(lead) => lead.next_quorum_check,
+            None => self.deadline,
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The role in the current term.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// The vote in the current term.
+    pub fn voted_for(&self) -> Option<NodeId> {
+        self.voted_for
+    }
+
+    /// The leader this node follows (itself when leading), if it knows one.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    /// The commit index as this node knows it.
+    pub fn commit(&self) -> u64 {
+        self.commit
+    }
+
+    /// The last log entry as this node knows it.
+    pub fn last_log(&self) -> LogId {
+        self.last_log
+    }
+
+    /// Whether the log storage failed (the node then refuses writes and votes).
+    pub fn storage_failed(&self) -> bool {
+        self.storage_failed
+    }
+
+    /// The members.
+    pub fn members(&self) -> &Members {
+        &self.members
+    }
+
+    /// On the leader, what it knows of `peer`.
+    pub fn peer_view(&self, now: Instant, peer: NodeId) -> Option<PeerView> {
+        let lead = self.lead.as_ref()?;
+        let match_index = lead.match_index.get(&peer).copied()?;
+        let alive =
+            lead.last_ack.get(&peer).is_some_and(|t| now.saturating_duration_since(*t) < self.timing.election_max);
+        Some(PeerView { match_index, alive })
+    }
+
+    fn is_alone(&self) -> bool {
+        self.members.peers_of(self.id).next().is_none()
+    }
+
+    fn random_timeout(&mut self) -> Duration {
+        let min = self.timing.election_min.as_millis() as u64;
+        let max = self.timing.election_max.as_millis() as u64;
+        Duration::from_millis(self.rng.random_range(min..=max.max(min)))
+    }
+
+    fn reset_deadline(&mut self, now: Instant) {
+        self.deadline = now + self.random_timeout();
+    }
+
+    fn leader_is_live(&self, now: Instant) -> bool {
+        self.role == Role::Leader
+            || self.last_leader_contact.is_some_and(|t| now.saturating_duration_since(t) < self.timing.election_min)
+    }
+
+    fn tick(&mut self, now: Instant) {
+        if self.lead.is_some() {
+            if now >= self.next_wakeup() {
+                self.check_quorum(now);
+            }
+        } else if now >= self.deadline {
+            self.start_campaign(now, true);
+        }
+    }
+
+    /// Steps down (or stays) as follower in `term`; the caller persists if the term moved.
+    fn become_follower(&mut self, now: Instant, term: u64, leader: Option<NodeId>) {
+        let led = self.term;
+        if term > self.term {
+            self.term = term;
+            self.voted_for = None;
+        }
+        if self.role != Role::Follower {
+            tracing::info!(id = self.id, term = self.term, from = %self.role, "stepping down to follower");
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.campaign = None;
+        if let Some(lead) = self.lead.take() {
+            self.actions.push(Action::LeadershipChanged { term: led, is_leader: false });
+            if !lead.pending.is_empty() {
+                // Entries already stamped go to the log anyway, so the view of the log stays
+                // true; they are uncommitted and the next leader may replace them.
+                self.actions.push(Action::AppendLocal { term: led, entries: lead.pending, report: false });
+            }
+            self.actions.push(Action::StopReplication);
+            for read in lead.reads {
+                let result = Err(ApiError::NotLeader { node: self.id, leader });
+                self.actions.push(Action::AnswerRead { token: read.token, result });
+            }
+            // Waiting writes stay with the caller: their entries may still commit under the
+            // next leader, and what is applied at their indexes tells each one what happened.
+        }
+        self.reset_deadline(now);
+    }
+
+    /// Asks for term and vote to be made durable.
+    fn persist(&mut self) -> u64 {
+        self.seq += 1;
+        let ticket = SaveTicket { seq: self.seq, term: self.term, voted_for: self.voted_for };
+        self.actions.push(Action::SaveHardState { ticket });
+        self.seq
+    }
+
+    /// Takes `LogStore`'s word for the last entry, unless an answer to a later request came
+    /// first. A leader stamps its own entries and ignores these.
+    fn update_last_log(&mut self, seq: u64, last: LogId) {
+        if seq > self.seq_seen {
+            self.seq_seen = seq;
+            if self.role != Role::Leader {
+                self.last_log = last;
+            }
+        }
+    }
+
+    fn on_hard_state_saved(&mut self, now: Instant, ticket: SaveTicket, result: Option<Result<LogId, StorageError>>) {
+        let ok = match result {
+            Some(Ok(last)) => {
+                self.update_last_log(ticket.seq, last);
+                // Answers may come out of order; within a term a vote only appears.
+                let (t, v) = self.durable_vote;
+                if ticket.term > t || (ticket.term == t && v.is_none() && ticket.voted_for.is_some()) {
+                    self.durable_vote = (ticket.term, ticket.voted_for);
+                }
+                true
+            }
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "cannot persist term and vote");
+                self.storage_failed = true;
+                false
+            }
+            None => {
+                tracing::error!("log store unreachable");
+                false
+            }
+        };
+        // Votes that waited for this write.
+        let mut k = 0;
+        while k < self.votes_to_answer.len() {
+            if self.votes_to_answer[k].seq == ticket.seq {
+                let v = self.votes_to_answer.swap_remove(k);
+                let response = VoteResponse { term: v.response.term, granted: v.response.granted && ok };
+                self.actions.push(Action::AnswerVote { token: v.token, response });
+            } else {
+                k += 1;
+            }
+        }
+        // Our own candidacy, once our vote for ourselves is durable (Figure 2).
+        let standing = self.campaign.as_ref().is_some_and(|c| !c.pre_vote && c.term == ticket.term);
+        if ok
+            && standing
+            && self.role == Role::Candidate
+            && self.term == ticket.term
+            && ticket.voted_for == Some(self.id)
+        {
+            if self.is_alone() {
+                self.become_leader(now);
+            } else {
+                self.request_votes(ticket.term, false);
+            }
+        }
+    }
+
+    /// Starts a pre-vote (or, after one succeeds, a real election).
+    fn start_campaign(&mut self, now: Instant, pre_vote: bool) {
+        // The deadline moves first: a node that may not stand must not spin on its timer.
+        self.reset_deadline(now);
+        if self.storage_failed {
+            return;
+        }
+        self.leader = None;
+        if pre_vote && !self.is_alone() {
+            let term = self.term + 1;
+            tracing::debug!(id = self.id, term, "starting pre-vote");
+            self.campaign = Some(Campaign { term, pre_vote: true, granted: BTreeSet::from([self.id]) });
+            self.request_votes(term, true);
+            return;
+        }
+        self.term += 1;
+        self.voted_for = Some(self.id);
+        self.role = Role::Candidate;
+        let term = self.term;
+        tracing::info!(id = self.id, term, "starting election");
+        self.campaign = Some(Campaign { term, pre_vote: false, granted: BTreeSet::from([self.id]) });
+        self.persist();
+    }
+
+    fn request_votes(&mut self, term: u64, pre_vote: bool) {
+        let request = VoteRequest { term, candidate: self.id, last_log: self.last_log, pre_vote };
+        let peers: Vec<NodeId> = self.members.peers_of(self.id).collect();
+        for to in peers {
+            self.actions.push(Action::SendVote { to, request });
+        }
+    }
+
+    fn on_vote_response(&mut self, now: Instant, from: NodeId, request: VoteRequest, v: VoteResponse) {
+        if v.term > self.term && !v.granted {
+            self.become_follower(now, v.term, None);
+            self.persist();
+            return;
+        }
+        if !self.members.voters.contains_key(&from) {
+            return;
+        }
+        let quorum = self.members.quorum();
+        let Some(c) = self.campaign.as_mut() else { return };
+        if c.term != request.term || c.pre_vote != request.pre_vote || !v.granted {
+            return;
+        }
+        c.granted.insert(from);
+        if c.granted.len() < quorum {
+            return;
+        }
+        if request.pre_vote {
+            self.start_campaign(now, false);
+        } else if self.role == Role::Candidate && self.term == request.term {
+            self.become_leader(now);
+        }
+    }
+
+    fn become_leader(&mut self, now: Instant) {
+        tracing::info!(id = self.id, term = self.term, last_index = self.last_log.index, "became leader");
+        self.actions.push(Action::LeadershipChanged { term: self.term, is_leader: true });
+        self.role = Role::Leader;
+        self.leader = Some(self.id);
+        self.campaign = None;
+        let term_start = self.last_log.index + 1;
+        let peers: Vec<NodeId> = self.members.peers_of(self.id).collect();
+        self.actions.push(Action::StartReplication { term: self.term, next_index: term_start, peers: peers.clone() });
+        self.lead = Some(Lead {
+            match_index: peers.iter().map(|&p| (p, 0)).collect(),
+            last_ack: peers.iter().map(|&p| (p, now)).collect(),
+            acked_round: peers.iter().map(|&p| (p, 0)).collect(),
+            self_durable: 0,
+            term_start,
+            pending: Vec::new(),
+            flush_scheduled: false,
+            round: 0,
+            round_scheduled: false,
+            reads: VecDeque::new(),
+            next_quorum_check: now + self.timing.election_max,
+        });
+        // The no-op lets this leader commit what earlier terms left (§5.4.2) and serve reads.
+        self.stamp(Payload::Blank);
+    }
+
+    /// Steps down when a majority has not answered for a whole election timeout, so a leader
+    /// cut off from the cluster stops taking writes it cannot commit (thesis §6.2).
+    fn check_quorum(&mut self, now: Instant) {
+        let window = self.timing.election_max;
+        let quorum = self.members.quorum();
+        let Some(lead) = self.lead.as_mut() else { return };
+        lead.next_quorum_check = now + window;
+        let alive = 1 + lead.last_ack.values().filter(|t| now.saturating_duration_since(**t) < window).count();
+        if alive < quorum {
+            tracing::warn!(id = self.id, term = self.term, alive, "lost contact with a majority; stepping down");
+            self.become_follower(now, self.term, None);
+        }
+    }
+
+    /// Stamps an entry with term and index and queues it for the log.
+    fn stamp(&mut self, payload: Payload) -> u64 {
+        let index = self.last_log.index + 1;
+        self.last_log = LogId::new(self.term, index);
+        let entry = Arc::new(Entry { term: self.term, index, payload });
+        if let Some(lead) = self.lead.as_mut() {
+            lead.pending.push(entry);
+            if !lead.flush_scheduled {
+                lead.flush_scheduled = true;
+                self.actions.push(Action::ScheduleFlush);
+            }
+        }
+        index
+    }
+
+    fn flush(&mut self) {
+        let Some(lead) = self.lead.as_mut() else { return };
+        lead.flush_scheduled = false;
+        if lead.pending.is_empty() {
+            return;
+        }
+        let entries = std::mem::take(&mut lead.pending);
+        self.actions.push(Action::AppendLocal { term: self.term, entries, report: true });
+        self.broadcast();
+    }
+
+    fn on_local_appended(&mut self, now: Instant, term: u64, result: Option<Result<LogId, StorageError>>) {
+        match result {
+            Some(Ok(last)) => {
+                if self.term == term
+                    && let Some(lead) = self.lead.as_mut()
+                {
+                    lead.self_durable = lead.self_durable.max(last.index);
+                    self.advance_commit();
+                }
+            }
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "cannot append to the log; stepping down");
+                self.storage_failed = true;
+                let term = self.term;
+                self.become_follower(now, term, None);
+            }
+            None => tracing::error!("log store unreachable"),
+        }
+    }
+
+    fn broadcast(&mut self) {
+        if let Some(lead) = &self.lead {
+            self.actions.push(Action::Replicate {
+                last_index: self.last_log.index,
+                commit: self.commit,
+                round: lead.round,
+            });
+        }
+    }
+
+    fn advance_commit(&mut self) {
+        let Some(lead) = &self.lead else { return };
+        let mut durable: Vec<u64> = lead.match_index.values().copied().collect();
+        durable.push(lead.self_durable);
+        if let Some(c) = (self.rules.advance_commit)(self.commit, &durable, lead.term_start) {
+            self.commit = c;
+            self.actions.push(Action::CommitTo(c));
+            self.broadcast();
+            self.serve_reads();
+        }
+    }
+
+    /// Answers the reads whose round a majority confirmed, once the commit index has reached
+    /// their read index.
+    fn serve_reads(&mut self) {
+        let commit = self.commit;
+        let Some(lead) = self.lead.as_mut() else { return };
+        let mut rounds: Vec<u64> = lead.acked_round.values().copied().collect();
+        rounds.push(lead.round);
+        let confirmed = majority_value(&rounds);
+        while let Some(r) = lead.reads.front() {
+            if r.round > confirmed || r.read_index > commit {
+                break;
+            }
+            if let Some(r) = lead.reads.pop_front() {
+                self.actions.push(Action::AnswerRead { token: r.token, result: Ok(r.read_index) });
+            }
+        }
+    }
+
+    fn on_read_index(&mut self, token: u64) {
+        let commit = self.commit;
+        let Some(lead) = self.lead.as_mut() else {
+            let result = Err(ApiError::NotLeader { node: self.id, leader: self.leader });
+            self.actions.push(Action::AnswerRead { token, result });
+            return;
+        };
+        // The read must see every write committed before it arrived, and the no-op of this
+        // term, which may commit entries of earlier terms this leader does not yet know are
+        // committed (§6.4).
+        let read_index = commit.max(lead.term_start);
+        lead.reads.push_back(PendingRead { token, round: lead.round + 1, read_index });
+        if !lead.round_scheduled {
+            lead.round_scheduled = true;
+            self.actions.push(Action::ScheduleReadRound);
+        }
+    }
+
+    fn on_peer_progress(&mut self, now: Instant, peer: NodeId, term: u64, acked_round: u64, match_index: Option<u64>) {
+        if term != self.term {
+            return;
+        }
+        let Some(lead) = self.lead.as_mut() else { return };
+        if !lead.match_index.contains_key(&peer) {
+            return;
+        }
+        lead.last_ack.insert(peer, now);
+        let r = lead.acked_round.entry(peer).or_default();
+        *r = (*r).max(acked_round);
+        if let Some(m) = match_index {
+            let e = lead.match_index.entry(peer).or_default();
+            *e = (*e).max(m);
+            self.advance_commit();
+        }
+        self.serve_reads();
+    }
+
+    /// The leader's connection to us closed: stop vouching for it (pre-votes are granted
+    /// again) and move the election deadline close, randomized so the survivors do not split
+    /// the vote. A live leader that merely reconnects keeps its followers: its next heartbeat
+    /// resets both. Timing only; no safety rule depends on it.
+    fn on_peer_disconnected(&mut self, now: Instant, peer: NodeId) {
+        if self.role != Role::Follower || self.leader != Some(peer) {
+            return;
+        }
+        self.last_leader_contact = None;
+        let half = self.timing.election_min.as_millis() as u64 / 2;
+        let soon = now + Duration::from_millis(self.rng.random_range(0..=half));
+        if soon < self.deadline {
+            tracing::info!(id = self.id, leader = peer, "leader connection closed; election soon");
+            self.deadline = soon;
+        }
+    }
+
+    fn on_vote_request(&mut self, now: Instant, token: u64, req: VoteRequest) {
+        let candidacy = Candidacy { term: req.term, candidate: req.candidate, last_log: req.last_log };
+        if req.pre_vote {
+            let voter = VoterState { term: self.term, voted_for: self.voted_for, last_log: self.last_log };
+            let granted =
+                !self.storage_failed && (self.rules.grant_pre_vote)(voter, candidacy, self.leader_is_live(now));
+            tracing::debug!(id = self.id, candidate = req.candidate, term = req.term, granted, "pre-vote");
+            let response = VoteResponse { term: self.term, granted };
+            self.actions.push(Action::AnswerVote { token, response });
+            return;
+        }
+        let before = (self.term, self.voted_for);
+        if req.term > self.term {
+            if self.leader_is_live(now) {
+                // A live leader keeps its followers (thesis §4.2.3): a disruptive node is ignored.
+                let response = VoteResponse { term: self.term, granted: false };
+                self.actions.push(Action::AnswerVote { token, response });
+                return;
+            }
+            self.become_follower(now, req.term, None);
+        }
+        let voter = VoterState { term: self.term, voted_for: self.voted_for, last_log: self.last_log };
+        let granted = !self.storage_failed && (self.rules.grant_vote)(voter, candidacy);
+        if granted {
+            self.voted_for = Some(req.candidate);
+            self.reset_deadline(now);
+        }
+        tracing::info!(id = self.id, candidate = req.candidate, term = req.term, granted, "vote");
+        let response = VoteResponse { term: self.term, granted };
+        let state = (self.term, self.voted_for);
+        if state == before && (!granted || state == self.durable_vote) {
+            self.actions.push(Action::AnswerVote { token, response });
+            return;
+        }
+        // Term and vote are durable before the answer leaves (Figure 2).
+        let seq = self.persist();
+        self.votes_to_answer.push(VoteToAnswer { seq, token, response });
+    }
+
+    fn on_append_request(&mut self, now: Instant, token: u64, req: AppendEntriesRequest) {
+        if req.term < self.term {
+            let response = AppendEntriesResponse { term: self.term, outcome: AppendOutcome::StaleTerm };
+            self.actions.push(Action::AnswerAppend { token, response });
+            return;
+        }
+        if req.term > self.term || self.role != Role::Follower || self.leader != Some(req.leader) {
+            // A newer term is made durable by `LogStore` in the same batch as the entries.
+            self.become_follower(now, req.term, Some(req.leader));
+        }
+        self.last_leader_contact = Some(now);
+        self.reset_deadline(now);
+        self.seq += 1;
+        let ticket = AppendTicket { token, seq: self.seq, term: req.term, leader_commit: req.leader_commit };
+        self.actions.push(Action::StoreFromLeader { ticket, prev: req.prev, entries: req.entries });
+    }
+
+    fn on_append_stored(&mut self, ticket: AppendTicket, result: Option<Result<AppendFromLeaderReply, StorageError>>) {
+        let stale = AppendEntriesResponse { term: self.term, outcome: AppendOutcome::StaleTerm };
+        let reply = match result {
+            Some(Ok(r)) => r,
+            None => {
+                self.actions.push(Action::AnswerAppend { token: ticket.token, response: stale });
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "cannot store entries from the leader");
+                self.storage_failed = true;
+                self.actions.push(Action::AnswerAppend { token: ticket.token, response: stale });
+                return;
+            }
+        };
+        if reply.durable {
+            self.update_last_log(ticket.seq, reply.last);
+        }
+        if self.term != ticket.term {
+            // We moved to a later term (and may have voted on a shorter log) while these
+            // entries were being written: acknowledging them now could let the old leader
+            // count us for a commit the new one does not have.
+            self.actions.push(Action::AnswerAppend { token: ticket.token, response: stale });
+            return;
+        }
+        let term = ticket.term;
+        let response = match reply.result {
+            AppendResult::Matched(match_index) => {
+                let commit = ticket.leader_commit.min(match_index);
+                if commit > self.commit {
+                    self.commit = commit;
+                    self.actions.push(Action::CommitTo(commit));
+                }
+                let outcome =
+                    if reply.durable { AppendOutcome::Success { match_index } } else { AppendOutcome::Heartbeat };
+                AppendEntriesResponse { term, outcome }
+            }
+            AppendResult::Conflict(c) => {
+                AppendEntriesResponse { term, outcome: AppendOutcome::Conflict { next_index: c.next_index } }
+            }
+            AppendResult::StaleTerm(t) => {
+                AppendEntriesResponse { term: t.max(self.term), outcome: AppendOutcome::StaleTerm }
+            }
+        };
+        self.actions.push(Action::AnswerAppend { token: ticket.token, response });
+    }
+}
