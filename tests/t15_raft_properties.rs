@@ -70,7 +70,7 @@ enum Action {
 }
 
 /// What travels between nodes. Append answers carry what the replicator's future captured:
-/// the term it works for, its epoch and the read round.
+/// the term it works for and its epoch.
 #[derive(Clone, Debug)]
 enum Message {
     Vote(VoteRequest),

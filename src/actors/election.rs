@@ -272,9 +272,11 @@ impl Actor for Election {
         ctx.set_mailbox_capacity(65_536);
         // A waiter whose client gave up (every client times out by request_timeout) holds
         // its admission place until it is dropped: drop them on time, not only when entries
-        // are applied (a deposed leader may see none applied at its indexes for long).
+        // are applied (a deposed leader may see none applied at its indexes for long). The
+        // same for the answer channels of reads whose client went away.
         ctx.run_interval(self.config.request_timeout(), |act, _| {
             act.waiters.retain(|_, w| !w.tx.is_canceled());
+            act.answers.reads.retain(|_, tx| !tx.is_canceled());
         });
         // The core may have decided already (a single node stands at once).
         self.act(ctx);
@@ -419,10 +421,6 @@ impl Handler<EntriesApplied> for Election {
         // Waiters that gave up (timed out) are dropped so the map cannot grow without bound.
         if self.waiters.len() > 1024 {
             self.waiters.retain(|_, w| !w.tx.is_canceled());
-        }
-        // So are the answer channels of reads whose client went away.
-        if self.answers.reads.len() > 1024 {
-            self.answers.reads.retain(|_, tx| !tx.is_canceled());
         }
     }
 }
