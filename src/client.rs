@@ -14,6 +14,7 @@ use crate::messages::kv::{KV_NAMESPACE, KvCommand, KvOutput};
 use crate::messages::registry::{
     InstanceKey, REGISTRY_NAMESPACE, RegistryCommand, RegistryQuery, Service, ServiceNode, Strategy,
 };
+use crate::raft::members::MemberChange;
 use crate::wire::{
     Consistency, Frame, Hello, Request, Response, StatusInfo, Write, WriteReply, handshake, spawn_writer,
 };
@@ -44,6 +45,18 @@ impl Client {
             .map_err(WireError::Io)?;
         stream.set_nodelay(true).map_err(WireError::Io)?;
         Client::handshake(stream, group, token).await
+    }
+
+    /// The id of the node at `addr`, as its handshake names it: refused (with the node's
+    /// reason) if it belongs to another group or wants another token.
+    pub async fn node_id_at(addr: &str, group: &str, token: Option<&str>) -> Result<crate::raft::NodeId, ClientError> {
+        let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| WireError::Timeout)?
+            .map_err(WireError::Io)?;
+        let hello = Hello { group: group.to_string(), node_id: None, token: token.map(str::to_string) };
+        let (_, _, welcome) = handshake::connect(stream, hello, Duration::from_secs(5), 1024).await?;
+        Ok(welcome.node_id)
     }
 
     /// Runs the handshake on an open stream (any transport) and starts the connection task on
@@ -235,6 +248,15 @@ impl Client {
     pub async fn status(&self) -> Result<StatusInfo, ClientError> {
         match self.call(Request::Status).await? {
             Response::Status(s) => Ok(*s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Changes the membership (any member passes it on to the leader); answers once the
+    /// change is committed, with the index of its entry.
+    pub async fn change_members(&self, change: MemberChange) -> Result<WriteReply, ClientError> {
+        match self.call(Request::ChangeMembers { change, forwarded: false }).await? {
+            Response::Written(w) => Ok(w),
             other => Err(unexpected(other)),
         }
     }

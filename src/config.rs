@@ -34,6 +34,16 @@ impl std::str::FromStr for PeerConfig {
     }
 }
 
+/// Splits `HOST:PORT` (`[::1]:80` too) into host and port; the error says what is wrong.
+pub fn parse_host_port(addr: &str) -> Result<(String, u16), String> {
+    addr.rsplit_once(':')
+        .and_then(|(h, p)| {
+            let host = h.trim_start_matches('[').trim_end_matches(']');
+            Some((host.to_string(), p.parse::<u16>().ok()?)).filter(|(h, _)| !h.is_empty())
+        })
+        .ok_or_else(|| format!("{addr:?} is not HOST:PORT"))
+}
+
 /// Everything a node needs to start.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -44,10 +54,22 @@ pub struct Config {
     pub group: String,
     /// `host:port` to listen on for peers and clients.
     pub listen: String,
+    /// `host:port` peers reach this node at, when not `listen` (a node listening on
+    /// `0.0.0.0`): what the cluster's configuration records for it.
+    pub advertise: Option<String>,
     /// Where the log lives; created if missing.
     pub data_dir: PathBuf,
-    /// The other members.
+    /// The other members of a brand-new cluster. Read only when the data directory is empty,
+    /// to write the cluster's first configuration; from then on the members come from the
+    /// log, whatever this list says.
     pub peers: Vec<PeerConfig>,
+    /// Whether a node with an empty data directory and no `join` founds a cluster of itself
+    /// and `peers` (its first leader logs that configuration). Off (`--no-bootstrap`): it
+    /// waits, electing nobody, until a member adds it.
+    pub bootstrap: bool,
+    /// A member to ask, on an empty data directory, to add this node (as a voter, once it has
+    /// caught up). A node whose log holds anything never asks again.
+    pub join: Option<String>,
     /// Lower bound of the randomized election timeout.
     pub election_timeout_min_ms: u64,
     /// Upper bound of the randomized election timeout.
@@ -112,8 +134,11 @@ impl Default for Config {
             id: 1,
             group: "default".into(),
             listen: "127.0.0.1:7070".into(),
+            advertise: None,
             data_dir: PathBuf::from("data"),
             peers: Vec::new(),
+            bootstrap: true,
+            join: None,
             election_timeout_min_ms: 300,
             election_timeout_max_ms: 600,
             heartbeat_interval_ms: 50,
@@ -151,6 +176,11 @@ impl Config {
         toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
     }
 
+    /// The address peers reach this node at.
+    pub fn advertised(&self) -> &str {
+        self.advertise.as_deref().unwrap_or(&self.listen)
+    }
+
     /// Checks every value; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
@@ -176,6 +206,16 @@ impl Config {
             }
             if !p.addr.contains(':') {
                 return bad(format!("peer {} address {:?} is not host:port", p.id, p.addr));
+            }
+        }
+        if let Some(join) = &self.join {
+            if !self.peers.is_empty() {
+                return bad(
+                    "join and peers exclude each other: a joining node learns the members from the cluster".into()
+                );
+            }
+            if !join.contains(':') {
+                return bad(format!("join address {join:?} is not host:port"));
             }
         }
         if self.election_timeout_min_ms == 0 || self.election_timeout_min_ms >= self.election_timeout_max_ms {

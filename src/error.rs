@@ -163,6 +163,10 @@ pub enum ApiError {
     /// The node cannot serve (storage failed, or it is shutting down).
     #[error("node unavailable: {0}")]
     Unavailable(String),
+    /// A configuration change must wait for the one before it (or for the leader's first
+    /// commit); retry shortly.
+    #[error("membership change refused for now: {0}")]
+    ChangeInProgress(String),
 }
 
 impl ApiError {
@@ -175,6 +179,7 @@ impl ApiError {
                 | ApiError::Dropped { .. }
                 | ApiError::Unreachable { .. }
                 | ApiError::Overloaded { .. }
+                | ApiError::ChangeInProgress(_)
         )
     }
 

@@ -19,7 +19,8 @@ use crate::error::ApiError;
 use crate::messages::registry::{InstanceKey, Service, Strategy};
 use crate::nacos::NacosApi;
 use crate::node::NodeHandle;
-use crate::raft::Role;
+use crate::raft::members::{MemberChange, MemberRole};
+use crate::raft::{NodeId, Role};
 use crate::wire::Consistency;
 
 /// A running HTTP server.
@@ -121,7 +122,7 @@ pub(crate) fn status_of(e: &ApiError) -> StatusCode {
         ApiError::BadRequest(_) | ApiError::UnknownNamespace(_) | ApiError::Apply(_) => StatusCode::BAD_REQUEST,
         ApiError::NotFound(_) => StatusCode::NOT_FOUND,
         ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-        ApiError::Dropped { .. } => StatusCode::CONFLICT,
+        ApiError::Dropped { .. } | ApiError::ChangeInProgress(_) => StatusCode::CONFLICT,
         ApiError::NoLeader { .. }
         | ApiError::NotLeader { .. }
         | ApiError::Unreachable { .. }
@@ -301,44 +302,135 @@ async fn node_get(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) -> Ht
         Err(e) => return api_fail(e),
     };
     let raft_role = |id: u64| match s.leader {
-        Some(l) if l == id => "leader",
-        Some(_) => "follower",
-        None => "unknown",
+        _ if id == s.id => s.role.to_string(),
+        Some(l) if l == id => "leader".into(),
+        Some(_) => "follower".into(),
+        None => "unknown".into(),
     };
-    let mut nodes = vec![json!({
-        "id": s.id,
-        "name": format!("node-{}", s.id),
-        "address": node.config().listen,
-        "role": "server",
-        "raft_role": s.role.to_string(),
-        "status": "alive",
-        "last_log_index": s.last_log_index,
-    })];
-    for p in &s.peers {
-        nodes.push(json!({
-            "id": p.id,
-            "name": format!("node-{}", p.id),
-            "address": p.addr,
-            "role": "server",
-            "raft_role": raft_role(p.id),
-            // Only the leader hears from every peer; elsewhere a peer's state is unknown.
-            "status": match (s.role, p.alive) {
-                (Role::Leader, Some(true)) => "alive",
-                (Role::Leader, _) => "unreachable",
-                _ => "unknown",
-            },
-            "last_log_index": p.match_index,
-        }));
-    }
+    let nodes: Vec<Value> = s
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "name": format!("node-{}", m.id),
+                "address": m.addr,
+                // dister's roles: a `client` receives the data and does not vote.
+                "role": if m.role == MemberRole::Voter { "server" } else { "client" },
+                "member_role": m.role,
+                "promoting": m.promoting,
+                "raft_role": raft_role(m.id),
+                // Only the leader hears from every member; elsewhere a member's state is
+                // unknown, but for this node itself.
+                "status": match (m.id == s.id, s.role, m.reachable) {
+                    (true, _, _) => "alive",
+                    (_, Role::Leader, Some(true)) => "alive",
+                    (_, Role::Leader, _) => "unreachable",
+                    _ => "unknown",
+                },
+                "last_log_index": if m.id == s.id { Some(s.last_log_index) } else { m.match_index },
+            })
+        })
+        .collect();
     ok(nodes)
 }
 
-async fn node_change(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) -> HttpResponse {
+/// A node to add: `{"id":4,"addr":"127.0.0.1:7074"}` (`"learner": true` keeps it one), or as
+/// dister takes it, an address alone (the id is the one its handshake names).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NodeToAdd {
+    Addr(String),
+    Member {
+        id: NodeId,
+        addr: String,
+        #[serde(default)]
+        learner: bool,
+    },
+}
+
+/// A node to remove: its id, or its address.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NodeToRemove {
+    Id(NodeId),
+    Addr(String),
+}
+
+/// `POST /node` adds nodes, `DELETE /node` removes them, one change after the other, each
+/// answered once committed. Every item is checked first: one bad item changes nothing.
+async fn node_change(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, payload: web::Payload) -> HttpResponse {
     guard!(node, req, q);
-    fail(
-        StatusCode::NOT_IMPLEMENTED,
-        "membership changes are not supported yet: peers are configured (--peer) when each node starts".into(),
-    )
+    let body = match body_of(&node, payload).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let members = node.members();
+    let mut changes = Vec::new();
+    if req.method() == actix_web::http::Method::POST {
+        let items: Vec<NodeToAdd> =
+            match parse(&body, r#"a JSON array of nodes: {"id":4,"addr":"HOST:PORT"} or "HOST:PORT""#) {
+                Ok(i) => i,
+                Err(m) => return bad(m),
+            };
+        let config = node.config();
+        for item in items {
+            let (id, addr, learner) = match item {
+                NodeToAdd::Member { id, addr, learner } => (id, addr, learner),
+                NodeToAdd::Addr(addr) => {
+                    if let Err(m) = crate::config::parse_host_port(&addr) {
+                        return bad(m);
+                    }
+                    match crate::client::Client::node_id_at(&addr, &config.group, config.cluster_token.as_deref()).await
+                    {
+                        Ok(id) => (id, addr, false),
+                        Err(e) => return bad(format!("cannot learn the id of the node at {addr}: {e}")),
+                    }
+                }
+            };
+            if let Err(m) = crate::config::parse_host_port(&addr) {
+                return bad(m);
+            }
+            let change = MemberChange::Add { id, addr, promote: !learner };
+            // Checked against the configuration as it stands (the leader checks again).
+            if let Err(e) = members.changed(&change) {
+                return bad(e.to_string());
+            }
+            changes.push(change);
+        }
+    } else {
+        let items: Vec<NodeToRemove> = match parse(&body, "a JSON array of node ids or addresses") {
+            Ok(i) => i,
+            Err(m) => return bad(m),
+        };
+        for item in items {
+            let id = match item {
+                NodeToRemove::Id(id) => id,
+                NodeToRemove::Addr(addr) => match members.at_addr(&addr) {
+                    Some(id) => id,
+                    None => return bad(format!("no member is at {addr}")),
+                },
+            };
+            let change = MemberChange::Remove { id };
+            if let Err(e) = members.changed(&change) {
+                return bad(e.to_string());
+            }
+            changes.push(change);
+        }
+    }
+    let mut done = Vec::new();
+    for change in changes {
+        let (id, what) = match &change {
+            MemberChange::Add { id, .. } => (*id, "added"),
+            MemberChange::Promote { id } => (*id, "promoted"),
+            MemberChange::Remove { id } => (*id, "removed"),
+        };
+        match node.change_members(change).await {
+            Ok(w) => done.push(json!({ "id": id, what: true, "index": w.index })),
+            Err(e) => return api_fail(e),
+        }
+    }
+    ok(done)
 }
 
 async fn service_get(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) -> HttpResponse {

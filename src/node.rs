@@ -15,17 +15,17 @@ use futures::FutureExt;
 use futures::future::LocalBoxFuture;
 
 use crate::actors::data_map::DataMap;
-use crate::actors::election::Election;
+use crate::actors::election::{Election, MemberView};
 use crate::actors::key_watch::{KeyWatch, Unwatch, WatchKeys, Watching};
 use crate::actors::listener::{CountRefusal, GetRefusals, Listener, StopListener};
 use crate::actors::log_store::LogStore;
-use crate::actors::peer_link::{PeerLink, StopLink};
+
 use crate::actors::service_registry::{Proposer, ServiceRegistry};
 use crate::admission::{Admission, Admitted};
 use crate::config::Config;
 use crate::error::{ApiError, NodeError};
 use crate::messages::apply::{ApplyEntries, Follow, Query, Subscribe};
-use crate::messages::client::{ClientWrite, GetElectionStatus, GetReadIndex};
+use crate::messages::client::{ChangeMembers, ClientWrite, GetElectionStatus, GetReadIndex, StopPeerLinks};
 use crate::messages::kv::{GetKey, KV_NAMESPACE, KvCommand, KvOutput, ListKeys};
 use crate::messages::raft::{
     AppendEntries, ForwardToLeader, GetLogState, PeerDisconnected, RequestVote, WatchLeadership,
@@ -34,8 +34,9 @@ use crate::messages::registry::{
     Balance, Beat, GetRegistryStats, GetService, InstanceKey, ListServices, REGISTRY_NAMESPACE, RegistryCommand,
     RegistryStats, Service, ServiceNode, Strategy,
 };
-use crate::raft::{LogId, NodeId};
-use crate::storage::StorageConfig;
+use crate::raft::members::{MemberChange, MemberLog, Members};
+use crate::raft::{LogId, NodeId, Payload};
+use crate::storage::{Recovered, StorageConfig};
 use crate::transport::{TcpTransport, TransportRef};
 use crate::wire::{Consistency, Request, Response, StatusInfo, Write, WriteReply};
 
@@ -48,7 +49,6 @@ pub struct Node {
     local_addr: SocketAddr,
     http: Option<crate::http::HttpApi>,
     listener: Addr<Listener>,
-    links: Vec<Addr<PeerLink>>,
     /// Last, so it is dropped last: the threads end after everything else let go.
     threads: NodeThreads,
 }
@@ -150,7 +150,30 @@ struct RaftParts {
     handle: NodeHandle,
     local_addr: SocketAddr,
     listener: Addr<Listener>,
-    links: Vec<Addr<PeerLink>>,
+}
+
+/// The configurations the recovered log holds, over the one this node starts from when its
+/// log holds none: itself and `peers` for a founding node (the first leader logs it, so
+/// every node, and any node added later, reads the same one from the log), nothing for a
+/// node that waits to be added (`join`, or `bootstrap` off). Once a configuration is in the
+/// log, `peers` is never read again.
+fn recover_members(config: &Config, recovered: &Recovered) -> MemberLog {
+    let logged: Vec<(u64, Members)> = recovered
+        .entries
+        .iter()
+        .filter_map(|e| match &e.payload {
+            Payload::Config(m) => Some((e.index, m.clone())),
+            _ => None,
+        })
+        .collect();
+    let base = if config.bootstrap && config.join.is_none() {
+        let mut voters: BTreeMap<NodeId, String> = config.peers.iter().map(|p| (p.id, p.addr.clone())).collect();
+        voters.insert(config.id, config.advertised().to_string());
+        Members::of_voters(voters)
+    } else {
+        Members::default()
+    };
+    MemberLog::new(base, logged)
 }
 
 impl NodeBuilder {
@@ -191,6 +214,9 @@ impl NodeBuilder {
         config.validate()?;
         let storage = self.storage.unwrap_or_else(|| StorageConfig::Dir(config.data_dir.clone()));
         let (backend, recovered) = storage.open(config.segment_bytes)?;
+        // A node that has anything in its log joined (or founded) its cluster already.
+        let join = config.join.clone().filter(|_| recovered.entries.is_empty());
+        let members = recover_members(&config, &recovered);
         let config = Arc::new(config);
         let transport = self.transport;
 
@@ -236,7 +262,7 @@ impl NodeBuilder {
         let queries = Arc::new(Mutex::new(queries));
 
         let parts = {
-            let config = config.clone();
+            let (config, transport) = (config.clone(), transport.clone());
             raft.run(move || async move {
                 let listener = transport
                     .bind(&config.listen)
@@ -258,15 +284,15 @@ impl NodeBuilder {
                 let election_ctx = Context::<Election>::new();
                 let log_store =
                     LogStore::new(backend, recovered, subscribers, election_ctx.address().recipient()).start();
-                let mut peers = BTreeMap::new();
-                let mut links = Vec::new();
-                for p in &config.peers {
-                    let link = PeerLink::new(p.id, p.addr.clone(), config.clone(), transport.clone()).start();
-                    links.push(link.clone());
-                    peers.insert(p.id, link);
-                }
-                let election =
-                    election_ctx.run(Election::new(config.clone(), hard_state, last_log, peers, log_store.clone()));
+                let view = Arc::new(MemberView::new((**members.latest()).clone()));
+                let start = (hard_state, last_log, members);
+                let election = election_ctx.run(Election::new(
+                    config.clone(),
+                    transport.clone(),
+                    view.clone(),
+                    start,
+                    log_store.clone(),
+                ));
                 let _ = proposer.set(election.clone().recipient());
                 election.do_send(WatchLeadership(registry.clone().recipient()));
                 log_store
@@ -283,13 +309,23 @@ impl NodeBuilder {
                     queries,
                     clients,
                     admission: Admission::new(&config),
+                    members: view,
                 };
                 let listener_addr = listener_ctx.run(Listener::new(listener, handle.clone()));
-                Ok::<_, NodeError>(RaftParts { handle, local_addr, listener: listener_addr, links })
+                Ok::<_, NodeError>(RaftParts { handle, local_addr, listener: listener_addr })
             })
             .await??
         };
-        let RaftParts { handle, local_addr, listener, links } = parts;
+        let RaftParts { handle, local_addr, listener } = parts;
+        if let Some(member) = join {
+            // Peers reach this node where it listens (the port resolved if 0 was asked).
+            let addr = match &config.advertise {
+                Some(a) => a.clone(),
+                None if config.listen.ends_with(":0") => local_addr.to_string(),
+                None => config.listen.clone(),
+            };
+            actix_rt::spawn(join_cluster(config.clone(), transport.clone(), member, addr));
+        }
         let http = match &config.http {
             Some(addr) => {
                 let api = crate::http::start(handle.clone(), addr)
@@ -299,7 +335,42 @@ impl NodeBuilder {
             }
             None => None,
         };
-        Ok(Node { handle, local_addr, http, listener, links, threads })
+        Ok(Node { handle, local_addr, http, listener, threads })
+    }
+}
+
+/// Asks `member` (any member: a follower passes it on) to add this node as a voter, until it
+/// has or says why it will not. The leader adds it as a learner and promotes it once it has
+/// caught up; the log it then receives tells this node the members.
+async fn join_cluster(config: Arc<Config>, transport: TransportRef, member: String, addr: String) {
+    let change = MemberChange::Add { id: config.id, addr: addr.clone(), promote: true };
+    let mut wait = std::time::Duration::from_millis(100);
+    loop {
+        let asked = async {
+            let stream = transport.connect(&member).await.map_err(|e| e.to_string())?;
+            let client = crate::client::Client::handshake(stream, &config.group, config.cluster_token.as_deref())
+                .await
+                .map_err(|e| e.to_string())?
+                .with_timeout(config.request_timeout());
+            match client.change_members(change.clone()).await {
+                Ok(reply) => Ok(Ok(reply.index)),
+                Err(crate::error::ClientError::Api(e)) if !e.is_retryable() => Ok(Err(e)),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        match asked.await {
+            Ok(Ok(index)) => {
+                tracing::info!(id = config.id, %member, %addr, index, "joined the cluster; catching up");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(id = config.id, %member, error = %e, "the cluster refused to add this node");
+                return;
+            }
+            Err(e) => tracing::warn!(id = config.id, %member, error = %e, "cannot join yet; retrying"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(std::time::Duration::from_secs(2));
     }
 }
 
@@ -348,9 +419,7 @@ impl Node {
         if let Some(h) = &self.http {
             drop(h.handle.stop(false));
         }
-        for l in &self.links {
-            l.do_send(StopLink);
-        }
+        self.handle.election.do_send(StopPeerLinks);
     }
 }
 
@@ -379,6 +448,8 @@ pub struct NodeHandle {
     clients: Option<ArbiterHandle>,
     /// The bounds on client work pending (see [`Admission`]).
     admission: Arc<Admission>,
+    /// The configuration in effect, kept current by `Election`.
+    members: Arc<MemberView>,
 }
 
 fn mailbox(e: MailboxError) -> ApiError {
@@ -425,6 +496,26 @@ impl NodeHandle {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.config.id
+    }
+
+    /// The configuration in effect on this node (the newest in its log).
+    pub fn members(&self) -> Arc<Members> {
+        self.members.get()
+    }
+
+    /// Changes the membership (see [`MemberChange`]): on the leader, or passed on to it.
+    /// Answers once the change is committed, with the index of its entry.
+    pub fn change_members(&self, change: MemberChange) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
+        self.change_members_from(change, false)
+    }
+
+    fn change_members_from(
+        &self,
+        change: MemberChange,
+        forwarded: bool,
+    ) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
+        let fut = self.election.send(ChangeMembers { change, forwarded });
+        async move { fut.await.map_err(mailbox)? }.boxed_local()
     }
 
     /// Where wire clients' requests are served, when not on their connection's thread.
@@ -811,6 +902,9 @@ impl NodeHandle {
                 last_log_index: l.last.index,
                 last_log_term: l.last.term,
                 peers: e.peers,
+                members: e.members,
+                members_index: e.members_index,
+                members_pending: e.members_pending,
                 refused,
             })
         }
@@ -879,6 +973,11 @@ impl NodeHandle {
             Request::Status => {
                 let fut = self.status();
                 async move { answer(fut.await, |s| Response::Status(Box::new(s))) }.boxed_local()
+            }
+            Request::ChangeMembers { change, forwarded } => {
+                // Only a peer may say it passed the change on already.
+                let fut = self.change_members_from(change, forwarded && peer.is_some());
+                async move { answer(fut.await, Response::Written) }.boxed_local()
             }
         }
     }

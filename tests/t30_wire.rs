@@ -61,12 +61,13 @@ async fn wrong_version_is_refused() {
     assert!(matches!(frames.as_slice(), [Frame::Error(m)] if m.contains("protocol version")), "{frames:?}");
 }
 
-/// A node id that is not a configured member cannot join as a peer.
+/// A peer claiming the node's own id is refused (ids are unique); a removed id is refused
+/// too (t60 shows it).
 #[actix_rt::test]
-async fn unknown_node_id_is_refused() {
+async fn own_node_id_is_refused() {
     let cluster = Cluster::start(3);
-    let frames = exchange(&cluster.addr(0), &hello("default", Some(99))).await;
-    assert!(matches!(frames.as_slice(), [Frame::Error(m)] if m.contains("not a member")), "{frames:?}");
+    let frames = exchange(&cluster.addr(0), &hello("default", Some(1))).await;
+    assert!(matches!(frames.as_slice(), [Frame::Error(m)] if m.contains("this node's own")), "{frames:?}");
 }
 
 /// A length prefix over the client limit (1.5 MiB by default) is refused before the body
@@ -160,7 +161,7 @@ async fn refusals_are_counted_by_reason() {
     let mut v2 = hello("default", None);
     v2[6] = PROTOCOL_VERSION + 1;
     exchange(&addr, &v2).await;
-    exchange(&addr, &hello("default", Some(42))).await;
+    exchange(&addr, &hello("default", Some(1))).await;
     let mut raft = hello("default", None);
     let vote = VoteRequest { term: 9, candidate: 7, last_log: LogId::new(9, 9), pre_vote: false };
     raft.extend_from_slice(&encode_frame(Frame::Request(1, Request::Vote(vote))).unwrap());

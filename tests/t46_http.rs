@@ -51,7 +51,8 @@ fn with_http(c: &mut dister::Config) {
 ///
 /// 1. For each of the two nodes: set pairs, get one, get all, delete; bad bodies are 400s.
 /// 2. Register services, get one and all, balance, remove; bad bodies and names are 400/404.
-/// 3. `GET /node` lists three nodes; `POST`/`DELETE /node` answer a clear 501.
+/// 3. `GET /node` lists three nodes; bad `POST`/`DELETE /node` bodies are 400s that change
+///    nothing (t46's membership test adds and removes for real).
 /// 4. `GET /health` is 200 with a leader; `GET /status` carries the status fields.
 #[actix_rt::test]
 async fn every_endpoint_through_leader_and_follower() {
@@ -164,8 +165,14 @@ async fn every_endpoint_through_leader_and_follower() {
             assert!(nodes.iter().all(|n| n.get(field).is_some()), "node entries lack {field}: {nodes:?}");
         }
         assert_eq!(nodes.iter().filter(|n| n["raft_role"] == json!("leader")).count(), 1, "{nodes:?}");
-        refused(&call("POST", &format!("{base}/node"), Some(r#"["127.0.0.1:1"]"#)).await, 501, "not supported");
-        refused(&call("DELETE", &format!("{base}/node"), Some(r#"["127.0.0.1:1"]"#)).await, 501, "not supported");
+        let node = format!("{base}/node");
+        refused(&call("POST", &node, Some(r#"["127.0.0.1:1"]"#)).await, 400, "cannot learn the id");
+        refused(&call("POST", &node, Some(r#"[{"id":1,"addr":"127.0.0.1:9"}]"#)).await, 400, "already a member");
+        refused(&call("POST", &node, Some(r#"[{"id":9,"addr":"nowhere"}]"#)).await, 400, "HOST:PORT");
+        refused(&call("DELETE", &node, Some("[99]")).await, 400, "not a member");
+        refused(&call("DELETE", &node, Some(r#"["127.0.0.1:9"]"#)).await, 400, "no member is at");
+        refused(&call("DELETE", &node, Some("{}")).await, 400, "array");
+        assert_eq!(ok(&call("GET", &node, None).await).as_array().unwrap().len(), 3, "a refused change changed");
         let health = ok(&call("GET", &format!("{base}/health"), None).await).clone();
         assert_eq!(health["leader"], json!(leader as u64 + 1));
         let status = ok(&call("GET", &format!("{base}/status"), None).await).clone();
@@ -257,4 +264,47 @@ async fn a_node_that_cannot_bind_its_http_port_leaves_nothing_running() {
     drop(taken);
     let node = dister::Node::start(config).await.expect("starts from the same directory");
     drop(node);
+}
+
+/// Membership through dister's HTTP API, as dister takes it: `POST /node` with an address
+/// (the id is the one the node's handshake names), `DELETE /node` by address; Nacos' server
+/// list follows.
+///
+/// 1. Three nodes with HTTP; node 4 starts empty (`--no-bootstrap`), node 5 in another group.
+/// 2. `POST /node ["ADDR4"]` adds node 4; it is promoted; `GET /node` and
+///    `/nacos/v1/ns/operator/servers` list four servers.
+/// 3. `POST /node ["ADDR5"]` is refused: another group.
+/// 4. `DELETE /node ["ADDR4"]` removes it; three again.
+#[actix_rt::test]
+async fn nodes_are_added_and_removed_through_http() {
+    let mut cluster = Cluster::start_with(3, with_http);
+    let leader = cluster.wait_leader(Duration::from_secs(5)).await;
+    let base = format!("http://{}", cluster.configs[(leader + 1) % 3].http.clone().unwrap());
+    let node4 = cluster.add_node(|c| c.http = None);
+    let node5 = cluster.add_node(|c| {
+        c.http = None;
+        c.group = "other".into();
+    });
+    let add = format!(r#"["{}"]"#, cluster.addr(node4));
+    let added = ok(&call("POST", &format!("{base}/node"), Some(&add)).await).clone();
+    assert_eq!(added[0]["id"], json!(4), "{added}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let nodes = ok(&call("GET", &format!("{base}/node"), None).await).clone();
+        let servers = nodes.as_array().unwrap().iter().filter(|n| n["role"] == json!("server")).count();
+        if servers == 4 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "node 4 never became a voter: {nodes}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
+    let mut resp = client.get(format!("{base}/nacos/v1/ns/operator/servers")).send().await.unwrap();
+    let nacos: Value = serde_json::from_slice(&resp.body().await.unwrap()).unwrap();
+    assert_eq!(nacos["servers"].as_array().map(Vec::len), Some(4), "{nacos}");
+    let other = format!(r#"["{}"]"#, cluster.addr(node5));
+    refused(&call("POST", &format!("{base}/node"), Some(&other)).await, 400, "wrong group");
+    ok(&call("DELETE", &format!("{base}/node"), Some(&add)).await);
+    let nodes = ok(&call("GET", &format!("{base}/node"), None).await).clone();
+    assert_eq!(nodes.as_array().unwrap().len(), 3, "{nodes}");
 }

@@ -35,6 +35,7 @@ pub(crate) fn config(i: usize, seed: u64) -> Config {
     Config {
         id: i as u64 + 1,
         listen: "0.0.0.0:7070".into(),
+        advertise: Some(format!("{}:7070", NODES[i])),
         peers: (0..NODES.len())
             .filter(|&j| j != i)
             .map(|j| PeerConfig { id: j as u64 + 1, addr: format!("{}:7070", NODES[j]) })

@@ -67,7 +67,7 @@ impl Handler<ApplyEntries> for DataMap {
             .iter()
             .map(|e| match &e.payload {
                 Payload::Command { data, .. } => self.apply(data),
-                Payload::Blank => Ok(Bytes::new()),
+                Payload::Blank | Payload::Config(_) => Ok(Bytes::new()),
             })
             .collect();
         self.gate.advance(msg.applied_to);

@@ -7,14 +7,15 @@
 //! Besides the core it owns what is IO: the links to the peers, the replicators, the answer
 //! channels of requests in progress, the writes waiting to be applied, leadership watchers.
 //!
-//! Receives: `AppendEntries` and `RequestVote` from peers, `ClientWrite` and `GetReadIndex` from
-//! clients, `PeerProgress` / `HigherTermSeen` / `PeerDisconnected`, `EntriesApplied` from
-//! `LogStore`, `GetElectionStatus`, `WatchLeadership`, `ForwardToLeader`.
+//! Receives: `AppendEntries` and `RequestVote` from peers, `ClientWrite`, `GetReadIndex` and
+//! `ChangeMembers` from clients, `PeerProgress` / `HigherTermSeen` / `PeerDisconnected`,
+//! `EntriesApplied` from `LogStore`, `GetElectionStatus`, `WatchLeadership`, `ForwardToLeader`,
+//! `StopPeerLinks`.
 //! Sends: `SaveHardState` / `AppendLocal` / `AppendFromLeader` / `CommitTo` to `LogStore`,
 //! `Replicate` to replicators, `Call` (votes, forwarded writes and reads) to `PeerLink`s.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -22,20 +23,47 @@ use futures::channel::oneshot;
 use tokio::time::Instant;
 
 use crate::actors::log_store::LogStore;
-use crate::actors::peer_link::{Call, PeerLink};
+use crate::actors::peer_link::{Call, PeerLink, StopLink};
 use crate::actors::replicator::{Replicator, ReplicatorLinks};
 use crate::admission::Admitted;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::messages::apply::EntriesApplied;
-use crate::messages::client::{ClientWrite, ElectionStatus, GetElectionStatus, GetReadIndex};
+use crate::messages::client::{
+    ChangeMembers, ClientWrite, ElectionStatus, GetElectionStatus, GetReadIndex, StopPeerLinks,
+};
 use crate::messages::raft::{
     AppendEntries, AppendFromLeader, AppendLocal, CommitTo, ForwardToLeader, HigherTermSeen, LeadershipChanged,
     PeerDisconnected, PeerProgress, Replicate, RequestVote, SaveHardState, StopReplication, WatchLeadership,
 };
-use crate::raft::core::{Action, Core, Input, Members, Timing};
+use crate::raft::core::{Action, Core, Input, Timing};
+use crate::raft::members::{MemberChange, MemberLog, Members};
 use crate::raft::{HardState, LogId, NodeId, Payload, Role};
-use crate::wire::{AppendEntriesResponse, AppendOutcome, PeerStatus, Request, Response, VoteResponse, WriteReply};
+use crate::transport::TransportRef;
+use crate::wire::{
+    AppendEntriesResponse, AppendOutcome, MemberStatus, PeerStatus, Request, Response, VoteResponse, WriteReply,
+};
+
+/// The configuration in effect, as the threads that admit peers' connections see it:
+/// `Election` replaces it whenever the core's changes.
+#[derive(Debug, Default)]
+pub struct MemberView(RwLock<Arc<Members>>);
+
+impl MemberView {
+    /// A view starting at `members`.
+    pub fn new(members: Members) -> Self {
+        MemberView(RwLock::new(Arc::new(members)))
+    }
+
+    /// The configuration in effect.
+    pub fn get(&self) -> Arc<Members> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, members: Arc<Members>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = members;
+    }
+}
 
 struct Waiter {
     term: u64,
@@ -64,6 +92,8 @@ impl Answers {
 pub struct Election {
     core: Core,
     config: Arc<Config>,
+    transport: TransportRef,
+    view: Arc<MemberView>,
     links: BTreeMap<NodeId, Addr<PeerLink>>,
     log_store: Addr<LogStore>,
     replicators: BTreeMap<NodeId, Addr<Replicator>>,
@@ -90,27 +120,29 @@ fn now() -> std::time::Instant {
 }
 
 impl Election {
-    /// An election actor starting from the durable state recovered by `LogStore`, with a link
-    /// to each other member.
+    /// An election actor starting from the durable state recovered by `LogStore`: its hard
+    /// state, last entry and the configurations its log holds. It opens a link (through
+    /// `transport`) to each node the configurations name, and keeps `view` current.
     pub fn new(
         config: Arc<Config>,
-        hard_state: HardState,
-        last_log: LogId,
-        links: BTreeMap<NodeId, Addr<PeerLink>>,
+        transport: TransportRef,
+        view: Arc<MemberView>,
+        start: (HardState, LogId, MemberLog),
         log_store: Addr<LogStore>,
     ) -> Self {
-        let mut voters: BTreeMap<NodeId, String> = config.peers.iter().map(|p| (p.id, p.addr.clone())).collect();
-        voters.insert(config.id, config.listen.clone());
+        let (hard_state, last_log, configs) = start;
         let timing = Timing {
             election_min: Duration::from_millis(config.election_timeout_min_ms),
             election_max: Duration::from_millis(config.election_timeout_max_ms),
         };
         let seed = config.seed.unwrap_or_else(rand::random);
-        let core = Core::new(config.id, Members { voters }, timing, hard_state, last_log, seed, now());
+        let core = Core::new(config.id, configs, timing, hard_state, last_log, seed, now());
         Election {
             core,
             config,
-            links,
+            transport,
+            view,
+            links: BTreeMap::new(),
             log_store,
             replicators: BTreeMap::new(),
             answers: Answers::default(),
@@ -212,6 +244,21 @@ impl Election {
                     r.do_send(StopReplication);
                 }
             }
+            Action::StopPeer { peer } => {
+                if let Some(r) = self.replicators.remove(&peer) {
+                    r.do_send(StopReplication);
+                }
+            }
+            Action::MembersChanged { members, peers } => {
+                tracing::info!(
+                    id = self.core.id(),
+                    voters = ?members.voters.keys().collect::<Vec<_>>(),
+                    learners = ?members.learners.keys().collect::<Vec<_>>(),
+                    "configuration in effect"
+                );
+                self.view.set(members);
+                self.follow_peers(peers);
+            }
             Action::Replicate { last_index, commit, round } => {
                 let msg = Replicate { last_index, commit, round };
                 for r in self.replicators.values() {
@@ -226,6 +273,25 @@ impl Election {
             }
             Action::ScheduleFlush => ctx.notify(Later(LaterInput::Flush)),
             Action::ScheduleReadRound => ctx.notify(Later(LaterInput::ReadRound)),
+        }
+    }
+
+    /// Keeps one link per node to reach, and none to a node no configuration names.
+    fn follow_peers(&mut self, peers: BTreeSet<NodeId>) {
+        self.links.retain(|id, link| {
+            let keep = peers.contains(id);
+            if !keep {
+                link.do_send(StopLink);
+            }
+            keep
+        });
+        for id in peers {
+            if self.links.contains_key(&id) {
+                continue;
+            }
+            let Some(addr) = self.core.member_log().addr_of(id) else { continue };
+            let link = PeerLink::new(id, addr.to_string(), self.config.clone(), self.transport.clone()).start();
+            self.links.insert(id, link);
         }
     }
 
@@ -461,16 +527,35 @@ impl Handler<GetElectionStatus> for Election {
         let peers = self
             .core
             .members()
-            .voters
-            .iter()
-            .filter(|(id, _)| **id != me)
-            .map(|(&id, addr)| {
+            .all()
+            .filter(|(id, _, _)| *id != me)
+            .map(|(id, addr, _)| {
                 let view = self.core.peer_view(now, id);
                 PeerStatus {
                     id,
-                    addr: addr.clone(),
+                    addr: addr.to_string(),
                     match_index: view.map(|v| v.match_index),
                     alive: view.map(|v| v.alive),
+                }
+            })
+            .collect();
+        let members_now = self.core.members().clone();
+        let members = members_now
+            .all()
+            .map(|(id, addr, role)| {
+                let (match_index, reachable) = if id == me && self.core.role() == Role::Leader {
+                    (Some(self.core.last_log().index), Some(true))
+                } else {
+                    let view = self.core.peer_view(now, id);
+                    (view.map(|v| v.match_index), view.map(|v| v.alive))
+                };
+                MemberStatus {
+                    id,
+                    addr: addr.to_string(),
+                    role,
+                    promoting: members_now.promoting.contains(&id),
+                    match_index,
+                    reachable,
                 }
             })
             .collect();
@@ -482,6 +567,59 @@ impl Handler<GetElectionStatus> for Election {
             commit_index: self.core.commit(),
             last_log: self.core.last_log(),
             peers,
+            members,
+            members_index: self.core.member_log().latest_index(),
+            members_pending: self.core.member_log().pending(self.core.commit()),
         })
+    }
+}
+
+impl Handler<ChangeMembers> for Election {
+    type Result = ResponseFuture<Result<WriteReply, ApiError>>;
+
+    fn handle(&mut self, msg: ChangeMembers, ctx: &mut Context<Self>) -> Self::Result {
+        if self.core.role() != Role::Leader {
+            if msg.forwarded {
+                let e = self.not_leader();
+                return Box::pin(async move { Err(e) });
+            }
+            return self.forward(Request::ChangeMembers { change: msg.change, forwarded: true }, |r| match r {
+                Response::Written(w) => Ok(w),
+                Response::Error(e) => Err(e),
+                other => Err(ApiError::Unavailable(format!("unexpected answer from leader: {other:?}"))),
+            });
+        }
+        // Asking again for what is already so (a node joining a second time) is done at once.
+        let members = self.core.members();
+        let done = match &msg.change {
+            MemberChange::Add { id, addr, promote } => {
+                members.addr(*id) == Some(addr.as_str())
+                    && (!promote || members.is_voter(*id) || members.promoting.contains(id))
+            }
+            MemberChange::Promote { id } => members.is_voter(*id),
+            MemberChange::Remove { .. } => false,
+        };
+        if done {
+            let index = self.core.member_log().latest_index();
+            return Box::pin(async move { Ok(WriteReply { index, output: Default::default() }) });
+        }
+        let index = match self.core.propose_change(now(), msg.change) {
+            Ok(index) => index,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        self.act(ctx);
+        let (tx, rx) = oneshot::channel();
+        self.waiters.insert(index, Waiter { term: self.core.term(), tx, _place: None });
+        Box::pin(answer(rx, self.config.request_timeout()))
+    }
+}
+
+impl Handler<StopPeerLinks> for Election {
+    type Result = ();
+
+    fn handle(&mut self, _: StopPeerLinks, _: &mut Context<Self>) {
+        for (_, link) in std::mem::take(&mut self.links) {
+            link.do_send(StopLink);
+        }
     }
 }

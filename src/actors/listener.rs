@@ -1,6 +1,6 @@
-//! `Listener`: accepts connections, runs the handshake (group, version, and for peers a
-//! configured node id), and starts a `Connection` for each accepted one. Holds no state but
-//! the bound socket.
+//! `Listener`: accepts connections, runs the handshake (group, version, token, and for peers
+//! an id this cluster has not removed), and starts a `Connection` for each accepted one. Holds
+//! no state but the bound socket.
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,6 +16,7 @@ use crate::actors::connection::Connection;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::node::NodeHandle;
+use crate::raft::members::Members;
 use crate::transport::{BoxStream, Listener as BoundListener};
 use crate::wire::handshake::AcceptError;
 use crate::wire::{Hello, Refusal, RefusalKind, RefusedConnections, Welcome, handshake};
@@ -65,7 +66,19 @@ impl Listener {
 /// credentials (`auth`), a login token.
 /// `clients` is how many client connections are open: one more than
 /// `max_client_connections` is refused (peers always get in).
-pub fn admit(config: &Config, auth: Option<&Auth>, hello: &Hello, clients: usize) -> Result<usize, Refusal> {
+///
+/// A peer's id is refused if `members` (the configuration in effect here) says the cluster
+/// removed it, or if it is this node's own. Any other id gets in, member or not yet: a node
+/// behind on the log cannot know of every member added since (thesis §4.1: requests are
+/// handled without consulting the configuration; etcd does the same). The group and the
+/// cluster token tell this cluster's nodes from others; the core counts only members.
+pub fn admit(
+    config: &Config,
+    members: &Members,
+    auth: Option<&Auth>,
+    hello: &Hello,
+    clients: usize,
+) -> Result<usize, Refusal> {
     if hello.group != config.group {
         let m = format!("wrong group {:?}: this node belongs to {:?}", hello.group, config.group);
         return Err(Refusal::new(RefusalKind::WrongGroup, m));
@@ -89,10 +102,14 @@ pub fn admit(config: &Config, auth: Option<&Auth>, hello: &Hello, clients: usize
             format!("this node already serves {clients} clients (max_client_connections); retry later"),
         )),
         None => Ok(config.client_max_frame()),
-        Some(id) if config.peers.iter().any(|p| p.id == id) => Ok(config.peer_max_frame()),
-        Some(id) => {
-            Err(Refusal::new(RefusalKind::UnknownNode, format!("node id {id} is not a member of this cluster")))
+        Some(id) if id == config.id => {
+            Err(Refusal::new(RefusalKind::UnknownNode, format!("node id {id} is this node's own: ids must be unique")))
         }
+        Some(id) if members.removed.contains(&id) => Err(Refusal::new(
+            RefusalKind::UnknownNode,
+            format!("node id {id} was removed from this cluster and is not a member"),
+        )),
+        Some(_) => Ok(config.peer_max_frame()),
     }
 }
 
@@ -146,8 +163,10 @@ impl StreamHandler<Accepted> for Listener {
         let fut = async move {
             let config = node.config().clone();
             let open = clients.clone();
-            let admitted =
-                move |h: &Hello| admit(&config, auth.as_ref(), h, open.load(std::sync::atomic::Ordering::Acquire));
+            let members = node.members();
+            let admitted = move |h: &Hello| {
+                admit(&config, &members, auth.as_ref(), h, open.load(std::sync::atomic::Ordering::Acquire))
+            };
             match handshake::accept(stream, welcome, timeout, admitted).await {
                 Ok((reader, write, hello)) => {
                     tracing::debug!(%remote, peer = ?hello.node_id, "connection accepted");

@@ -141,7 +141,7 @@ impl LogStore {
             .filter(|e| match (namespace, &e.payload) {
                 (None, _) => true,
                 (Some(ns), Payload::Command { namespace, .. }) => namespace == ns,
-                (Some(_), Payload::Blank) => false,
+                (Some(_), Payload::Blank | Payload::Config(_)) => false,
             })
             .cloned()
             .collect()
@@ -171,7 +171,9 @@ impl LogStore {
                     term: entry.term,
                     result: Err(format!("no state machine for namespace {namespace:?} on this node")),
                 }),
-                Payload::Blank => outputs.push(ApplyOutput { index, term: entry.term, result: Ok(Default::default()) }),
+                Payload::Blank | Payload::Config(_) => {
+                    outputs.push(ApplyOutput { index, term: entry.term, result: Ok(Default::default()) })
+                }
             }
         }
         for (filter, follower) in &self.followers {

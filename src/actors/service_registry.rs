@@ -298,7 +298,7 @@ impl Handler<ApplyEntries> for ServiceRegistry {
             .iter()
             .map(|e| match &e.payload {
                 Payload::Command { data, .. } => self.apply(e, data),
-                Payload::Blank => Ok(Bytes::new()),
+                Payload::Blank | Payload::Config(_) => Ok(Bytes::new()),
             })
             .collect();
         self.gate.advance(msg.applied_to);

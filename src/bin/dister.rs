@@ -13,7 +13,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use dister::bench::{self, BenchOptions};
+use dister::config::parse_host_port;
 use dister::messages::registry::{InstanceKey, Service, Strategy};
+use dister::raft::members::MemberChange;
+use dister::wire::{MemberStatus, StatusInfo};
 use dister::{ApiError, Client, ClientError, Config, Consistency, Node, PeerConfig};
 
 /// A Raft-replicated key/value, config and service-registry node.
@@ -63,6 +66,9 @@ enum Command {
     /// Instance commands.
     #[command(subcommand)]
     Instance(InstanceCommand),
+    /// Cluster membership: list, add, promote, remove (through any member).
+    #[command(subcommand)]
+    Member(MemberCommand),
     /// Drive concurrent writers against a cluster and report throughput and latency.
     Bench(BenchArgs),
 }
@@ -91,6 +97,38 @@ enum ServiceCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum MemberCommand {
+    /// Print every member: id, address, role, and from the leader its match index and
+    /// whether it answers.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a node (started with `--no-bootstrap` or `--join`): a learner first, promoted to
+    /// voter once it has caught up, unless `--learner`.
+    Add {
+        /// Its id, never used in this cluster before.
+        id: u64,
+        /// Where peers reach it, HOST:PORT.
+        addr: String,
+        /// Keep it a learner: it receives the log, never votes, never counts.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Make a learner a voter (refused while it is far behind the leader).
+    Promote {
+        /// The learner.
+        id: u64,
+    },
+    /// Remove a member (the leader too: it steps down once the change commits).
+    Remove {
+        /// The member.
+        id: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum InstanceCommand {
     /// Tell the leader an instance is alive (ephemeral instances and TTL checks live by beats).
     Beat {
@@ -115,9 +153,20 @@ struct ServerArgs {
     /// Address to listen on for peers and clients.
     #[arg(long)]
     listen: Option<String>,
-    /// Another member, as ID=HOST:PORT; repeat for each (replaces the file's list).
+    /// Another member of a new cluster, as ID=HOST:PORT; repeat for each (replaces the
+    /// file's list). Read only on an empty data directory: then the log has the members.
     #[arg(long = "peer", value_name = "ID=HOST:PORT")]
     peers: Vec<String>,
+    /// On an empty data directory, ask this member to add this node; it becomes a voter once
+    /// it has caught up.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "peers")]
+    join: Option<String>,
+    /// Start empty and wait to be added (`dister member add`); never elect oneself.
+    #[arg(long)]
+    no_bootstrap: bool,
+    /// The address peers reach this node at, when not --listen (a node on 0.0.0.0).
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
     /// Cluster group name (overrides the config file).
     #[arg(long)]
     group: Option<String>,
@@ -223,6 +272,15 @@ fn server_config(args: ServerArgs) -> anyhow::Result<Config> {
     }
     if let Some(g) = args.group {
         config.group = g;
+    }
+    if args.join.is_some() {
+        config.join = args.join;
+    }
+    if args.no_bootstrap {
+        config.bootstrap = false;
+    }
+    if args.advertise.is_some() {
+        config.advertise = args.advertise;
     }
     if args.seed.is_some() {
         config.seed = args.seed;
@@ -385,19 +443,54 @@ async fn run_client(addr: &str, group: &str, token: Option<&str>, command: Comma
                 Err(e) => return Err(e.into()),
             }
         }
+        Command::Member(MemberCommand::List { json }) => {
+            let members = member_list(&client, group, token).await?;
+            if json {
+                let json = serde_json::to_string_pretty(&members).map_err(|e| Failure::Other(e.into()))?;
+                let _ = writeln!(out, "{json}");
+            } else {
+                for m in members {
+                    let matched = m.match_index.map_or("-".to_string(), |i| i.to_string());
+                    let reachable = m.reachable.map_or("-", |r| if r { "reachable" } else { "unreachable" });
+                    let promoting = if m.promoting { " (to be promoted)" } else { "" };
+                    let _ = writeln!(out, "{}\t{}\t{}{promoting}\t{matched}\t{reachable}", m.id, m.addr, m.role);
+                }
+            }
+        }
+        Command::Member(MemberCommand::Add { id, addr, learner }) => {
+            let change = MemberChange::Add { id, addr, promote: !learner };
+            let reply = retry(|| client.change_members(change.clone())).await?;
+            let _ = writeln!(out, "added {id} at index {}", reply.index);
+        }
+        Command::Member(MemberCommand::Promote { id }) => {
+            let reply = retry(|| client.change_members(MemberChange::Promote { id })).await?;
+            let _ = writeln!(out, "promoted {id} at index {}", reply.index);
+        }
+        Command::Member(MemberCommand::Remove { id }) => {
+            let reply = retry(|| client.change_members(MemberChange::Remove { id })).await?;
+            let _ = writeln!(out, "removed {id} at index {}", reply.index);
+        }
         Command::Server(_) | Command::Bench(_) => unreachable!("handled in main"),
     }
     Ok(out)
 }
 
-/// Parses `HOST:PORT` (`[::1]:80` too).
-fn parse_host_port(addr: &str) -> Result<(String, u16), String> {
-    addr.rsplit_once(':')
-        .and_then(|(h, p)| {
-            let host = h.trim_start_matches('[').trim_end_matches(']');
-            Some((host.to_string(), p.parse::<u16>().ok()?)).filter(|(h, _)| !h.is_empty())
-        })
-        .ok_or_else(|| format!("{addr:?} is not HOST:PORT"))
+/// The members as the leader sees them (its match indexes and reachability), or as the node
+/// asked sees them when the leader cannot be reached.
+async fn member_list(client: &Client, group: &str, token: Option<&str>) -> Result<Vec<MemberStatus>, Failure> {
+    let here: StatusInfo = retry(|| client.status()).await?;
+    if here.role == dister::raft::Role::Leader {
+        return Ok(here.members);
+    }
+    let leader_addr = here.leader.and_then(|l| here.members.iter().find(|m| m.id == l)).map(|m| m.addr.clone());
+    if let Some(addr) = leader_addr
+        && let Ok(leader) = Client::connect_with_token(&addr, group, token).await
+        && let Ok(s) = leader.status().await
+        && s.role == dister::raft::Role::Leader
+    {
+        return Ok(s.members);
+    }
+    Ok(here.members)
 }
 
 /// Writes `text` to stdout; a closed pipe (`| head`) is not an error.
@@ -484,7 +577,12 @@ fn main() -> ExitCode {
         command => {
             init_logging("warn");
             // Arguments are checked before any connection, so a bad one is always exit 2.
-            if let Command::Instance(InstanceCommand::Beat { addr, .. }) = &command
+            let checked = match &command {
+                Command::Instance(InstanceCommand::Beat { addr, .. })
+                | Command::Member(MemberCommand::Add { addr, .. }) => Some(addr),
+                _ => None,
+            };
+            if let Some(addr) = checked
                 && let Err(e) = parse_host_port(addr)
             {
                 eprintln!("error: {e}");

@@ -57,4 +57,26 @@ pub struct ElectionStatus {
     pub last_log: LogId,
     /// The other members.
     pub peers: Vec<PeerStatus>,
+    /// Every member of the configuration in effect.
+    pub members: Vec<crate::wire::MemberStatus>,
+    /// The index of the configuration in effect.
+    pub members_index: u64,
+    /// Whether it is not committed yet.
+    pub members_pending: bool,
 }
+
+/// A membership change, for `Election`: proposed on the leader (a follower passes it on,
+/// unless it was passed on already), answered once committed with the index of its entry.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<WriteReply, ApiError>")]
+pub struct ChangeMembers {
+    /// The change.
+    pub change: crate::raft::members::MemberChange,
+    /// True on the leader when a follower passed it on.
+    pub forwarded: bool,
+}
+
+/// Close every link to a peer (the node is stopping).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StopPeerLinks;

@@ -4,8 +4,16 @@
 //!
 //! The core owns the role, term, vote, leader, commit index, the election deadline and check-
 //! quorum, the campaign, the leader's view of its peers (match index, read rounds, last answer),
-//! the reads waiting for a ReadIndex, and the cluster's members. It does not hold the log (that
-//! is `LogStore`'s), nor the clients' answer channels (the caller keys them by token or index).
+//! the reads waiting for a ReadIndex, and the cluster's configurations (the newest in the log is
+//! in effect, committed or not: [`super::members`]). It does not hold the log (that is
+//! `LogStore`'s), nor the clients' answer channels (the caller keys them by token or index).
+//!
+//! Membership: quorums, vote counting, check-quorum and read rounds count the voters of the
+//! configuration in effect; the leader replicates to every member of every configuration it
+//! holds (so a removed node hears of its removal); a node that is not a voter never stands.
+//! As §4.1 has it, requests are handled without consulting the configuration: a lagging node
+//! may not know of the leader or candidate yet. A leader whose removal commits steps down
+//! (§4.2.2).
 //!
 //! Durability rules (Figure 2) are the core's: a vote is answered only once term and vote are
 //! durable; a candidate asks for votes only once its own vote is; an AppendEntries success is
@@ -19,8 +27,9 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use super::commit::{advance_commit, majority_value};
+use super::members::{MemberChange, MemberLog, Members, PROMOTE_MAX_LAG};
 use super::vote::{Candidacy, VoterState, should_grant_pre_vote, should_grant_vote};
-use super::{Entry, HardState, LogId, NodeId, Payload, Role, quorum};
+use super::{Entry, HardState, LogId, NodeId, Payload, Role};
 use crate::error::{ApiError, StorageError};
 use crate::messages::raft::{AppendFromLeaderReply, AppendResult};
 use crate::wire::{AppendEntriesRequest, AppendEntriesResponse, AppendOutcome, VoteRequest, VoteResponse};
@@ -50,26 +59,6 @@ pub struct Timing {
     pub election_min: Duration,
     /// Longest election timeout; also check-quorum's window.
     pub election_max: Duration,
-}
-
-/// The cluster's members as the core knows them: the voters (this node among them) and their
-/// addresses.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Members {
-    /// Voters, by id, with the address peers reach them at.
-    pub voters: BTreeMap<NodeId, String>,
-}
-
-impl Members {
-    /// The voters other than `me`.
-    pub fn peers_of(&self, me: NodeId) -> impl Iterator<Item = NodeId> + '_ {
-        self.voters.keys().copied().filter(move |&id| id != me)
-    }
-
-    /// Votes (or acknowledgements) that make a majority of the voters.
-    pub fn quorum(&self) -> usize {
-        quorum(self.voters.len())
-    }
 }
 
 /// Something that happened, for the core to decide on.
@@ -211,7 +200,7 @@ pub enum Action {
         /// The read index, or why there is none.
         result: Result<u64, ApiError>,
     },
-    /// Start one replicator per peer for `term`, each from `next_index`.
+    /// Start a replicator for each of `peers` for `term`, each from `next_index`.
     StartReplication {
         /// The leader's term.
         term: u64,
@@ -222,6 +211,19 @@ pub enum Action {
     },
     /// Stop every replicator.
     StopReplication,
+    /// Stop the replicator of one peer (no longer a member).
+    StopPeer {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// The configuration in effect changed (or the set of nodes to keep in touch with).
+    MembersChanged {
+        /// The configuration in effect.
+        members: Arc<Members>,
+        /// Every node this one must reach: the members of each configuration it holds, bar
+        /// itself.
+        peers: BTreeSet<NodeId>,
+    },
     /// Tell every replicator what there is to ship.
     Replicate {
         /// The leader's last index.
@@ -266,6 +268,10 @@ pub struct AppendTicket {
     pub term: u64,
     /// The leader's commit index.
     pub leader_commit: u64,
+    /// The request's `prev` index.
+    pub prev_index: u64,
+    /// The index of the request's last entry (`prev_index` for a heartbeat).
+    pub end: u64,
 }
 
 /// What the leader knows of one peer, for status.
@@ -315,7 +321,7 @@ struct VoteToAnswer {
 /// The Raft core of one node. See the module header.
 pub struct Core {
     id: NodeId,
-    members: Members,
+    configs: MemberLog,
     timing: Timing,
     rules: Rules,
     rng: StdRng,
@@ -337,16 +343,19 @@ pub struct Core {
     campaign: Option<Campaign>,
     lead: Option<Lead>,
     votes_to_answer: Vec<VoteToAnswer>,
+    /// The configurations carried by appends not yet stored, by the append's `seq`.
+    configs_in_flight: BTreeMap<u64, Vec<(u64, Arc<Members>)>>,
     storage_failed: bool,
     actions: Vec<Action>,
 }
 
 impl Core {
-    /// A core starting at `now` from the durable state `LogStore` recovered. `seed` makes the
-    /// election timeouts replayable; each node mixes its id in, so nodes do not time out in step.
+    /// A core starting at `now` from the durable state `LogStore` recovered, `configs` being
+    /// the configurations its log holds. `seed` makes the election timeouts replayable; each
+    /// node mixes its id in, so nodes do not time out in step.
     pub fn new(
         id: NodeId,
-        members: Members,
+        configs: MemberLog,
         timing: Timing,
         hard_state: HardState,
         last_log: LogId,
@@ -355,7 +364,7 @@ impl Core {
     ) -> Self {
         let mut core = Core {
             id,
-            members,
+            configs,
             timing,
             rules: Rules::RAFT,
             rng: StdRng::seed_from_u64(seed.wrapping_add(id.wrapping_mul(0x9E37_79B9_7F4A_7C15))),
@@ -373,9 +382,12 @@ impl Core {
             campaign: None,
             lead: None,
             votes_to_answer: Vec::new(),
+            configs_in_flight: BTreeMap::new(),
             storage_failed: false,
             actions: Vec::new(),
         };
+        core.configs.commit_to(core.commit);
+        core.members_changed();
         if core.is_alone() {
             // A single-node cluster is its own majority: stand at once.
             core.start_campaign(now, false);
@@ -399,7 +411,7 @@ impl Core {
             Input::VoteRequest { token, request } => self.on_vote_request(now, token, request),
             Input::VoteResponse { from, request, response } => self.on_vote_response(now, from, request, response),
             Input::AppendRequest { token, request } => self.on_append_request(now, token, request),
-            Input::AppendStored { ticket, result } => self.on_append_stored(ticket, result),
+            Input::AppendStored { ticket, result } => self.on_append_stored(now, ticket, result),
             Input::HardStateSaved { ticket, result } => self.on_hard_state_saved(now, ticket, result),
             Input::LocalAppended { term, result } => self.on_local_appended(now, term, result),
             Input::Flush => self.flush(),
@@ -428,13 +440,69 @@ impl Core {
 
     /// Stamps a client's command with term and index, for the log; refused unless leading.
     pub fn propose(&mut self, payload: Payload) -> Result<u64, ApiError> {
+        self.check_can_propose()?;
+        if matches!(payload, Payload::Config(_)) {
+            return Err(ApiError::BadRequest("configurations change only through propose_change".into()));
+        }
+        Ok(self.stamp(payload))
+    }
+
+    fn check_can_propose(&self) -> Result<(), ApiError> {
         if self.storage_failed {
             return Err(ApiError::Unavailable("log storage failed".into()));
         }
         if self.role != Role::Leader {
             return Err(ApiError::NotLeader { node: self.id, leader: self.leader });
         }
-        Ok(self.stamp(payload))
+        Ok(())
+    }
+
+    /// Stamps a configuration change, in effect at once; answers the index of its entry. One
+    /// at a time, and only once this leader has committed an entry of its own term (so no
+    /// change of an earlier leader's, unknown to it, may be pending). A learner is promoted
+    /// only within [`PROMOTE_MAX_LAG`] entries of the leader's log.
+    pub fn propose_change(&mut self, now: Instant, change: MemberChange) -> Result<u64, ApiError> {
+        self.check_can_propose()?;
+        let Some(lead) = &self.lead else { return Err(ApiError::NotLeader { node: self.id, leader: self.leader }) };
+        if self.commit < lead.term_start {
+            return Err(ApiError::ChangeInProgress(format!(
+                "leader {} has not committed an entry of its term {} yet; retry shortly",
+                self.id, self.term
+            )));
+        }
+        if self.configs.pending(self.commit) {
+            return Err(ApiError::ChangeInProgress(format!(
+                "the configuration change at index {} is not committed yet; one change at a time",
+                self.configs.latest_index()
+            )));
+        }
+        if let MemberChange::Promote { id } = change
+            && self.configs.latest().learners.contains_key(&id)
+        {
+            self.check_caught_up(now, id)?;
+        }
+        let next = self.configs.latest().changed(&change).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        tracing::info!(id = self.id, term = self.term, ?change, "configuration change");
+        let index = self.stamp(Payload::Config(next.clone()));
+        self.configs.insert(index, Arc::new(next));
+        self.members_changed();
+        self.sync_replication(now);
+        Ok(index)
+    }
+
+    /// Whether learner `id` is close enough to the leader's log to become a voter.
+    fn check_caught_up(&self, now: Instant, id: NodeId) -> Result<(), ApiError> {
+        let last = self.last_log.index;
+        match self.peer_view(now, id) {
+            Some(v) if v.alive && last.saturating_sub(v.match_index) <= PROMOTE_MAX_LAG => Ok(()),
+            Some(v) if v.alive => Err(ApiError::BadRequest(format!(
+                "learner {id} is {} entries behind the leader (at most {PROMOTE_MAX_LAG}); retry once it has caught up",
+                last - v.match_index
+            ))),
+            _ => Err(ApiError::BadRequest(format!(
+                "learner {id} has not answered the leader lately; it cannot be promoted until it does"
+            ))),
+        }
     }
 
     /// The actions decided so far, oldest first.
@@ -491,9 +559,14 @@ impl Core {
         self.storage_failed
     }
 
-    /// The members.
-    pub fn members(&self) -> &Members {
-        &self.members
+    /// The configuration in effect.
+    pub fn members(&self) -> &Arc<Members> {
+        self.configs.latest()
+    }
+
+    /// The configurations this node's log holds.
+    pub fn member_log(&self) -> &MemberLog {
+        &self.configs
     }
 
     /// On the leader, what it knows of `peer`.
@@ -505,8 +578,89 @@ impl Core {
         Some(PeerView { match_index, alive })
     }
 
+    /// The only voter: its own majority.
     fn is_alone(&self) -> bool {
-        self.members.peers_of(self.id).next().is_none()
+        let voters = &self.configs.latest().voters;
+        voters.len() == 1 && voters.contains_key(&self.id)
+    }
+
+    fn is_voter(&self) -> bool {
+        self.configs.latest().is_voter(self.id)
+    }
+
+    /// Every node to keep in touch with, bar this one.
+    fn peers(&self) -> BTreeSet<NodeId> {
+        let mut ids = self.configs.all_members();
+        ids.remove(&self.id);
+        ids
+    }
+
+    fn members_changed(&mut self) {
+        let members = self.configs.latest().clone();
+        let peers = self.peers();
+        self.actions.push(Action::MembersChanged { members, peers });
+    }
+
+    /// On the leader: a replicator for each peer, and none for a node no longer one.
+    fn sync_replication(&mut self, now: Instant) {
+        let peers = self.peers();
+        let next_index = self.last_log.index;
+        let Some(lead) = self.lead.as_mut() else { return };
+        let gone: Vec<NodeId> = lead.match_index.keys().copied().filter(|p| !peers.contains(p)).collect();
+        for peer in gone {
+            lead.match_index.remove(&peer);
+            lead.last_ack.remove(&peer);
+            lead.acked_round.remove(&peer);
+            self.actions.push(Action::StopPeer { peer });
+        }
+        let new: Vec<NodeId> = peers.iter().copied().filter(|p| !lead.match_index.contains_key(p)).collect();
+        if new.is_empty() {
+            return;
+        }
+        for &peer in &new {
+            lead.match_index.insert(peer, 0);
+            lead.last_ack.insert(peer, now);
+            lead.acked_round.insert(peer, 0);
+        }
+        self.actions.push(Action::StartReplication { term: self.term, next_index, peers: new });
+        self.broadcast();
+    }
+
+    /// The commit index moved to `self.commit`: a configuration may have committed. A leader
+    /// no longer among the voters steps down once its removal is committed (§4.2.2).
+    fn on_commit_moved(&mut self, now: Instant) {
+        if !self.configs.commit_to(self.commit) {
+            return;
+        }
+        self.members_changed();
+        if self.lead.is_none() {
+            return;
+        }
+        self.sync_replication(now);
+        if !self.is_voter() {
+            tracing::info!(id = self.id, term = self.term, "removed from the voters; stepping down");
+            self.become_follower(now, self.term, None);
+            return;
+        }
+        self.maybe_promote(now);
+    }
+
+    /// On the leader: promotes a learner added as a voter once it holds every committed entry
+    /// and is within [`PROMOTE_MAX_LAG`] of the leader.
+    fn maybe_promote(&mut self, now: Instant) {
+        let Some(lead) = &self.lead else { return };
+        if self.commit < lead.term_start || self.configs.pending(self.commit) {
+            return;
+        }
+        let ready = self.configs.latest().promoting.iter().copied().find(|id| {
+            lead.match_index.get(id).is_some_and(|&m| m >= self.commit && m > 0)
+                && self.check_caught_up(now, *id).is_ok()
+        });
+        if let Some(id) = ready
+            && let Err(e) = self.propose_change(now, MemberChange::Promote { id })
+        {
+            tracing::warn!(id = self.id, learner = id, error = %e, "cannot promote");
+        }
     }
 
     fn random_timeout(&mut self) -> Duration {
@@ -530,7 +684,13 @@ impl Core {
                 self.check_quorum(now);
             }
         } else if now >= self.deadline {
-            self.start_campaign(now, true);
+            if self.is_voter() {
+                self.start_campaign(now, true);
+            } else {
+                // A learner, a removed node or one not yet added never stands (§4.2.3).
+                self.campaign = None;
+                self.reset_deadline(now);
+            }
         }
     }
 
@@ -636,7 +796,7 @@ impl Core {
     fn start_campaign(&mut self, now: Instant, pre_vote: bool) {
         // The deadline moves first: a node that may not stand must not spin on its timer.
         self.reset_deadline(now);
-        if self.storage_failed {
+        if self.storage_failed || !self.is_voter() {
             return;
         }
         self.leader = None;
@@ -658,8 +818,9 @@ impl Core {
 
     fn request_votes(&mut self, term: u64, pre_vote: bool) {
         let request = VoteRequest { term, candidate: self.id, last_log: self.last_log, pre_vote };
-        let peers: Vec<NodeId> = self.members.peers_of(self.id).collect();
-        for to in peers {
+        let me = self.id;
+        let voters: Vec<NodeId> = self.configs.latest().voters.keys().copied().filter(|&v| v != me).collect();
+        for to in voters {
             self.actions.push(Action::SendVote { to, request });
         }
     }
@@ -670,10 +831,11 @@ impl Core {
             self.persist();
             return;
         }
-        if !self.members.voters.contains_key(&from) {
+        // Only the voters of the configuration in effect count (a learner answers too).
+        if !self.configs.latest().is_voter(from) {
             return;
         }
-        let quorum = self.members.quorum();
+        let quorum = self.configs.latest().quorum();
         let Some(c) = self.campaign.as_mut() else { return };
         if c.term != request.term || c.pre_vote != request.pre_vote || !v.granted {
             return;
@@ -696,7 +858,7 @@ impl Core {
         self.leader = Some(self.id);
         self.campaign = None;
         let term_start = self.last_log.index + 1;
-        let peers: Vec<NodeId> = self.members.peers_of(self.id).collect();
+        let peers: Vec<NodeId> = self.peers().into_iter().collect();
         self.actions.push(Action::StartReplication { term: self.term, next_index: term_start, peers: peers.clone() });
         self.lead = Some(Lead {
             match_index: peers.iter().map(|&p| (p, 0)).collect(),
@@ -713,16 +875,29 @@ impl Core {
         });
         // The no-op lets this leader commit what earlier terms left (§5.4.2) and serve reads.
         self.stamp(Payload::Blank);
+        if self.configs.latest_index() == 0 {
+            // The first leader of a new cluster (or of a log older than logged
+            // configurations) logs the configuration it started from, so every node, and any
+            // added later, reads the members from the log.
+            let members = self.configs.latest().clone();
+            let index = self.stamp(Payload::Config((*members).clone()));
+            self.configs.insert(index, members);
+            self.members_changed();
+        }
     }
 
     /// Steps down when a majority has not answered for a whole election timeout, so a leader
     /// cut off from the cluster stops taking writes it cannot commit (thesis §6.2).
     fn check_quorum(&mut self, now: Instant) {
         let window = self.timing.election_max;
-        let quorum = self.members.quorum();
+        let members = self.configs.latest().clone();
+        let me = self.id;
         let Some(lead) = self.lead.as_mut() else { return };
         lead.next_quorum_check = now + window;
-        let alive = 1 + lead.last_ack.values().filter(|t| now.saturating_duration_since(**t) < window).count();
+        let heard =
+            |v: &NodeId| *v == me || lead.last_ack.get(v).is_some_and(|t| now.saturating_duration_since(*t) < window);
+        let alive = members.voters.keys().filter(|v| heard(v)).count();
+        let quorum = members.quorum();
         if alive < quorum {
             tracing::warn!(id = self.id, term = self.term, alive, "lost contact with a majority; stepping down");
             self.become_follower(now, self.term, None);
@@ -762,7 +937,7 @@ impl Core {
                     && let Some(lead) = self.lead.as_mut()
                 {
                     lead.self_durable = lead.self_durable.max(last.index);
-                    self.advance_commit();
+                    self.advance_commit(now);
                 }
             }
             Some(Err(e)) => {
@@ -785,15 +960,24 @@ impl Core {
         }
     }
 
-    fn advance_commit(&mut self) {
+    /// The commit index: the highest index durable on a majority of the voters in effect
+    /// (the leader among them unless it is removing itself), counting entries of this term.
+    fn advance_commit(&mut self, now: Instant) {
         let Some(lead) = &self.lead else { return };
-        let mut durable: Vec<u64> = lead.match_index.values().copied().collect();
-        durable.push(lead.self_durable);
+        let me = self.id;
+        let durable: Vec<u64> = self
+            .configs
+            .latest()
+            .voters
+            .keys()
+            .map(|v| if *v == me { lead.self_durable } else { lead.match_index.get(v).copied().unwrap_or(0) })
+            .collect();
         if let Some(c) = (self.rules.advance_commit)(self.commit, &durable, lead.term_start) {
             self.commit = c;
             self.actions.push(Action::CommitTo(c));
             self.broadcast();
             self.serve_reads();
+            self.on_commit_moved(now);
         }
     }
 
@@ -801,9 +985,15 @@ impl Core {
     /// their read index.
     fn serve_reads(&mut self) {
         let commit = self.commit;
+        let me = self.id;
         let Some(lead) = self.lead.as_mut() else { return };
-        let mut rounds: Vec<u64> = lead.acked_round.values().copied().collect();
-        rounds.push(lead.round);
+        let rounds: Vec<u64> = self
+            .configs
+            .latest()
+            .voters
+            .keys()
+            .map(|v| if *v == me { lead.round } else { lead.acked_round.get(v).copied().unwrap_or(0) })
+            .collect();
         let confirmed = majority_value(&rounds);
         while let Some(r) = lead.reads.front() {
             if r.round > confirmed || r.read_index > commit {
@@ -847,7 +1037,10 @@ impl Core {
         if let Some(m) = match_index {
             let e = lead.match_index.entry(peer).or_default();
             *e = (*e).max(m);
-            self.advance_commit();
+            self.advance_commit(now);
+            if self.configs.latest().promoting.contains(&peer) {
+                self.maybe_promote(now);
+            }
         }
         self.serve_reads();
     }
@@ -921,11 +1114,38 @@ impl Core {
         self.last_leader_contact = Some(now);
         self.reset_deadline(now);
         self.seq += 1;
-        let ticket = AppendTicket { token, seq: self.seq, term: req.term, leader_commit: req.leader_commit };
+        let configs: Vec<(u64, Arc<Members>)> = req
+            .entries
+            .iter()
+            .filter_map(|e| match &e.payload {
+                Payload::Config(m) => Some((e.index, Arc::new(m.clone()))),
+                _ => None,
+            })
+            .collect();
+        if !configs.is_empty() {
+            self.configs_in_flight.insert(self.seq, configs);
+        }
+        let ticket = AppendTicket {
+            token,
+            seq: self.seq,
+            term: req.term,
+            leader_commit: req.leader_commit,
+            prev_index: req.prev.index,
+            end: req.prev.index + req.entries.len() as u64,
+        };
         self.actions.push(Action::StoreFromLeader { ticket, prev: req.prev, entries: req.entries });
     }
 
-    fn on_append_stored(&mut self, ticket: AppendTicket, result: Option<Result<AppendFromLeaderReply, StorageError>>) {
+    fn on_append_stored(
+        &mut self,
+        now: Instant,
+        ticket: AppendTicket,
+        result: Option<Result<AppendFromLeaderReply, StorageError>>,
+    ) {
+        let configs = self.configs_in_flight.remove(&ticket.seq).unwrap_or_default();
+        if let Some(Ok(AppendFromLeaderReply { result: AppendResult::Matched(_), last, .. })) = &result {
+            self.follow_configs(ticket, *last, configs);
+        }
         let stale = AppendEntriesResponse { term: self.term, outcome: AppendOutcome::StaleTerm };
         let reply = match result {
             Some(Ok(r)) => r,
@@ -957,6 +1177,7 @@ impl Core {
                 if commit > self.commit {
                     self.commit = commit;
                     self.actions.push(Action::CommitTo(commit));
+                    self.on_commit_moved(now);
                 }
                 let outcome =
                     if reply.durable { AppendOutcome::Success { match_index } } else { AppendOutcome::Heartbeat };
@@ -970,5 +1191,22 @@ impl Core {
             }
         };
         self.actions.push(Action::AnswerAppend { token: ticket.token, response });
+    }
+
+    /// An append matched: the log holds the request's entries at `prev_index + 1..=end` now,
+    /// and nothing after `end` unless it ends later (no conflict cut it). The configurations
+    /// follow the log.
+    fn follow_configs(&mut self, ticket: AppendTicket, last: LogId, configs: Vec<(u64, Arc<Members>)>) {
+        let before = (self.configs.latest_index(), self.configs.latest().clone());
+        self.configs.remove_range(ticket.prev_index + 1, ticket.end);
+        if last.index <= ticket.end {
+            self.configs.truncate_from(ticket.end + 1);
+        }
+        for (index, members) in configs {
+            self.configs.insert(index, members);
+        }
+        if (self.configs.latest_index(), self.configs.latest().clone()) != before {
+            self.members_changed();
+        }
     }
 }

@@ -9,6 +9,7 @@
 pub mod commit;
 pub mod core;
 pub mod log;
+pub mod members;
 pub mod vote;
 
 use bytes::Bytes;
@@ -57,6 +58,7 @@ impl Entry {
         32 + match &self.payload {
             Payload::Blank => 0,
             Payload::Command { namespace, data } => namespace.len() + data.len(),
+            Payload::Config(m) => m.all().map(|(_, addr, _)| 16 + addr.len()).sum(),
         }
     }
 }
@@ -75,6 +77,10 @@ pub enum Payload {
         /// The encoded command.
         data: Bytes,
     },
+    /// A new cluster configuration, in effect on each node once appended (see
+    /// [`members`]). Added last: postcard numbers the variants, and logs written before keep
+    /// their meaning.
+    Config(members::Members),
 }
 
 /// The state Raft requires to be durable before a node answers a vote or an append (Figure 2,

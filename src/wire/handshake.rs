@@ -74,7 +74,7 @@ pub enum RefusalKind {
     WrongVersion,
     /// The cluster token was missing or wrong.
     BadToken,
-    /// A node id that is not a configured member.
+    /// A node id the cluster removed, or the acceptor's own.
     UnknownNode,
     /// A client connection sent a peer-only (Raft) request.
     RaftFromClient,

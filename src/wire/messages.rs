@@ -7,6 +7,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
+use crate::raft::members::{MemberChange, MemberRole};
 use crate::raft::{Entry, LogId, NodeId, Role};
 
 /// AppendEntries (§5.3): replicate entries, or an empty heartbeat.
@@ -117,6 +118,24 @@ pub struct PeerStatus {
     pub alive: Option<bool>,
 }
 
+/// One member as `status` and `member list` show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// Its id.
+    pub id: NodeId,
+    /// Its address.
+    pub addr: String,
+    /// Voter or learner.
+    pub role: MemberRole,
+    /// Whether it is to be promoted once caught up (a learner added as a voter).
+    pub promoting: bool,
+    /// On the leader: highest index known replicated to it (the leader's own last index for
+    /// itself).
+    pub match_index: Option<u64>,
+    /// On the leader: whether it answered within the last election timeout.
+    pub reachable: Option<bool>,
+}
+
 /// Connections refused since the node started, by reason.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefusedConnections {
@@ -126,7 +145,7 @@ pub struct RefusedConnections {
     pub wrong_version: u64,
     /// Missing or wrong cluster token.
     pub bad_token: u64,
-    /// A node id that is not a member.
+    /// A node id the cluster removed (or the node's own).
     pub unknown_node: u64,
     /// Raft traffic from a client connection.
     pub raft_from_client: u64,
@@ -179,6 +198,12 @@ pub struct StatusInfo {
     pub last_log_term: u64,
     /// The other members.
     pub peers: Vec<PeerStatus>,
+    /// Every member of the configuration in effect, this node too if it is one.
+    pub members: Vec<MemberStatus>,
+    /// The index of the configuration in effect, and whether a change to it is under way.
+    pub members_index: u64,
+    /// Whether the configuration in effect is not committed yet.
+    pub members_pending: bool,
     /// Connections refused since start, by reason.
     pub refused: RefusedConnections,
 }
@@ -228,6 +253,14 @@ pub enum Request {
     },
     /// This node's status.
     Status,
+    /// A membership change; forwarded to the leader if this node is not it, answered once
+    /// committed with the index of its entry.
+    ChangeMembers {
+        /// The change.
+        change: MemberChange,
+        /// True once passed on to the leader; not passed on again.
+        forwarded: bool,
+    },
 }
 
 impl Request {

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use dister::ApiError;
+use dister::raft::members::{MemberChange, MemberRole, Members};
 use dister::raft::{Entry, LogId, Payload, Role};
 use dister::wire::codec::encode_frame;
 use dister::wire::{
-    AppendEntriesRequest, AppendEntriesResponse, AppendOutcome, Consistency, Frame, Hello, MAGIC, PROTOCOL_VERSION,
-    PeerStatus, Request, Response, StatusInfo, VoteRequest, VoteResponse, Welcome, Write, WriteReply,
+    AppendEntriesRequest, AppendEntriesResponse, AppendOutcome, Consistency, Frame, Hello, MAGIC, MemberStatus,
+    PROTOCOL_VERSION, PeerStatus, Request, Response, StatusInfo, VoteRequest, VoteResponse, Welcome, Write, WriteReply,
 };
 use proptest::collection::vec;
 use proptest::option;
@@ -34,10 +35,31 @@ fn log_id() -> impl Strategy<Value = LogId> {
     (any::<u64>(), any::<u64>()).prop_map(|(term, index)| LogId::new(term, index))
 }
 
+fn members() -> impl Strategy<Value = Members> {
+    let ids = || vec(any::<u64>(), 0..3);
+    (vec((any::<u64>(), text()), 0..4), vec((any::<u64>(), text()), 0..2), ids(), ids()).prop_map(
+        |(voters, learners, promoting, removed)| Members {
+            voters: voters.into_iter().collect(),
+            learners: learners.into_iter().collect(),
+            promoting: promoting.into_iter().collect(),
+            removed: removed.into_iter().collect(),
+        },
+    )
+}
+
+fn member_change() -> impl Strategy<Value = MemberChange> {
+    prop_oneof![
+        (any::<u64>(), text(), any::<bool>()).prop_map(|(id, addr, promote)| MemberChange::Add { id, addr, promote }),
+        any::<u64>().prop_map(|id| MemberChange::Promote { id }),
+        any::<u64>().prop_map(|id| MemberChange::Remove { id }),
+    ]
+}
+
 fn entry() -> impl Strategy<Value = Arc<Entry>> {
     let payload = prop_oneof![
         Just(Payload::Blank),
         (text(), data()).prop_map(|(namespace, data)| Payload::Command { namespace, data }),
+        members().prop_map(Payload::Config),
     ];
     (any::<u64>(), any::<u64>(), payload).prop_map(|(term, index, payload)| Arc::new(Entry { term, index, payload }))
 }
@@ -71,6 +93,7 @@ fn request() -> impl Strategy<Value = Request> {
             forwarded
         }),
         Just(Request::Status),
+        (member_change(), any::<bool>()).prop_map(|(change, forwarded)| Request::ChangeMembers { change, forwarded }),
     ]
 }
 
@@ -96,6 +119,7 @@ fn api_error() -> impl Strategy<Value = ApiError> {
         text().prop_map(ApiError::Unavailable),
         text().prop_map(ApiError::NotFound),
         (text(), any::<u64>()).prop_map(|(reason, retry_after_ms)| ApiError::Overloaded { reason, retry_after_ms }),
+        text().prop_map(ApiError::ChangeInProgress),
     ]
 }
 
@@ -103,12 +127,28 @@ fn status() -> impl Strategy<Value = StatusInfo> {
     let role = prop_oneof![Just(Role::Follower), Just(Role::Candidate), Just(Role::Leader)];
     let peer = (any::<u64>(), text(), option::of(any::<u64>()), option::of(any::<bool>()))
         .prop_map(|(id, addr, match_index, alive)| PeerStatus { id, addr, match_index, alive });
+    let member_role = prop_oneof![Just(MemberRole::Voter), Just(MemberRole::Learner)];
+    let member =
+        (any::<u64>(), text(), member_role, any::<bool>(), option::of(any::<u64>()), option::of(any::<bool>()))
+            .prop_map(|(id, addr, role, promoting, match_index, reachable)| MemberStatus {
+                id,
+                addr,
+                role,
+                promoting,
+                match_index,
+                reachable,
+            });
     (
         (any::<u64>(), text(), role, any::<u64>(), option::of(any::<u64>())),
         (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), vec(peer, 0..3)),
+        (vec(member, 0..3), any::<u64>(), any::<bool>()),
     )
         .prop_map(
-            |((id, group, role, term, leader), (commit_index, applied_index, last_log_index, last_log_term, peers))| {
+            |(
+                (id, group, role, term, leader),
+                (commit_index, applied_index, last_log_index, last_log_term, peers),
+                (members, members_index, members_pending),
+            )| {
                 StatusInfo {
                     id,
                     group,
@@ -120,6 +160,9 @@ fn status() -> impl Strategy<Value = StatusInfo> {
                     last_log_index,
                     last_log_term,
                     peers,
+                    members,
+                    members_index,
+                    members_pending,
                     refused: Default::default(),
                 }
             },
@@ -183,6 +226,7 @@ pub fn variant(f: &Frame) -> &'static str {
             Request::Query { .. } => "request/query",
             Request::Beat { .. } => "request/beat",
             Request::Status => "request/status",
+            Request::ChangeMembers { .. } => "request/change-members",
         },
         Frame::Response(_, r) => match r {
             Response::AppendEntries(_) => "response/append-entries",
@@ -206,13 +250,14 @@ pub fn variant(f: &Frame) -> &'static str {
                 ApiError::Unavailable(_) => "response/error/unavailable",
                 ApiError::NotFound(_) => "response/error/not-found",
                 ApiError::Overloaded { .. } => "response/error/overloaded",
+                ApiError::ChangeInProgress(_) => "response/error/change-in-progress",
             },
         },
     }
 }
 
 /// Every name [`variant`] can return.
-pub const VARIANTS: usize = 3 + 10 + 9 + 11;
+pub const VARIANTS: usize = 3 + 11 + 9 + 12;
 
 /// Encodes frames back to back, as one connection would carry them.
 pub fn encode_all(frames: &[Frame]) -> Vec<u8> {

@@ -35,15 +35,19 @@ pub fn init_tracing() {
 /// A port nothing listens on right now, handed out once per test process. Ports come from
 /// below the kernel's ephemeral range (32768 and up here), so an outgoing connection of some
 /// other test cannot take one between this check and the node's own bind; a per-process
-/// counter from a random start keeps two tests from being handed the same one.
+/// counter keeps one process from being handed the same one twice. Each process starts its
+/// counter at a place of its own, `STRIDE` ports from the next pid's: nextest runs every test
+/// in a process of its own, with consecutive pids, and starts one port apart made neighbours
+/// hand out the same ports (a node then failed to bind).
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     const LOW: u16 = 10_000;
     const SPAN: u16 = 22_000;
+    const STRIDE: u64 = 211;
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let _ = NEXT.compare_exchange(
         0,
-        LOW + (std::process::id() % u32::from(SPAN)) as u16,
+        LOW + ((u64::from(std::process::id()) * STRIDE) % u64::from(SPAN)) as u16,
         Ordering::SeqCst,
         Ordering::SeqCst,
     );
@@ -125,6 +129,26 @@ impl Cluster {
             cluster.start_node(i);
         }
         cluster
+    }
+
+    /// Starts one more node, `id` the next one, on an empty data directory, with no peers
+    /// and no bootstrap: it waits to be added (`tweak` may set `join` instead). Returns its
+    /// index.
+    pub fn add_node(&mut self, tweak: impl Fn(&mut Config)) -> usize {
+        let i = self.configs.len();
+        let mut c = Config {
+            id: i as u64 + 1,
+            listen: format!("127.0.0.1:{}", free_port()),
+            data_dir: self._dir.path().join(format!("node{}", i + 1)),
+            bootstrap: false,
+            ..self.configs[0].clone()
+        };
+        c.peers.clear();
+        tweak(&mut c);
+        self.configs.push(c);
+        self.running.push(None);
+        self.start_node(i);
+        i
     }
 
     /// The fault layer (the cluster must have been started with `start_faulty`).

@@ -270,6 +270,7 @@ impl Handler<ApplyEntries> for Recorder {
         for e in &msg.entries {
             let d = match &e.payload {
                 Payload::Blank => digest("blank", &[]),
+                Payload::Config(m) => digest("config", format!("{m:?}").as_bytes()),
                 Payload::Command { namespace, data } => {
                     if namespace == REGISTRY_NAMESPACE
                         && let Ok(RegistryCommand::Register { service, node, .. }) = serde_json::from_slice(data)
