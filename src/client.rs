@@ -252,6 +252,18 @@ impl Client {
         }
     }
 
+    /// Hands leadership to `to` (or the most caught-up voter), through any member; answers
+    /// the new leader once the old one stepped down.
+    pub async fn transfer_leadership(
+        &self,
+        to: Option<crate::raft::NodeId>,
+    ) -> Result<crate::raft::NodeId, ClientError> {
+        match self.call(Request::TransferLeadership { to }).await? {
+            Response::HandedTo(id) => Ok(id),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Changes the membership (any member passes it on to the leader); answers once the
     /// change is committed, with the index of its entry.
     pub async fn change_members(&self, change: MemberChange) -> Result<WriteReply, ClientError> {

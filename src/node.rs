@@ -25,7 +25,9 @@ use crate::admission::{Admission, Admitted};
 use crate::config::Config;
 use crate::error::{ApiError, NodeError};
 use crate::messages::apply::{ApplyEntries, Follow, Query, Subscribe};
-use crate::messages::client::{ChangeMembers, ClientWrite, GetElectionStatus, GetReadIndex, StopPeerLinks};
+use crate::messages::client::{
+    ChangeMembers, ClientWrite, GetElectionStatus, GetReadIndex, StopPeerLinks, TimeoutNow, TransferLeadership,
+};
 use crate::messages::kv::{GetKey, KV_NAMESPACE, KvCommand, KvOutput, ListKeys};
 use crate::messages::raft::{
     AppendEntries, ForwardToLeader, GetLogState, PeerDisconnected, RequestVote, WatchLeadership,
@@ -284,7 +286,7 @@ impl NodeBuilder {
                 let election_ctx = Context::<Election>::new();
                 let log_store =
                     LogStore::new(backend, recovered, subscribers, election_ctx.address().recipient()).start();
-                let view = Arc::new(MemberView::new((**members.latest()).clone()));
+                let view = Arc::new(MemberView::new(members.latest().clone(), members.committed().clone()));
                 let start = (hard_state, last_log, members);
                 let election = election_ctx.run(Election::new(
                     config.clone(),
@@ -503,6 +505,11 @@ impl NodeHandle {
         self.members.get()
     }
 
+    /// The newest configuration this node knows committed.
+    pub fn committed_members(&self) -> Arc<Members> {
+        self.members.committed()
+    }
+
     /// Changes the membership (see [`MemberChange`]): on the leader, or passed on to it.
     /// Answers once the change is committed, with the index of its entry.
     pub fn change_members(&self, change: MemberChange) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
@@ -515,6 +522,13 @@ impl NodeHandle {
         forwarded: bool,
     ) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
         let fut = self.election.send(ChangeMembers { change, forwarded });
+        async move { fut.await.map_err(mailbox)? }.boxed_local()
+    }
+
+    /// Hands leadership to `to` (or the most caught-up voter) and answers, once this leader
+    /// has stepped down, the node it handed to; writes meanwhile wait. Through any member.
+    pub fn transfer_leadership(&self, to: Option<NodeId>) -> LocalBoxFuture<'static, Result<NodeId, ApiError>> {
+        let fut = self.election.send(TransferLeadership { to, forwarded: false });
         async move { fut.await.map_err(mailbox)? }.boxed_local()
     }
 
@@ -973,6 +987,17 @@ impl NodeHandle {
             Request::Status => {
                 let fut = self.status();
                 async move { answer(fut.await, |s| Response::Status(Box::new(s))) }.boxed_local()
+            }
+            Request::TimeoutNow { term } => {
+                // Peer-only (the connection checked): `peer` is the leader handing over.
+                if let Some(from) = peer {
+                    self.election.do_send(TimeoutNow { from, term });
+                }
+                async { Response::Done }.boxed_local()
+            }
+            Request::TransferLeadership { to } => {
+                let fut = self.election.send(TransferLeadership { to, forwarded: peer.is_some() });
+                async move { answer(fut.await.map_err(mailbox).and_then(|r| r), Response::HandedTo) }.boxed_local()
             }
             Request::ChangeMembers { change, forwarded } => {
                 // Only a peer may say it passed the change on already.

@@ -100,7 +100,13 @@ async fn client_connection_cannot_send_raft_messages() {
     cluster.wait_leader(Duration::from_secs(1)).await;
     let term = cluster.status(0).await.unwrap().term;
     let mut bytes = hello("default", None);
-    let vote = VoteRequest { term: term + 100, candidate: 7, last_log: LogId::new(term + 100, 1_000), pre_vote: false };
+    let vote = VoteRequest {
+        term: term + 100,
+        candidate: 7,
+        last_log: LogId::new(term + 100, 1_000),
+        pre_vote: false,
+        transfer: false,
+    };
     bytes.extend_from_slice(&encode_frame(Frame::Request(1, Request::Vote(vote))).unwrap());
     let frames = exchange(&cluster.addr(0), &bytes).await;
     assert!(
@@ -163,7 +169,7 @@ async fn refusals_are_counted_by_reason() {
     exchange(&addr, &v2).await;
     exchange(&addr, &hello("default", Some(1))).await;
     let mut raft = hello("default", None);
-    let vote = VoteRequest { term: 9, candidate: 7, last_log: LogId::new(9, 9), pre_vote: false };
+    let vote = VoteRequest { term: 9, candidate: 7, last_log: LogId::new(9, 9), pre_vote: false, transfer: false };
     raft.extend_from_slice(&encode_frame(Frame::Request(1, Request::Vote(vote))).unwrap());
     exchange(&addr, &raft).await;
     exchange(&addr, b"\x00\x00\x00\x08GARBAGE!").await;

@@ -257,3 +257,63 @@ async fn a_restart_after_changes_reads_members_from_the_log() {
     let c = cluster.client(0).await;
     retry(LONG, || c.set("after-restart", "1")).await.expect("1, 2 and 4 make the cluster");
 }
+
+/// Leadership is handed over on request (TimeoutNow, thesis §3.10): the named voter leads
+/// at once, with no election timeout, and writes sent to the old leader meanwhile wait and
+/// succeed instead of failing. A learner or an unknown id is refused.
+///
+/// 1. Three voters and a learner; a client writes through the leader without pause.
+/// 2. `transfer_leadership(Some(target))` through a follower answers `target`; every write
+///    sent during it succeeded.
+/// 3. With no target named, the most caught-up voter takes over.
+#[actix_rt::test]
+async fn leadership_is_handed_over_without_failing_writes() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_leader(LONG).await;
+    let learner = cluster.add_node(|_| {});
+    let addr = cluster.addr(learner);
+    change(&cluster, leader, MemberChange::Add { id: 4, addr, promote: false }).await.unwrap();
+    let target = (leader + 1) % 3;
+    let via = cluster.client((leader + 2) % 3).await;
+    match via.transfer_leadership(Some(4)).await {
+        Err(ClientError::Api(ApiError::BadRequest(m))) => assert!(m.contains("not a voter"), "{m}"),
+        other => panic!("handed to a learner: {other:?}"),
+    }
+    match via.transfer_leadership(Some(9)).await {
+        Err(ClientError::Api(ApiError::BadRequest(m))) => assert!(m.contains("not a voter"), "{m}"),
+        other => panic!("handed to nobody: {other:?}"),
+    }
+    let c = cluster.client(leader).await;
+    let stop = Rc::new(RefCell::new(false));
+    let writes = {
+        let (c, stop) = (c.clone(), stop.clone());
+        actix_rt::spawn(async move {
+            let (mut ok, mut failed) = (0, Vec::new());
+            let mut k = 0;
+            while !*stop.borrow() {
+                match c.set(&format!("t{k}"), "v").await {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+                k += 1;
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let to = via.transfer_leadership(Some(target as u64 + 1)).await.expect("transfer");
+    let took = started.elapsed();
+    assert_eq!(to, target as u64 + 1);
+    let s = wait_status(&cluster, target, "leadership", |s| s.role == Role::Leader).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    *stop.borrow_mut() = true;
+    let (ok, failed) = writes.await.unwrap();
+    assert!(failed.is_empty(), "writes failed during the transfer ({ok} succeeded): {failed:?}");
+    assert!(ok > 10, "{ok} writes");
+    eprintln!("transfer took {took:?}; {ok} writes, none failed; new term {}", s.term);
+    // No target: the most caught-up voter.
+    let to = cluster.client(target).await.transfer_leadership(None).await.expect("transfer to anyone");
+    assert_ne!(to, target as u64 + 1);
+    assert_ne!(to, 4, "a learner took over");
+}

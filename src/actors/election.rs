@@ -30,7 +30,8 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::messages::apply::EntriesApplied;
 use crate::messages::client::{
-    ChangeMembers, ClientWrite, ElectionStatus, GetElectionStatus, GetReadIndex, StopPeerLinks,
+    ChangeMembers, ClientWrite, ElectionStatus, GetElectionStatus, GetReadIndex, StopPeerLinks, TimeoutNow,
+    TransferLeadership,
 };
 use crate::messages::raft::{
     AppendEntries, AppendFromLeader, AppendLocal, CommitTo, ForwardToLeader, HigherTermSeen, LeadershipChanged,
@@ -44,24 +45,31 @@ use crate::wire::{
     AppendEntriesResponse, AppendOutcome, MemberStatus, PeerStatus, Request, Response, VoteResponse, WriteReply,
 };
 
-/// The configuration in effect, as the threads that admit peers' connections see it:
-/// `Election` replaces it whenever the core's changes.
+/// The configuration in effect and the newest committed one, as the threads that admit
+/// peers' connections and check requests see them: `Election` replaces them whenever the
+/// core's change.
 #[derive(Debug, Default)]
-pub struct MemberView(RwLock<Arc<Members>>);
+pub struct MemberView(RwLock<(Arc<Members>, Arc<Members>)>);
 
 impl MemberView {
-    /// A view starting at `members`.
-    pub fn new(members: Members) -> Self {
-        MemberView(RwLock::new(Arc::new(members)))
+    /// A view starting at `latest`, `committed`.
+    pub fn new(latest: Arc<Members>, committed: Arc<Members>) -> Self {
+        MemberView(RwLock::new((latest, committed)))
     }
 
     /// The configuration in effect.
     pub fn get(&self) -> Arc<Members> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0.read().unwrap_or_else(|p| p.into_inner()).0.clone()
     }
 
-    fn set(&self, members: Arc<Members>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = members;
+    /// The newest committed configuration: a removal in it is final (an uncommitted one may
+    /// still be undone, and the removed node may lead meanwhile).
+    pub fn committed(&self) -> Arc<Members> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).1.clone()
+    }
+
+    fn set(&self, latest: Arc<Members>, committed: Arc<Members>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = (latest, committed);
     }
 }
 
@@ -101,6 +109,20 @@ pub struct Election {
     waiters: BTreeMap<u64, Waiter>,
     /// The one timer: when it fires, and its handle.
     timer: Option<(Instant, SpawnHandle)>,
+    /// Requests passed on to a leader and not answered yet: to whom, and how to give up on
+    /// them. When the leader changes, those sent to the old one fail at once (retryable),
+    /// instead of waiting out their timeout on a leader that may be frozen or cut off.
+    forwards: Vec<(NodeId, oneshot::Sender<NodeId>)>,
+    /// The leader the forwards went to.
+    forwarded_to: Option<NodeId>,
+    /// Writes that arrived while leadership was being handed over: they wait for the new
+    /// leader (or for this one, if the transfer fails) instead of failing.
+    held: Vec<(ClientWrite, oneshot::Sender<Result<WriteReply, ApiError>>)>,
+    /// Who asked for the transfer under way, and the target.
+    transfer: Option<(NodeId, oneshot::Sender<Result<NodeId, ApiError>>)>,
+    /// Until when, after handing leadership over, writes wait for the new leader to be
+    /// known rather than fail with `NoLeader`.
+    handed_over_until: Option<Instant>,
     watchers: Vec<Recipient<LeadershipChanged>>,
 }
 
@@ -145,6 +167,11 @@ impl Election {
             links: BTreeMap::new(),
             log_store,
             replicators: BTreeMap::new(),
+            forwards: Vec::new(),
+            forwarded_to: None,
+            held: Vec::new(),
+            transfer: None,
+            handed_over_until: None,
             answers: Answers::default(),
             waiters: BTreeMap::new(),
             timer: None,
@@ -162,6 +189,38 @@ impl Election {
     fn act(&mut self, ctx: &mut Context<Self>) {
         for action in self.core.take_actions() {
             self.carry_out(ctx, action);
+        }
+        let leader = self.core.leader();
+        if leader != self.forwarded_to {
+            // Whatever was passed on to the old leader will not be answered by it in time, if
+            // at all: say so now, so the client retries with the new one.
+            let now_leader = leader.unwrap_or(0);
+            for (to, cancel) in std::mem::take(&mut self.forwards) {
+                if Some(to) == leader {
+                    self.forwards.push((to, cancel));
+                } else {
+                    let _ = cancel.send(now_leader);
+                }
+            }
+            self.forwarded_to = leader;
+        }
+        // Held writes go on once a leader is known again and no transfer is under way (or
+        // the new leader took too long to show: they get the usual answer).
+        let waited = self.handed_over_until.is_none_or(|t| Instant::now() >= t);
+        let settled = self.core.transferring().is_none() && (self.core.leader().is_some() || waited);
+        if !self.held.is_empty() && settled {
+            for (msg, tx) in std::mem::take(&mut self.held) {
+                if tx.is_canceled() {
+                    continue;
+                }
+                let fut = <Self as Handler<ClientWrite>>::handle(self, msg, ctx);
+                ctx.spawn(
+                    async move {
+                        let _ = tx.send(fut.await);
+                    }
+                    .into_actor(self),
+                );
+            }
         }
         let wakeup = Instant::from_std(self.core.next_wakeup());
         if self.timer.as_ref().is_none_or(|(at, _)| wakeup < *at) {
@@ -256,7 +315,7 @@ impl Election {
                     learners = ?members.learners.keys().collect::<Vec<_>>(),
                     "configuration in effect"
                 );
-                self.view.set(members);
+                self.view.set(members, self.core.member_log().committed().clone());
                 self.follow_peers(peers);
             }
             Action::Replicate { last_index, commit, round } => {
@@ -269,6 +328,28 @@ impl Election {
                 let msg = LeadershipChanged { node: self.core.id(), term, is_leader };
                 for w in &self.watchers {
                     w.do_send(msg);
+                }
+            }
+            Action::SendTimeoutNow { to, term } => {
+                if let Some(link) = self.links.get(&to) {
+                    let call = Call { request: Request::TimeoutNow { term }, timeout: self.config.request_timeout() };
+                    ctx.spawn(link.send(call).into_actor(self).map(|_, _, _| ()));
+                }
+            }
+            Action::TransferEnded { handed_over } => {
+                if handed_over {
+                    let wait = Duration::from_millis(self.config.election_timeout_max_ms);
+                    self.handed_over_until = Some(Instant::now() + wait);
+                    ctx.run_later(wait, |act, ctx| act.act(ctx));
+                }
+                if let Some((target, tx)) = self.transfer.take() {
+                    let _ = tx.send(if handed_over {
+                        Ok(target)
+                    } else {
+                        Err(ApiError::Unavailable(format!(
+                            "node {target} did not take over within an election timeout; this node leads on"
+                        )))
+                    });
                 }
             }
             Action::ScheduleFlush => ctx.notify(Later(LaterInput::Flush)),
@@ -296,7 +377,7 @@ impl Election {
     }
 
     fn forward<T: 'static>(
-        &self,
+        &mut self,
         request: Request,
         extract: fn(Response) -> Result<T, ApiError>,
     ) -> ResponseFuture<Result<T, ApiError>> {
@@ -307,12 +388,38 @@ impl Election {
         let Some(link) = self.links.get(&leader) else {
             return Box::pin(async move { Err(ApiError::Unavailable(format!("leader {leader} is not a member"))) });
         };
+        // Writes and reads fail over to the next leader; a transfer or a membership change
+        // waits for its answer (the leader changing is how a transfer ends).
+        let cancellable = matches!(request, Request::Forward(_) | Request::ReadIndex);
         let call = link.send(Call { request, timeout: self.config.request_timeout() });
+        let (cancel, cancelled) = oneshot::channel();
+        self.forwards.retain(|(_, c)| !c.is_canceled());
+        // Not cancellable: the sender travels with the future, so it never fires.
+        let keep = if cancellable {
+            self.forwards.push((leader, cancel));
+            None
+        } else {
+            Some(cancel)
+        };
         Box::pin(async move {
-            match call.await {
-                Ok(Ok(resp)) => extract(resp),
-                Ok(Err(e)) => Err(ApiError::Unreachable { leader, reason: e.to_string() }),
-                Err(e) => Err(ApiError::Unavailable(e.to_string())),
+            let _keep = keep;
+            futures::pin_mut!(call);
+            match futures::future::select(call, cancelled).await {
+                futures::future::Either::Left((Ok(Ok(resp)), _)) => extract(resp),
+                futures::future::Either::Left((Ok(Err(e)), _)) => {
+                    Err(ApiError::Unreachable { leader, reason: e.to_string() })
+                }
+                futures::future::Either::Left((Err(e), _)) => Err(ApiError::Unavailable(e.to_string())),
+                futures::future::Either::Right((new_leader, _)) => {
+                    let now = match new_leader {
+                        Ok(0) | Err(_) => "no leader yet".to_string(),
+                        Ok(l) => format!("node {l} leads now"),
+                    };
+                    Err(ApiError::Unreachable {
+                        leader,
+                        reason: format!("it lost office before answering ({now}); a write may have taken effect"),
+                    })
+                }
             }
         })
     }
@@ -423,6 +530,13 @@ impl Handler<ClientWrite> for Election {
         if msg.term.is_some_and(|t| t != self.core.term() || !leading) || (!leading && msg.forwarded) {
             let e = self.not_leader();
             return Box::pin(async move { Err(e) });
+        }
+        let handing_over = (leading && self.core.transferring().is_some())
+            || (!leading && self.core.leader().is_none() && self.handed_over_until.is_some_and(|t| Instant::now() < t));
+        if handing_over && !msg.forwarded && msg.term.is_none() {
+            let (tx, rx) = oneshot::channel();
+            self.held.push((msg, tx));
+            return Box::pin(answer(rx, self.config.request_timeout()));
         }
         if !leading {
             let forwarded = self.forward(Request::Forward(msg.write), |r| match r {
@@ -621,5 +735,43 @@ impl Handler<StopPeerLinks> for Election {
         for (_, link) in std::mem::take(&mut self.links) {
             link.do_send(StopLink);
         }
+    }
+}
+
+impl Handler<TransferLeadership> for Election {
+    type Result = ResponseFuture<Result<NodeId, ApiError>>;
+
+    fn handle(&mut self, msg: TransferLeadership, ctx: &mut Context<Self>) -> Self::Result {
+        if self.core.role() != Role::Leader {
+            if msg.forwarded {
+                let e = self.not_leader();
+                return Box::pin(async move { Err(e) });
+            }
+            return self.forward(Request::TransferLeadership { to: msg.to }, |r| match r {
+                Response::HandedTo(id) => Ok(id),
+                Response::Error(e) => Err(e),
+                other => Err(ApiError::Unavailable(format!("unexpected answer from leader: {other:?}"))),
+            });
+        }
+        if self.transfer.is_some() {
+            let e = ApiError::ChangeInProgress("a leadership transfer is under way".into());
+            return Box::pin(async move { Err(e) });
+        }
+        let target = match self.core.transfer_leadership(now(), msg.to) {
+            Ok(t) => t,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let (tx, rx) = oneshot::channel();
+        self.transfer = Some((target, tx));
+        self.act(ctx);
+        Box::pin(answer(rx, self.config.request_timeout()))
+    }
+}
+
+impl Handler<TimeoutNow> for Election {
+    type Result = ();
+
+    fn handle(&mut self, msg: TimeoutNow, ctx: &mut Context<Self>) {
+        self.step(ctx, Input::TimeoutNow { from: msg.from, term: msg.term });
     }
 }

@@ -67,8 +67,9 @@ impl Listener {
 /// `clients` is how many client connections are open: one more than
 /// `max_client_connections` is refused (peers always get in).
 ///
-/// A peer's id is refused if `members` (the configuration in effect here) says the cluster
-/// removed it, or if it is this node's own. Any other id gets in, member or not yet: a node
+/// A peer's id is refused if `members` (the newest configuration this node knows committed)
+/// says the cluster removed it, or if it is this node's own: a removal not yet committed may
+/// be undone, and the node removed may lead meanwhile. Any other id gets in, member or not yet: a node
 /// behind on the log cannot know of every member added since (thesis §4.1: requests are
 /// handled without consulting the configuration; etcd does the same). The group and the
 /// cluster token tell this cluster's nodes from others; the core counts only members.
@@ -163,7 +164,7 @@ impl StreamHandler<Accepted> for Listener {
         let fut = async move {
             let config = node.config().clone();
             let open = clients.clone();
-            let members = node.members();
+            let members = node.committed_members();
             let admitted = move |h: &Hello| {
                 admit(&config, &members, auth.as_ref(), h, open.load(std::sync::atomic::Ordering::Acquire))
             };

@@ -69,6 +69,9 @@ enum Command {
     /// Cluster membership: list, add, promote, remove (through any member).
     #[command(subcommand)]
     Member(MemberCommand),
+    /// Leadership.
+    #[command(subcommand)]
+    Leader(LeaderCommand),
     /// Drive concurrent writers against a cluster and report throughput and latency.
     Bench(BenchArgs),
 }
@@ -93,6 +96,16 @@ enum ServiceCommand {
         /// The services.
         #[arg(required = true)]
         names: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LeaderCommand {
+    /// Hand leadership to a voter (the most caught-up one if none is named); writes wait
+    /// meanwhile instead of failing. Prints the new leader's id.
+    Transfer {
+        /// The voter to take over.
+        id: Option<u64>,
     },
 }
 
@@ -307,6 +320,17 @@ async fn run_server(config: Config) -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+    // A leader hands over first, so stopping it costs the cluster no election timeout
+    // (a rolling restart): writes meanwhile wait for the new leader.
+    let handle = node.handle();
+    if handle.status().await.is_ok_and(|s| s.role == dister::raft::Role::Leader) {
+        let wait = Duration::from_millis(2 * handle.config().election_timeout_max_ms);
+        match tokio::time::timeout(wait, handle.transfer_leadership(None)).await {
+            Ok(Ok(to)) => tracing::info!(to, "handed leadership over"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not hand leadership over"),
+            Err(_) => tracing::warn!("leadership transfer did not finish in time"),
+        }
+    }
     node.stop();
     Ok(())
 }
@@ -461,6 +485,10 @@ async fn run_client(addr: &str, group: &str, token: Option<&str>, command: Comma
             let change = MemberChange::Add { id, addr, promote: !learner };
             let reply = retry(|| client.change_members(change.clone())).await?;
             let _ = writeln!(out, "added {id} at index {}", reply.index);
+        }
+        Command::Leader(LeaderCommand::Transfer { id }) => {
+            let to = retry(|| client.transfer_leadership(id)).await?;
+            let _ = writeln!(out, "{to}");
         }
         Command::Member(MemberCommand::Promote { id }) => {
             let reply = retry(|| client.change_members(MemberChange::Promote { id })).await?;

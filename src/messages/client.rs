@@ -76,6 +76,28 @@ pub struct ChangeMembers {
     pub forwarded: bool,
 }
 
+/// Hand leadership over (to `to`, or to the most caught-up voter), for `Election`; a follower
+/// passes it on to the leader unless `forwarded`. Answered once the leader has stepped down,
+/// with the node it handed to.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<crate::raft::NodeId, ApiError>")]
+pub struct TransferLeadership {
+    /// The voter to hand to.
+    pub to: Option<crate::raft::NodeId>,
+    /// True on the leader when a follower passed it on.
+    pub forwarded: bool,
+}
+
+/// The leader `from` of `term` hands leadership to this node (TimeoutNow), for `Election`.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct TimeoutNow {
+    /// The leader.
+    pub from: crate::raft::NodeId,
+    /// Its term.
+    pub term: u64,
+}
+
 /// Close every link to a peer (the node is stopping).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

@@ -142,6 +142,13 @@ pub enum Input {
         /// Names the answer.
         token: u64,
     },
+    /// The leader of `term` hands leadership to this node: stand now (thesis §3.10).
+    TimeoutNow {
+        /// The leader.
+        from: NodeId,
+        /// Its term.
+        term: u64,
+    },
 }
 
 /// What the core wants done, in order.
@@ -240,6 +247,19 @@ pub enum Action {
         /// Whether it now leads.
         is_leader: bool,
     },
+    /// Tell `to`, caught up, to stand for election now (a leadership transfer).
+    SendTimeoutNow {
+        /// The voter taking over.
+        to: NodeId,
+        /// This leader's term.
+        term: u64,
+    },
+    /// A leadership transfer ended: this node stepped down (`handed_over`), or gave up
+    /// after an election timeout and leads on.
+    TransferEnded {
+        /// Whether leadership left this node.
+        handed_over: bool,
+    },
     /// Feed [`Input::Flush`] once the inputs at hand are handled (proposals are batched).
     ScheduleFlush,
     /// Feed [`Input::ReadRound`] once the inputs at hand are handled (reads are batched).
@@ -286,7 +306,18 @@ pub struct PeerView {
 struct Campaign {
     term: u64,
     pre_vote: bool,
+    /// Standing because the leader handed over (voters skip the live-leader check).
+    transfer: bool,
     granted: BTreeSet<NodeId>,
+}
+
+/// A leadership transfer under way (thesis §3.10).
+struct Transfer {
+    target: NodeId,
+    /// Given up after one election timeout.
+    deadline: Instant,
+    /// TimeoutNow sent (the target had caught up).
+    sent: bool,
 }
 
 struct PendingRead {
@@ -310,6 +341,7 @@ struct Lead {
     last_ack: BTreeMap<NodeId, Instant>,
     reads: VecDeque<PendingRead>,
     next_quorum_check: Instant,
+    transfer: Option<Transfer>,
 }
 
 struct VoteToAnswer {
@@ -390,7 +422,7 @@ impl Core {
         core.members_changed();
         if core.is_alone() {
             // A single-node cluster is its own majority: stand at once.
-            core.start_campaign(now, false);
+            core.start_campaign(now, false, false);
         } else {
             core.reset_deadline(now);
         }
@@ -435,6 +467,57 @@ impl Core {
             }
             Input::PeerDisconnected { peer } => self.on_peer_disconnected(now, peer),
             Input::ReadIndex { token } => self.on_read_index(token),
+            Input::TimeoutNow { from, term } => {
+                if term == self.term && self.role == Role::Follower && self.leader == Some(from) && self.is_voter() {
+                    tracing::info!(id = self.id, term, leader = from, "leadership handed over; standing now");
+                    self.start_campaign(now, false, true);
+                }
+            }
+        }
+    }
+
+    /// Hands leadership to `target`, or to the voter with the most of the log: once it has
+    /// every entry it is told to stand (TimeoutNow), and its election unseats this leader.
+    /// Given up after an election timeout. The caller holds new writes meanwhile, so the
+    /// target can catch up. Answers the target.
+    pub fn transfer_leadership(&mut self, now: Instant, target: Option<NodeId>) -> Result<NodeId, ApiError> {
+        self.check_can_propose()?;
+        let members = self.configs.latest().clone();
+        let Some(lead) = self.lead.as_mut() else { return Err(ApiError::NotLeader { node: self.id, leader: None }) };
+        let target = match target {
+            Some(t) if t == self.id => return Err(ApiError::BadRequest(format!("node {t} leads already"))),
+            Some(t) if !members.is_voter(t) => {
+                return Err(ApiError::BadRequest(format!("node {t} is not a voter: only a voter can lead")));
+            }
+            Some(t) => t,
+            None => members
+                .voters
+                .keys()
+                .copied()
+                .filter(|&v| v != self.id)
+                .max_by_key(|v| (lead.last_ack.get(v).copied(), lead.match_index.get(v).copied()))
+                .ok_or_else(|| ApiError::BadRequest("no other voter to hand leadership to".into()))?,
+        };
+        tracing::info!(id = self.id, term = self.term, target, "transferring leadership");
+        lead.transfer = Some(Transfer { target, deadline: now + self.timing.election_max, sent: false });
+        self.try_hand_over();
+        Ok(target)
+    }
+
+    /// The voter leadership is being handed to, while a transfer is under way.
+    pub fn transferring(&self) -> Option<NodeId> {
+        self.lead.as_ref().and_then(|l| l.transfer.as_ref()).map(|t| t.target)
+    }
+
+    /// Sends TimeoutNow once the target holds every entry.
+    fn try_hand_over(&mut self) {
+        let last = self.last_log.index;
+        let term = self.term;
+        let Some(lead) = self.lead.as_mut() else { return };
+        let Some(t) = lead.transfer.as_mut() else { return };
+        if !t.sent && lead.match_index.get(&t.target).is_some_and(|&m| m >= last) {
+            t.sent = true;
+            self.actions.push(Action::SendTimeoutNow { to: t.target, term });
         }
     }
 
@@ -453,6 +536,10 @@ impl Core {
         }
         if self.role != Role::Leader {
             return Err(ApiError::NotLeader { node: self.id, leader: self.leader });
+        }
+        if let Some(target) = self.transferring() {
+            // §3.10: no new entries while the target catches up; it leads in a moment.
+            return Err(ApiError::NotLeader { node: self.id, leader: Some(target) });
         }
         Ok(())
     }
@@ -494,6 +581,10 @@ impl Core {
     fn check_caught_up(&self, now: Instant, id: NodeId) -> Result<(), ApiError> {
         let last = self.last_log.index;
         match self.peer_view(now, id) {
+            // It must have acknowledged entries in this term, not merely be new.
+            Some(v) if v.match_index == 0 => Err(ApiError::BadRequest(format!(
+                "learner {id} has not acknowledged any entry from this leader yet; it cannot be promoted until it does"
+            ))),
             Some(v) if v.alive && last.saturating_sub(v.match_index) <= PROMOTE_MAX_LAG => Ok(()),
             Some(v) if v.alive => Err(ApiError::BadRequest(format!(
                 "learner {id} is {} entries behind the leader (at most {PROMOTE_MAX_LAG}); retry once it has caught up",
@@ -514,7 +605,10 @@ impl Core {
     /// next check-quorum.
     pub fn next_wakeup(&self) -> Instant {
         match &self.lead {
-            Some(lead) => lead.next_quorum_check,
+            Some(lead) => match &lead.transfer {
+                Some(t) => lead.next_quorum_check.min(t.deadline),
+                None => lead.next_quorum_check,
+            },
             None => self.deadline,
         }
     }
@@ -679,13 +773,18 @@ impl Core {
     }
 
     fn tick(&mut self, now: Instant) {
-        if self.lead.is_some() {
-            if now >= self.next_wakeup() {
+        if let Some(lead) = self.lead.as_mut() {
+            if lead.transfer.as_ref().is_some_and(|t| now >= t.deadline) {
+                tracing::warn!(id = self.id, term = self.term, "leadership transfer timed out; leading on");
+                lead.transfer = None;
+                self.actions.push(Action::TransferEnded { handed_over: false });
+            }
+            if now >= lead.next_quorum_check {
                 self.check_quorum(now);
             }
         } else if now >= self.deadline {
             if self.is_voter() {
-                self.start_campaign(now, true);
+                self.start_campaign(now, true, false);
             } else {
                 // A learner, a removed node or one not yet added never stands (§4.2.3).
                 self.campaign = None;
@@ -709,6 +808,9 @@ impl Core {
         self.campaign = None;
         if let Some(lead) = self.lead.take() {
             self.actions.push(Action::LeadershipChanged { term: led, is_leader: false });
+            if lead.transfer.is_some() {
+                self.actions.push(Action::TransferEnded { handed_over: true });
+            }
             if !lead.pending.is_empty() {
                 // Entries already stamped go to the log anyway, so the view of the log stays
                 // true; they are uncommitted and the next leader may replace them.
@@ -777,9 +879,10 @@ impl Core {
             }
         }
         // Our own candidacy, once our vote for ourselves is durable (Figure 2).
-        let standing = self.campaign.as_ref().is_some_and(|c| !c.pre_vote && c.term == ticket.term);
-        if ok
-            && standing
+        let standing = self.campaign.as_ref().filter(|c| !c.pre_vote && c.term == ticket.term).map(|c| c.transfer);
+        if let Some(transfer) = standing
+            && ok
+            && self.is_voter()
             && self.role == Role::Candidate
             && self.term == ticket.term
             && ticket.voted_for == Some(self.id)
@@ -787,13 +890,14 @@ impl Core {
             if self.is_alone() {
                 self.become_leader(now);
             } else {
-                self.request_votes(ticket.term, false);
+                self.request_votes(ticket.term, false, transfer);
             }
         }
     }
 
-    /// Starts a pre-vote (or, after one succeeds, a real election).
-    fn start_campaign(&mut self, now: Instant, pre_vote: bool) {
+    /// Starts a pre-vote (or, after one succeeds, a real election; `transfer`: one the leader
+    /// asked for).
+    fn start_campaign(&mut self, now: Instant, pre_vote: bool, transfer: bool) {
         // The deadline moves first: a node that may not stand must not spin on its timer.
         self.reset_deadline(now);
         if self.storage_failed || !self.is_voter() {
@@ -803,8 +907,9 @@ impl Core {
         if pre_vote && !self.is_alone() {
             let term = self.term + 1;
             tracing::debug!(id = self.id, term, "starting pre-vote");
-            self.campaign = Some(Campaign { term, pre_vote: true, granted: BTreeSet::from([self.id]) });
-            self.request_votes(term, true);
+            self.campaign =
+                Some(Campaign { term, pre_vote: true, transfer: false, granted: BTreeSet::from([self.id]) });
+            self.request_votes(term, true, false);
             return;
         }
         self.term += 1;
@@ -812,12 +917,12 @@ impl Core {
         self.role = Role::Candidate;
         let term = self.term;
         tracing::info!(id = self.id, term, "starting election");
-        self.campaign = Some(Campaign { term, pre_vote: false, granted: BTreeSet::from([self.id]) });
+        self.campaign = Some(Campaign { term, pre_vote: false, transfer, granted: BTreeSet::from([self.id]) });
         self.persist();
     }
 
-    fn request_votes(&mut self, term: u64, pre_vote: bool) {
-        let request = VoteRequest { term, candidate: self.id, last_log: self.last_log, pre_vote };
+    fn request_votes(&mut self, term: u64, pre_vote: bool, transfer: bool) {
+        let request = VoteRequest { term, candidate: self.id, last_log: self.last_log, pre_vote, transfer };
         let me = self.id;
         let voters: Vec<NodeId> = self.configs.latest().voters.keys().copied().filter(|&v| v != me).collect();
         for to in voters {
@@ -841,11 +946,14 @@ impl Core {
             return;
         }
         c.granted.insert(from);
-        if c.granted.len() < quorum {
+        // Grants count only from the voters in effect now: a configuration appended during
+        // the campaign may have removed a granter, or this node itself.
+        let latest = self.configs.latest().clone();
+        if !latest.is_voter(self.id) || c.granted.iter().filter(|g| latest.is_voter(**g)).count() < quorum {
             return;
         }
         if request.pre_vote {
-            self.start_campaign(now, false);
+            self.start_campaign(now, false, false);
         } else if self.role == Role::Candidate && self.term == request.term {
             self.become_leader(now);
         }
@@ -872,6 +980,7 @@ impl Core {
             round_scheduled: false,
             reads: VecDeque::new(),
             next_quorum_check: now + self.timing.election_max,
+            transfer: None,
         });
         // The no-op lets this leader commit what earlier terms left (§5.4.2) and serve reads.
         self.stamp(Payload::Blank);
@@ -1041,6 +1150,7 @@ impl Core {
             if self.configs.latest().promoting.contains(&peer) {
                 self.maybe_promote(now);
             }
+            self.try_hand_over();
         }
         self.serve_reads();
     }
@@ -1075,7 +1185,8 @@ impl Core {
         }
         let before = (self.term, self.voted_for);
         if req.term > self.term {
-            if self.leader_is_live(now) {
+            // A live leader keeps its followers, unless it handed over itself.
+            if self.leader_is_live(now) && !req.transfer {
                 // A live leader keeps its followers (thesis §4.2.3): a disruptive node is ignored.
                 let response = VoteResponse { term: self.term, granted: false };
                 self.actions.push(Action::AnswerVote { token, response });
@@ -1206,6 +1317,10 @@ impl Core {
             self.configs.insert(index, members);
         }
         if (self.configs.latest_index(), self.configs.latest().clone()) != before {
+            if !self.is_voter() && self.campaign.take().is_some() && self.role == Role::Candidate {
+                // No longer a voter: the campaign ends here.
+                self.role = Role::Follower;
+            }
             self.members_changed();
         }
     }

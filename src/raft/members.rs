@@ -232,6 +232,11 @@ impl MemberLog {
         self.entries.values().next_back().unwrap_or(&self.base)
     }
 
+    /// The newest committed configuration (as far as this node knows).
+    pub fn committed(&self) -> &Arc<Members> {
+        &self.base
+    }
+
     /// The index of the newest configuration's entry.
     pub fn latest_index(&self) -> u64 {
         self.entries.keys().next_back().copied().unwrap_or(self.base_index)

@@ -66,6 +66,9 @@ pub struct VoteRequest {
     pub last_log: LogId,
     /// True for a pre-vote.
     pub pre_vote: bool,
+    /// True when the leader handed over (TimeoutNow, thesis §3.10): voters that still hear
+    /// from that leader vote anyway.
+    pub transfer: bool,
 }
 
 /// The answer to a vote request.
@@ -253,6 +256,17 @@ pub enum Request {
     },
     /// This node's status.
     Status,
+    /// The leader hands leadership over: stand for election now (peers only, thesis §3.10).
+    TimeoutNow {
+        /// The leader's term.
+        term: u64,
+    },
+    /// Hand leadership to `to` (or to the most caught-up voter); answered once this leader
+    /// has stepped down, or why it could not. Forwarded to the leader if this node is not it.
+    TransferLeadership {
+        /// The voter to hand it to.
+        to: Option<NodeId>,
+    },
     /// A membership change; forwarded to the leader if this node is not it, answered once
     /// committed with the index of its entry.
     ChangeMembers {
@@ -267,7 +281,14 @@ impl Request {
     /// Requests only a configured peer may send: a client connection cannot inject Raft
     /// traffic or pose as a forwarding follower.
     pub fn is_peer_only(&self) -> bool {
-        matches!(self, Request::AppendEntries(_) | Request::Vote(_) | Request::ReadIndex | Request::Forward(_))
+        matches!(
+            self,
+            Request::AppendEntries(_)
+                | Request::Vote(_)
+                | Request::ReadIndex
+                | Request::Forward(_)
+                | Request::TimeoutNow { .. }
+        )
     }
 }
 
@@ -292,6 +313,8 @@ pub enum Response {
     Status(Box<StatusInfo>),
     /// Done, nothing to say (a beat).
     Done,
+    /// To TransferLeadership: the node now leading.
+    HandedTo(NodeId),
     /// The request failed.
     Error(ApiError),
 }

@@ -75,9 +75,13 @@ fn request() -> impl Strategy<Value = Request> {
                 Request::AppendEntries(AppendEntriesRequest { term, leader, prev, entries, leader_commit })
             }
         ),
-        (any::<u64>(), any::<u64>(), log_id(), any::<bool>()).prop_map(|(term, candidate, last_log, pre_vote)| {
-            Request::Vote(VoteRequest { term, candidate, last_log, pre_vote })
-        }),
+        (any::<u64>(), any::<u64>(), log_id(), any::<bool>(), any::<bool>()).prop_map(
+            |(term, candidate, last_log, pre_vote, transfer)| {
+                Request::Vote(VoteRequest { term, candidate, last_log, pre_vote, transfer })
+            }
+        ),
+        any::<u64>().prop_map(|term| Request::TimeoutNow { term }),
+        option::of(any::<u64>()).prop_map(|to| Request::TransferLeadership { to }),
         Just(Request::ReadIndex),
         write().prop_map(Request::Forward),
         write().prop_map(Request::Write),
@@ -182,6 +186,7 @@ fn response() -> impl Strategy<Value = Response> {
         status().prop_map(|s| Response::Status(Box::new(s))),
         api_error().prop_map(Response::Error),
         Just(Response::Done),
+        any::<u64>().prop_map(Response::HandedTo),
     ]
 }
 
@@ -227,6 +232,8 @@ pub fn variant(f: &Frame) -> &'static str {
             Request::Beat { .. } => "request/beat",
             Request::Status => "request/status",
             Request::ChangeMembers { .. } => "request/change-members",
+            Request::TimeoutNow { .. } => "request/timeout-now",
+            Request::TransferLeadership { .. } => "request/transfer-leadership",
         },
         Frame::Response(_, r) => match r {
             Response::AppendEntries(_) => "response/append-entries",
@@ -238,6 +245,7 @@ pub fn variant(f: &Frame) -> &'static str {
             Response::QueryReply(_) => "response/query-reply",
             Response::Status(_) => "response/status",
             Response::Done => "response/done",
+            Response::HandedTo(_) => "response/handed-to",
             Response::Error(e) => match e {
                 ApiError::NoLeader { .. } => "response/error/no-leader",
                 ApiError::NotLeader { .. } => "response/error/not-leader",
@@ -257,7 +265,7 @@ pub fn variant(f: &Frame) -> &'static str {
 }
 
 /// Every name [`variant`] can return.
-pub const VARIANTS: usize = 3 + 11 + 9 + 12;
+pub const VARIANTS: usize = 3 + 13 + 10 + 12;
 
 /// Encodes frames back to back, as one connection would carry them.
 pub fn encode_all(frames: &[Frame]) -> Vec<u8> {
