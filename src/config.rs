@@ -67,6 +67,11 @@ pub struct Config {
     /// and `peers` (its first leader logs that configuration). Off (`--no-bootstrap`): it
     /// waits, electing nobody, until a member adds it.
     pub bootstrap: bool,
+    /// Start as the only voter of a new cluster holding this node's data, every other member
+    /// removed (recovery when most machines are gone for good; etcd's
+    /// `--force-new-cluster`). Everything in this node's log counts as committed. Drop the
+    /// flag once the node runs: each start with it writes the change again.
+    pub force_new_cluster: bool,
     /// A member to ask, on an empty data directory, to add this node (as a voter, once it has
     /// caught up). A node whose log holds anything never asks again.
     pub join: Option<String>,
@@ -138,6 +143,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             peers: Vec::new(),
             bootstrap: true,
+            force_new_cluster: false,
             join: None,
             election_timeout_min_ms: 300,
             election_timeout_max_ms: 600,

@@ -215,7 +215,10 @@ impl NodeBuilder {
         let config = self.config;
         config.validate()?;
         let storage = self.storage.unwrap_or_else(|| StorageConfig::Dir(config.data_dir.clone()));
-        let (backend, recovered) = storage.open(config.segment_bytes)?;
+        let (mut backend, mut recovered) = storage.open(config.segment_bytes)?;
+        if config.force_new_cluster {
+            force_new_cluster(&config, backend.as_mut(), &mut recovered).await?;
+        }
         // A node that has anything in its log joined (or founded) its cluster already.
         let join = config.join.clone().filter(|_| recovered.entries.is_empty());
         let members = recover_members(&config, &recovered);
@@ -339,6 +342,39 @@ impl NodeBuilder {
         };
         Ok(Node { handle, local_addr, http, listener, threads })
     }
+}
+
+/// Rewrites the cluster to this node alone: a configuration entry with it the only voter
+/// (every other member removed, so none can come back with its old log), in a new term, and
+/// the whole log committed: a lone voter's log is the cluster's.
+async fn force_new_cluster(
+    config: &Config,
+    backend: &mut dyn crate::storage::LogBackend,
+    recovered: &mut Recovered,
+) -> Result<(), NodeError> {
+    use crate::raft::{Entry, HardState};
+    use crate::storage::{LogWrite, WriteBatch};
+    let members = recover_members(config, recovered);
+    let old = members.latest().clone();
+    let mut alone = Members::of_voters([(config.id, config.advertised().to_string())]);
+    alone.removed = old.removed.clone();
+    alone.removed.extend(old.all().map(|(id, _, _)| id).filter(|&id| id != config.id));
+    let last = recovered.entries.last().map(|e| e.log_id()).unwrap_or_default();
+    let term = recovered.hard_state.term.max(last.term) + 1;
+    let entry = Arc::new(Entry { term, index: last.index + 1, payload: Payload::Config(alone.clone()) });
+    let hard_state = HardState { term, voted_for: None, commit: entry.index };
+    let batch = WriteBatch { writes: vec![LogWrite::Entry(entry.clone()), LogWrite::HardState(hard_state)] };
+    backend.submit(batch).await.map_err(|_| NodeError::Threads("the log stopped while rewriting it".into()))??;
+    tracing::warn!(
+        id = config.id,
+        term,
+        index = entry.index,
+        removed = ?alone.removed,
+        "forced a new cluster: this node is its only voter"
+    );
+    recovered.entries.push(entry);
+    recovered.hard_state = hard_state;
+    Ok(())
 }
 
 /// Asks `member` (any member: a follower passes it on) to add this node as a voter, until it

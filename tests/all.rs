@@ -25,6 +25,7 @@ mod t50_process;
 mod t52_registry_process;
 mod t55_faults;
 mod t56_membership;
+mod t57_membership_process;
 mod t60_sim;
 mod t70_extension;
 mod t80_chaos;

@@ -191,7 +191,7 @@ impl Election {
             self.carry_out(ctx, action);
         }
         let leader = self.core.leader();
-        if leader != self.forwarded_to {
+        if leader != self.forwarded_to && !self.core.handed_over() {
             // Whatever was passed on to the old leader will not be answered by it in time, if
             // at all: say so now, so the client retries with the new one.
             let now_leader = leader.unwrap_or(0);
@@ -206,13 +206,16 @@ impl Election {
         }
         // Held writes go on once a leader is known again and no transfer is under way (or
         // the new leader took too long to show: they get the usual answer).
-        let waited = self.handed_over_until.is_none_or(|t| Instant::now() >= t);
+        let waited = self.handed_over_until.is_none_or(|t| Instant::now() >= t) && !self.core.handed_over();
         let settled = self.core.transferring().is_none() && (self.core.leader().is_some() || waited);
         if !self.held.is_empty() && settled {
-            for (msg, tx) in std::mem::take(&mut self.held) {
+            for (mut msg, tx) in std::mem::take(&mut self.held) {
                 if tx.is_canceled() {
                     continue;
                 }
+                // A write a follower passed on to this node while it handed over goes one hop
+                // further, to the new leader, once.
+                msg.forwarded = false;
                 let fut = <Self as Handler<ClientWrite>>::handle(self, msg, ctx);
                 ctx.spawn(
                     async move {
@@ -531,9 +534,13 @@ impl Handler<ClientWrite> for Election {
             let e = self.not_leader();
             return Box::pin(async move { Err(e) });
         }
+        // While leadership is handed over, writes wait for the new leader: on the old leader,
+        // and on any node that knows a handover is under way but not yet who won it.
         let handing_over = (leading && self.core.transferring().is_some())
-            || (!leading && self.core.leader().is_none() && self.handed_over_until.is_some_and(|t| Instant::now() < t));
-        if handing_over && !msg.forwarded && msg.term.is_none() {
+            || (!leading
+                && self.core.leader().is_none()
+                && (self.core.handed_over() || self.handed_over_until.is_some_and(|t| Instant::now() < t)));
+        if handing_over && msg.term.is_none() {
             let (tx, rx) = oneshot::channel();
             self.held.push((msg, tx));
             return Box::pin(answer(rx, self.config.request_timeout()));

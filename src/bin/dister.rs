@@ -177,6 +177,10 @@ struct ServerArgs {
     /// Start empty and wait to be added (`dister member add`); never elect oneself.
     #[arg(long)]
     no_bootstrap: bool,
+    /// Recovery from a lost majority: start as the only voter of a new cluster holding this
+    /// node's data (every other member removed). Drop the flag once it runs.
+    #[arg(long)]
+    force_new_cluster: bool,
     /// The address peers reach this node at, when not --listen (a node on 0.0.0.0).
     #[arg(long, value_name = "HOST:PORT")]
     advertise: Option<String>,
@@ -292,6 +296,9 @@ fn server_config(args: ServerArgs) -> anyhow::Result<Config> {
     if args.no_bootstrap {
         config.bootstrap = false;
     }
+    if args.force_new_cluster {
+        config.force_new_cluster = true;
+    }
     if args.advertise.is_some() {
         config.advertise = args.advertise;
     }
@@ -326,7 +333,12 @@ async fn run_server(config: Config) -> anyhow::Result<()> {
     if handle.status().await.is_ok_and(|s| s.role == dister::raft::Role::Leader) {
         let wait = Duration::from_millis(2 * handle.config().election_timeout_max_ms);
         match tokio::time::timeout(wait, handle.transfer_leadership(None)).await {
-            Ok(Ok(to)) => tracing::info!(to, "handed leadership over"),
+            Ok(Ok(to)) => {
+                tracing::info!(to, "handed leadership over");
+                // Writes held during the handover, and those peers passed on to this node,
+                // are answered through the new leader: give them a few heartbeats.
+                tokio::time::sleep(Duration::from_millis(4 * handle.config().heartbeat_interval_ms)).await;
+            }
             Ok(Err(e)) => tracing::warn!(error = %e, "could not hand leadership over"),
             Err(_) => tracing::warn!("leadership transfer did not finish in time"),
         }

@@ -375,6 +375,9 @@ pub struct Core {
     campaign: Option<Campaign>,
     lead: Option<Lead>,
     votes_to_answer: Vec<VoteToAnswer>,
+    /// The term a leader handed over into (a TimeoutNow candidate asked for it): the old
+    /// leader is alive, so what was passed on to it will be answered.
+    handover_term: Option<u64>,
     /// The configurations carried by appends not yet stored, by the append's `seq`.
     configs_in_flight: BTreeMap<u64, Vec<(u64, Arc<Members>)>>,
     storage_failed: bool,
@@ -415,6 +418,7 @@ impl Core {
             lead: None,
             votes_to_answer: Vec::new(),
             configs_in_flight: BTreeMap::new(),
+            handover_term: None,
             storage_failed: false,
             actions: Vec::new(),
         };
@@ -502,6 +506,12 @@ impl Core {
         lead.transfer = Some(Transfer { target, deadline: now + self.timing.election_max, sent: false });
         self.try_hand_over();
         Ok(target)
+    }
+
+    /// Whether the current term began with a leader handing over (rather than losing office):
+    /// requests passed on to the old leader are still answered.
+    pub fn handed_over(&self) -> bool {
+        self.handover_term == Some(self.term)
     }
 
     /// The voter leadership is being handed to, while a transfer is under way.
@@ -918,6 +928,9 @@ impl Core {
         let term = self.term;
         tracing::info!(id = self.id, term, "starting election");
         self.campaign = Some(Campaign { term, pre_vote: false, transfer, granted: BTreeSet::from([self.id]) });
+        if transfer {
+            self.handover_term = Some(term);
+        }
         self.persist();
     }
 
@@ -1193,6 +1206,9 @@ impl Core {
                 return;
             }
             self.become_follower(now, req.term, None);
+            if req.transfer {
+                self.handover_term = Some(req.term);
+            }
         }
         let voter = VoterState { term: self.term, voted_for: self.voted_for, last_log: self.last_log };
         let granted = !self.storage_failed && (self.rules.grant_vote)(voter, candidacy);

@@ -17,6 +17,11 @@ pub struct Procs {
     pub addrs: Vec<String>,
     /// Each node's HTTP address.
     pub http: Vec<String>,
+    /// How many nodes founded the cluster (with `--peer`); the others were added later and
+    /// start with their own arguments.
+    founders: usize,
+    /// Arguments of the nodes added later, by index.
+    added: BTreeMap<usize, Vec<String>>,
     dir: tempfile::TempDir,
 }
 
@@ -26,7 +31,8 @@ impl Procs {
         let dir = tempfile::tempdir().unwrap();
         let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", super::free_port())).collect();
         let http: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", super::free_port())).collect();
-        let mut p = Procs { children: (0..n).map(|_| None).collect(), addrs, http, dir };
+        let mut p =
+            Procs { children: (0..n).map(|_| None).collect(), addrs, http, founders: n, added: BTreeMap::new(), dir };
         for i in 0..n {
             p.spawn(i);
         }
@@ -43,7 +49,11 @@ impl Procs {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_dister"));
         cmd.arg("server").args(["--id", &(i + 1).to_string()]).arg("--data-dir").arg(self.data_dir(i));
         cmd.args(["--listen", &self.addrs[i], "--http", &self.http[i]]);
-        for (j, a) in self.addrs.iter().enumerate() {
+        if let Some(args) = self.added.get(&i) {
+            cmd.args(args);
+            return cmd;
+        }
+        for (j, a) in self.addrs.iter().enumerate().take(self.founders) {
             if j != i {
                 cmd.args(["--peer", &format!("{}={a}", j + 1)]);
             }
@@ -51,12 +61,42 @@ impl Procs {
         cmd
     }
 
-    /// Starts node `i` from its data directory.
-    pub fn spawn(&mut self, i: usize) {
+    /// Starts one more node, id the next, with `args` instead of the founders' `--peer`s
+    /// (`--join ADDR`, `--no-bootstrap`); returns its index.
+    pub fn add(&mut self, args: &[&str]) -> usize {
+        let i = self.addrs.len();
+        self.addrs.push(format!("127.0.0.1:{}", super::free_port()));
+        self.http.push(format!("127.0.0.1:{}", super::free_port()));
+        self.children.push(None);
+        self.added.insert(i, args.iter().map(|a| a.to_string()).collect());
+        self.spawn(i);
+        i
+    }
+
+    /// Starts node `i` again with `extra` arguments added (`--force-new-cluster`).
+    pub fn spawn_with(&mut self, i: usize, extra: &[&str]) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log(i)).unwrap();
         let mut cmd = self.command(i);
-        cmd.stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info");
+        cmd.args(extra).stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info");
         self.children[i] = Some(cmd.spawn().expect("spawn dister"));
+    }
+
+    /// SIGTERM, then waits for the process to end; answers whether it exited cleanly.
+    pub fn sigterm(&mut self, i: usize) -> bool {
+        let Some(mut c) = self.children[i].take() else { return false };
+        let sent = Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+        assert!(sent.success(), "kill -TERM failed");
+        c.wait().unwrap().success()
+    }
+
+    /// Whether node `i` runs (as far as this harness knows).
+    pub fn is_running(&self, i: usize) -> bool {
+        self.children[i].is_some()
+    }
+
+    /// Starts node `i` from its data directory.
+    pub fn spawn(&mut self, i: usize) {
+        self.spawn_with(i, &[]);
     }
 
     /// Node `i`'s log file.
@@ -83,7 +123,7 @@ impl Procs {
         let deadline = Instant::now() + within;
         loop {
             for i in 0..self.addrs.len() {
-                if self.children[i].is_some() && self.role(i).await == Some(Role::Leader) {
+                if self.is_running(i) && self.role(i).await == Some(Role::Leader) {
                     return i;
                 }
             }
