@@ -289,7 +289,10 @@ impl NodeBuilder {
                 let election_ctx = Context::<Election>::new();
                 let log_store =
                     LogStore::new(backend, recovered, subscribers, election_ctx.address().recipient()).start();
-                let view = Arc::new(MemberView::new(members.latest().clone(), members.committed().clone()));
+                // The view as of the recovered commit index, before Election starts.
+                let mut committed = members.clone();
+                committed.commit_to(hard_state.commit.min(last_log.index));
+                let view = Arc::new(MemberView::new(committed.latest().clone(), committed.committed().clone()));
                 let start = (hard_state, last_log, members);
                 let election = election_ctx.run(Election::new(
                     config.clone(),
@@ -356,6 +359,10 @@ async fn force_new_cluster(
     use crate::storage::{LogWrite, WriteBatch};
     let members = recover_members(config, recovered);
     let old = members.latest().clone();
+    if old.voters.len() == 1 && old.is_voter(config.id) && old.learners.is_empty() {
+        tracing::warn!(id = config.id, "force_new_cluster: this node is the only member already; nothing rewritten");
+        return Ok(());
+    }
     let mut alone = Members::of_voters([(config.id, config.advertised().to_string())]);
     alone.removed = old.removed.clone();
     alone.removed.extend(old.all().map(|(id, _, _)| id).filter(|&id| id != config.id));

@@ -123,6 +123,8 @@ pub struct Election {
     /// Until when, after handing leadership over, writes wait for the new leader to be
     /// known rather than fail with `NoLeader`.
     handed_over_until: Option<Instant>,
+    /// The term whose handover set `handed_over_until`.
+    handover_seen: Option<u64>,
     watchers: Vec<Recipient<LeadershipChanged>>,
 }
 
@@ -172,6 +174,7 @@ impl Election {
             held: Vec::new(),
             transfer: None,
             handed_over_until: None,
+            handover_seen: None,
             answers: Answers::default(),
             waiters: BTreeMap::new(),
             timer: None,
@@ -206,7 +209,14 @@ impl Election {
         }
         // Held writes go on once a leader is known again and no transfer is under way (or
         // the new leader took too long to show: they get the usual answer).
-        let waited = self.handed_over_until.is_none_or(|t| Instant::now() >= t) && !self.core.handed_over();
+        if self.core.handed_over() && self.handover_seen != Some(self.core.term()) {
+            // A handover is under way: writes wait for its winner, an election timeout at most.
+            self.handover_seen = Some(self.core.term());
+            let wait = Duration::from_millis(self.config.election_timeout_max_ms);
+            self.handed_over_until = Some(Instant::now() + wait);
+            ctx.run_later(wait, |act, ctx| act.act(ctx));
+        }
+        let waited = self.handed_over_until.is_none_or(|t| Instant::now() >= t);
         let settled = self.core.transferring().is_none() && (self.core.leader().is_some() || waited);
         if !self.held.is_empty() && settled {
             for (mut msg, tx) in std::mem::take(&mut self.held) {
@@ -394,6 +404,8 @@ impl Election {
         // Writes and reads fail over to the next leader; a transfer or a membership change
         // waits for its answer (the leader changing is how a transfer ends).
         let cancellable = matches!(request, Request::Forward(_) | Request::ReadIndex);
+        let is_write = matches!(request, Request::Forward(_));
+        let started = Instant::now();
         let call = link.send(Call { request, timeout: self.config.request_timeout() });
         let (cancel, cancelled) = oneshot::channel();
         self.forwards.retain(|(_, c)| !c.is_canceled());
@@ -413,15 +425,18 @@ impl Election {
                     Err(ApiError::Unreachable { leader, reason: e.to_string() })
                 }
                 futures::future::Either::Left((Err(e), _)) => Err(ApiError::Unavailable(e.to_string())),
+                // A write the old leader may have logged may still commit: say "unknown", as
+                // a timeout does, not "retry" (a retry could apply it twice). A read is safe
+                // to retry.
+                futures::future::Either::Right(_) if is_write => {
+                    Err(ApiError::Timeout { ms: started.elapsed().as_millis() as u64 })
+                }
                 futures::future::Either::Right((new_leader, _)) => {
                     let now = match new_leader {
                         Ok(0) | Err(_) => "no leader yet".to_string(),
                         Ok(l) => format!("node {l} leads now"),
                     };
-                    Err(ApiError::Unreachable {
-                        leader,
-                        reason: format!("it lost office before answering ({now}); a write may have taken effect"),
-                    })
+                    Err(ApiError::Unreachable { leader, reason: format!("it lost office before answering ({now})") })
                 }
             }
         })
@@ -537,24 +552,52 @@ impl Handler<ClientWrite> for Election {
         // While leadership is handed over, writes wait for the new leader: on the old leader,
         // and on any node that knows a handover is under way but not yet who won it.
         let handing_over = (leading && self.core.transferring().is_some())
-            || (!leading
-                && self.core.leader().is_none()
-                && (self.core.handed_over() || self.handed_over_until.is_some_and(|t| Instant::now() < t)));
+            || (!leading && self.core.leader().is_none() && self.handed_over_until.is_some_and(|t| Instant::now() < t));
+        if leading && self.core.transferring().is_some() && msg.forwarded {
+            // Refused, not held: the follower that passed it on sends it again to the new
+            // leader (nothing was logged, so that cannot apply it twice).
+            let e = ApiError::NotLeader { node: self.core.id(), leader: self.core.transferring() };
+            return Box::pin(async move { Err(e) });
+        }
         if handing_over && msg.term.is_none() {
+            self.held.retain(|(_, tx)| !tx.is_canceled());
             let (tx, rx) = oneshot::channel();
             self.held.push((msg, tx));
             return Box::pin(answer(rx, self.config.request_timeout()));
         }
         if !leading {
+            let write = msg.write.clone();
             let forwarded = self.forward(Request::Forward(msg.write), |r| match r {
                 Response::Written(w) => Ok(w),
                 Response::Error(e) => Err(e),
                 other => Err(ApiError::Unavailable(format!("unexpected answer from leader: {other:?}"))),
             });
             let place = msg.place;
+            let me = ctx.address();
+            let (pause, until) = (
+                Duration::from_millis(self.config.heartbeat_interval_ms),
+                Instant::now() + Duration::from_millis(self.config.election_timeout_max_ms),
+            );
             return Box::pin(async move {
                 let _place = place;
-                forwarded.await
+                let mut result = forwarded.await;
+                // The leader was handing over and logged nothing: send it again, to the new
+                // leader, for up to an election timeout.
+                let handing_over = matches!(result, Err(ApiError::NotLeader { leader: Some(_), .. }));
+                while handing_over
+                    && let Err(ApiError::NotLeader { leader: Some(_), .. } | ApiError::NoLeader { .. }) = &result
+                {
+                    if Instant::now() >= until {
+                        break;
+                    }
+                    tokio::time::sleep(pause).await;
+                    let again = ClientWrite { write: write.clone(), forwarded: false, place: None, term: None };
+                    result = match me.send(again).await {
+                        Ok(r) => r,
+                        Err(e) => Err(ApiError::Unavailable(e.to_string())),
+                    };
+                }
+                result
             });
         }
         let payload = Payload::Command { namespace: msg.write.namespace, data: msg.write.data };

@@ -499,7 +499,13 @@ impl Core {
                 .keys()
                 .copied()
                 .filter(|&v| v != self.id)
-                .max_by_key(|v| (lead.last_ack.get(v).copied(), lead.match_index.get(v).copied()))
+                .max_by_key(|v| {
+                    let live = lead
+                        .last_ack
+                        .get(v)
+                        .is_some_and(|t| now.saturating_duration_since(*t) < self.timing.election_max);
+                    (live, lead.match_index.get(v).copied())
+                })
                 .ok_or_else(|| ApiError::BadRequest("no other voter to hand leadership to".into()))?,
         };
         tracing::info!(id = self.id, term = self.term, target, "transferring leadership");
@@ -818,8 +824,11 @@ impl Core {
         self.campaign = None;
         if let Some(lead) = self.lead.take() {
             self.actions.push(Action::LeadershipChanged { term: led, is_leader: false });
-            if lead.transfer.is_some() {
-                self.actions.push(Action::TransferEnded { handed_over: true });
+            if let Some(t) = &lead.transfer {
+                // Handed over when the target was told to stand and a later term began;
+                // any other step-down (lost quorum, storage) is a failed transfer.
+                let handed_over = t.sent && self.term > led;
+                self.actions.push(Action::TransferEnded { handed_over });
             }
             if !lead.pending.is_empty() {
                 // Entries already stamped go to the log anyway, so the view of the log stays
