@@ -153,7 +153,21 @@ async fn paused_leader_is_replaced_and_steps_down() {
     survivor.set("before", "1").await.unwrap();
     cluster.pause(old, Duration::from_millis(1_500));
     tokio::time::sleep(Duration::from_millis(50)).await;
-    retry(Duration::from_secs(5), || survivor.set("during", "2")).await.unwrap();
+    // A write passed on to the frozen leader fails as soon as the survivors elect another
+    // (`Timeout`: it may still commit, so it is not called retryable); setting the same value
+    // again is safe, so this client retries that too.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match survivor.set("during", "2").await {
+            Ok(_) => break,
+            Err(dister::ClientError::Api(e))
+                if (e.is_retryable() || matches!(e, dister::ApiError::Timeout { .. })) && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the write during the pause failed: {e}"),
+        }
+    }
     let new_term = cluster.status((old + 1) % 3).await.unwrap().term;
     assert!(new_term > term);
     let deadline = Instant::now() + Duration::from_secs(5);
