@@ -39,21 +39,13 @@ impl Client {
 
     /// Connects presenting the cluster token (required when the cluster has one).
     pub async fn connect_with_token(addr: &str, group: &str, token: Option<&str>) -> Result<Client, ClientError> {
-        let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-            .await
-            .map_err(|_| WireError::Timeout)?
-            .map_err(WireError::Io)?;
-        stream.set_nodelay(true).map_err(WireError::Io)?;
-        Client::handshake(stream, group, token).await
+        Client::handshake(tcp(addr).await?, group, token).await
     }
 
     /// The id of the node at `addr`, as its handshake names it: refused (with the node's
     /// reason) if it belongs to another group or wants another token.
     pub async fn node_id_at(addr: &str, group: &str, token: Option<&str>) -> Result<crate::raft::NodeId, ClientError> {
-        let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-            .await
-            .map_err(|_| WireError::Timeout)?
-            .map_err(WireError::Io)?;
+        let stream = tcp(addr).await?;
         let hello = Hello { group: group.to_string(), node_id: None, token: token.map(str::to_string) };
         let (_, _, welcome) = handshake::connect(stream, hello, Duration::from_secs(5), 1024).await?;
         Ok(welcome.node_id)
@@ -272,6 +264,16 @@ impl Client {
             other => Err(unexpected(other)),
         }
     }
+}
+
+/// A TCP connection to `addr`, within 5 s, without Nagle's delay.
+async fn tcp(addr: &str) -> Result<tokio::net::TcpStream, WireError> {
+    let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| WireError::Timeout)?
+        .map_err(WireError::Io)?;
+    stream.set_nodelay(true).map_err(WireError::Io)?;
+    Ok(stream)
 }
 
 fn unexpected(r: Response) -> ClientError {

@@ -115,6 +115,8 @@ pub struct Election {
     forwards: Vec<(NodeId, oneshot::Sender<NodeId>)>,
     /// The leader the forwards went to.
     forwarded_to: Option<NodeId>,
+    /// `forwards` is pruned of answered ones when it grows this long.
+    forwards_prune_at: usize,
     /// Writes that arrived while leadership was being handed over: they wait for the new
     /// leader (or for this one, if the transfer fails) instead of failing.
     held: Vec<(ClientWrite, oneshot::Sender<Result<WriteReply, ApiError>>)>,
@@ -171,6 +173,7 @@ impl Election {
             replicators: BTreeMap::new(),
             forwards: Vec::new(),
             forwarded_to: None,
+            forwards_prune_at: 64,
             held: Vec::new(),
             transfer: None,
             handed_over_until: None,
@@ -408,7 +411,11 @@ impl Election {
         let started = Instant::now();
         let call = link.send(Call { request, timeout: self.config.request_timeout() });
         let (cancel, cancelled) = oneshot::channel();
-        self.forwards.retain(|(_, c)| !c.is_canceled());
+        if self.forwards.len() >= self.forwards_prune_at {
+            // Answered forwards are dropped in bulk, so the hot path does not scan them all.
+            self.forwards.retain(|(_, c)| !c.is_canceled());
+            self.forwards_prune_at = (2 * self.forwards.len()).max(64);
+        }
         // Not cancellable: the sender travels with the future, so it never fires.
         let keep = if cancellable {
             self.forwards.push((leader, cancel));
@@ -442,8 +449,31 @@ impl Election {
         })
     }
 
+    /// What a follower does with a request only the leader serves: passes it on, unless it
+    /// was passed on already (a request does not hop twice).
+    fn pass_on<T: 'static>(
+        &mut self,
+        forwarded: bool,
+        request: Request,
+        extract: fn(Response) -> Result<T, ApiError>,
+    ) -> ResponseFuture<Result<T, ApiError>> {
+        if forwarded {
+            let e = self.not_leader();
+            return Box::pin(async move { Err(e) });
+        }
+        self.forward(request, extract)
+    }
+
     fn not_leader(&self) -> ApiError {
         ApiError::NotLeader { node: self.core.id(), leader: self.core.leader() }
+    }
+}
+
+/// The leader's answer was not the kind asked for (an error is passed through as it is).
+fn unexpected(answer: Response) -> ApiError {
+    match answer {
+        Response::Error(e) => e,
+        other => ApiError::Unavailable(format!("unexpected answer from leader: {other:?}")),
     }
 }
 
@@ -569,8 +599,7 @@ impl Handler<ClientWrite> for Election {
             let write = msg.write.clone();
             let forwarded = self.forward(Request::Forward(msg.write), |r| match r {
                 Response::Written(w) => Ok(w),
-                Response::Error(e) => Err(e),
-                other => Err(ApiError::Unavailable(format!("unexpected answer from leader: {other:?}"))),
+                other => Err(unexpected(other)),
             });
             let place = msg.place;
             let me = ctx.address();
@@ -617,14 +646,9 @@ impl Handler<GetReadIndex> for Election {
 
     fn handle(&mut self, msg: GetReadIndex, ctx: &mut Context<Self>) -> Self::Result {
         if self.core.role() != Role::Leader {
-            if msg.forwarded {
-                let e = self.not_leader();
-                return Box::pin(async move { Err(e) });
-            }
-            return self.forward(Request::ReadIndex, |r| match r {
+            return self.pass_on(msg.forwarded, Request::ReadIndex, |r| match r {
                 Response::ReadIndex(i) => Ok(i),
-                Response::Error(e) => Err(e),
-                other => Err(ApiError::Unavailable(format!("unexpected answer from leader: {other:?}"))),
+                other => Err(unexpected(other)),
             });
         }
         let token = self.answers.token();
@@ -743,14 +767,11 @@ impl Handler<ChangeMembers> for Election {
 
     fn handle(&mut self, msg: ChangeMembers, ctx: &mut Context<Self>) -> Self::Result {
         if self.core.role() != Role::Leader {
-            if msg.forwarded {
-                let e = self.not_leader();
-                return Box::pin(async move { Err(e) });
-            }
-            return self.forward(Request::ChangeMembers { change: msg.change, forwarded: true }, |r| match r {
-                Response::Written(w) => Ok(w),
-                Response::Error(e) => Err(e),
-                other => Err(ApiError::Unavailable(format!("unexpected answer from leader: {other:?}"))),
+            return self.pass_on(msg.forwarded, Request::ChangeMembers { change: msg.change, forwarded: true }, |r| {
+                match r {
+                    Response::Written(w) => Ok(w),
+                    other => Err(unexpected(other)),
+                }
             });
         }
         // Asking again for what is already so (a node joining a second time) is done at once.
@@ -793,14 +814,9 @@ impl Handler<TransferLeadership> for Election {
 
     fn handle(&mut self, msg: TransferLeadership, ctx: &mut Context<Self>) -> Self::Result {
         if self.core.role() != Role::Leader {
-            if msg.forwarded {
-                let e = self.not_leader();
-                return Box::pin(async move { Err(e) });
-            }
-            return self.forward(Request::TransferLeadership { to: msg.to }, |r| match r {
+            return self.pass_on(msg.forwarded, Request::TransferLeadership { to: msg.to }, |r| match r {
                 Response::HandedTo(id) => Ok(id),
-                Response::Error(e) => Err(e),
-                other => Err(ApiError::Unavailable(format!("unexpected answer from leader: {other:?}"))),
+                other => Err(unexpected(other)),
             });
         }
         if self.transfer.is_some() {

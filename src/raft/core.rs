@@ -350,6 +350,12 @@ struct VoteToAnswer {
     response: VoteResponse,
 }
 
+/// One value per voter in effect, for a majority to be read from: `own` for this node (if it
+/// votes), each peer's from `theirs` (0 if it has none yet).
+fn per_voter(members: &Members, me: NodeId, own: u64, theirs: &BTreeMap<NodeId, u64>) -> Vec<u64> {
+    members.voters.keys().map(|v| if *v == me { own } else { theirs.get(v).copied().unwrap_or(0) }).collect()
+}
+
 /// The Raft core of one node. See the module header.
 pub struct Core {
     id: NodeId,
@@ -1095,14 +1101,7 @@ impl Core {
     /// (the leader among them unless it is removing itself), counting entries of this term.
     fn advance_commit(&mut self, now: Instant) {
         let Some(lead) = &self.lead else { return };
-        let me = self.id;
-        let durable: Vec<u64> = self
-            .configs
-            .latest()
-            .voters
-            .keys()
-            .map(|v| if *v == me { lead.self_durable } else { lead.match_index.get(v).copied().unwrap_or(0) })
-            .collect();
+        let durable = per_voter(self.configs.latest(), self.id, lead.self_durable, &lead.match_index);
         if let Some(c) = (self.rules.advance_commit)(self.commit, &durable, lead.term_start) {
             self.commit = c;
             self.actions.push(Action::CommitTo(c));
@@ -1116,15 +1115,8 @@ impl Core {
     /// their read index.
     fn serve_reads(&mut self) {
         let commit = self.commit;
-        let me = self.id;
         let Some(lead) = self.lead.as_mut() else { return };
-        let rounds: Vec<u64> = self
-            .configs
-            .latest()
-            .voters
-            .keys()
-            .map(|v| if *v == me { lead.round } else { lead.acked_round.get(v).copied().unwrap_or(0) })
-            .collect();
+        let rounds = per_voter(self.configs.latest(), self.id, lead.round, &lead.acked_round);
         let confirmed = majority_value(&rounds);
         while let Some(r) = lead.reads.front() {
             if r.round > confirmed || r.read_index > commit {
