@@ -67,6 +67,8 @@ impl Client {
             let mut next_id = 0u64;
             loop {
                 tokio::select! {
+                    // In order, not at random: a simulation replays the same run.
+                    biased;
                     req = rx.recv() => match req {
                         Some((request, reply)) => {
                             next_id += 1;

@@ -399,7 +399,15 @@ async fn join_cluster(config: Arc<Config>, transport: TransportRef, member: Stri
                 .with_timeout(config.request_timeout());
             match client.change_members(change.clone()).await {
                 Ok(reply) => Ok(Ok(reply.index)),
-                Err(crate::error::ClientError::Api(e)) if !e.is_retryable() => Ok(Err(e)),
+                Err(crate::error::ClientError::Api(e)) if !e.is_retryable() => {
+                    // An earlier ask that went unanswered (or a run before a crash) may have
+                    // added this node already: then it has joined.
+                    let status = client.status().await.map_err(|e| e.to_string())?;
+                    match status.members.iter().find(|m| m.id == config.id && m.addr == addr) {
+                        Some(_) => Ok(Ok(status.members_index)),
+                        None => Ok(Err(e)),
+                    }
+                }
                 Err(e) => Err(e.to_string()),
             }
         };

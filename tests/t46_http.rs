@@ -168,6 +168,8 @@ async fn every_endpoint_through_leader_and_follower() {
         let node = format!("{base}/node");
         refused(&call("POST", &node, Some(r#"["127.0.0.1:1"]"#)).await, 400, "cannot learn the id");
         refused(&call("POST", &node, Some(r#"[{"id":1,"addr":"127.0.0.1:9"}]"#)).await, 400, "already a member");
+        let taken = json!([{ "id": 9, "addr": nodes[0]["address"] }]).to_string();
+        refused(&call("POST", &node, Some(&taken)).await, 400, "is already member");
         refused(&call("POST", &node, Some(r#"[{"id":9,"addr":"nowhere"}]"#)).await, 400, "HOST:PORT");
         refused(&call("DELETE", &node, Some("[99]")).await, 400, "not a member");
         refused(&call("DELETE", &node, Some(r#"["127.0.0.1:9"]"#)).await, 400, "no member is at");

@@ -8,7 +8,7 @@
 //! `DISTER_REGISTRY_SCALE` (default 1.0) scales the load, for quick local runs.
 
 use crate::common;
-use crate::common::sim::{NODES, Nemesis, Shared, host_nodes, kv_writes_committed, simulation};
+use crate::common::sim::{Hosts, NODES, Nemesis, Shared, host_nodes, kv_writes_committed, simulation};
 use crate::t80_chaos::{KEYS, connect};
 
 use std::collections::BTreeMap;
@@ -164,7 +164,8 @@ fn run(seed: u64, chaos: bool) -> Result<Outcome, String> {
     let total = persistent + ephemeral;
     let mut sim = simulation(seed, 1_800);
     let records: Shared = Arc::default();
-    host_nodes(&mut sim, config, seed, &records);
+    host_nodes(&mut sim, NODES.len(), &[], move |i| config(i, seed), &records);
+    let hosts = Hosts::founders(NODES.len());
     let registrations = Arc::new(Registrations::default());
     for id in 0..REGISTRARS {
         let out = registrations.clone();
@@ -180,9 +181,9 @@ fn run(seed: u64, chaos: bool) -> Result<Outcome, String> {
     let chaos_for = Duration::from_secs(20);
     if chaos {
         for id in 0..crate::t80_chaos::CLIENTS as u64 {
-            let (history, acked) = (history.clone(), kv_acked.clone());
+            let (history, acked, hosts) = (history.clone(), kv_acked.clone(), hosts.clone());
             sim.client(format!("client{id}"), async move {
-                crate::t80_chaos::client(id, seed, chaos_for, history, acked).await;
+                crate::t80_chaos::client(id, seed, chaos_for, hosts, history, acked).await;
                 Ok(())
             });
         }
@@ -222,7 +223,7 @@ fn run(seed: u64, chaos: bool) -> Result<Outcome, String> {
             Ok(())
         });
     }
-    let mut nemesis = Nemesis::new(seed, chaos_for);
+    let mut nemesis = Nemesis::new(seed, chaos_for, hosts);
     nemesis.run(&mut sim, &records, chaos)?;
     let fail = |what: String| Err(format!("{what}\nfaults:\n{}", nemesis.log.join("\n")));
     match result.lock().unwrap().take() {

@@ -128,7 +128,7 @@ impl PeerLink {
             };
             match res {
                 Ok((reader, write, _)) => {
-                    tracing::debug!(peer = act.peer, addr = %act.addr, "connected to peer");
+                    tracing::debug!(id = act.config.id, peer = act.peer, addr = %act.addr, "connected to peer");
                     act.failures = 0;
                     let events = reader
                         .map(move |r| Event::Frame(generation, r))
@@ -146,9 +146,9 @@ impl PeerLink {
                     let backoff = Duration::from_millis((50u64 << act.failures.min(5)).min(1_000));
                     act.retry_at = Some(tokio::time::Instant::now() + backoff);
                     if matches!(e, WireError::Handshake(_)) && (act.failures == 1 || act.failures % 20 == 0) {
-                        tracing::warn!(peer = act.peer, addr = %act.addr, error = %e, "peer refused the handshake");
+                        tracing::warn!(id = act.config.id, peer = act.peer, addr = %act.addr, error = %e, "peer refused the handshake");
                     } else if act.failures == 1 || act.failures % 20 == 0 {
-                        tracing::debug!(peer = act.peer, addr = %act.addr, error = %e, failures = act.failures, "cannot reach peer");
+                        tracing::debug!(id = act.config.id, peer = act.peer, addr = %act.addr, error = %e, failures = act.failures, "cannot reach peer");
                     }
                     for (id, _) in queued {
                         if let Some(tx) = act.pending.remove(&id) {
@@ -163,7 +163,7 @@ impl PeerLink {
 
     fn disconnect(&mut self, ctx: &mut Context<Self>, why: &str) {
         if let State::Connected { reader, .. } = std::mem::replace(&mut self.state, State::Idle) {
-            tracing::debug!(peer = self.peer, addr = %self.addr, why, "peer connection closed");
+            tracing::debug!(id = self.config.id, peer = self.peer, addr = %self.addr, why, "peer connection closed");
             // Dropping the writer closes our side; cancelling the reader releases the socket.
             ctx.cancel_future(reader);
         }
@@ -190,7 +190,7 @@ impl PeerLink {
         let now = tokio::time::Instant::now();
         let since = *self.waiting_since.get_or_insert(now);
         if now.duration_since(since) >= limit && now.duration_since(self.last_heard) >= limit {
-            tracing::debug!(peer = self.peer, addr = %self.addr, "peer connection unresponsive; reconnecting");
+            tracing::debug!(id = self.config.id, peer = self.peer, addr = %self.addr, "peer connection unresponsive; reconnecting");
             self.disconnect(ctx, "unresponsive");
         }
     }
@@ -256,15 +256,15 @@ impl StreamHandler<Event> for PeerLink {
                 }
             }
             Event::Frame(_, Ok(Frame::Error(msg))) => {
-                tracing::warn!(peer = self.peer, addr = %self.addr, error = %msg, "peer closed the connection with an error");
+                tracing::warn!(id = self.config.id, peer = self.peer, addr = %self.addr, error = %msg, "peer closed the connection with an error");
                 self.disconnect(ctx, "error frame");
             }
             Event::Frame(_, Ok(other)) => {
-                tracing::warn!(peer = self.peer, frame = ?other, "unexpected frame from peer");
+                tracing::warn!(id = self.config.id, peer = self.peer, frame = ?other, "unexpected frame from peer");
                 self.disconnect(ctx, "unexpected frame");
             }
             Event::Frame(_, Err(e)) => {
-                tracing::warn!(peer = self.peer, error = %e, "bad frame from peer");
+                tracing::warn!(id = self.config.id, peer = self.peer, error = %e, "bad frame from peer");
                 self.disconnect(ctx, "bad frame");
             }
             Event::Closed(_) => self.disconnect(ctx, "closed by peer"),

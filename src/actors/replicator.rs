@@ -42,6 +42,9 @@ pub struct Replicator {
     higher_term: Recipient<HigherTermSeen>,
     next_index: u64,
     match_index: u64,
+    /// Where this replicator started: entries below are an earlier term's (or older than
+    /// this peer's membership), committed along with this term's.
+    first_index: u64,
     /// The leader's last index and commit index, as last told.
     last_index: u64,
     commit: u64,
@@ -94,6 +97,7 @@ impl Replicator {
             higher_term: links.higher_term,
             next_index,
             match_index: 0,
+            first_index: next_index,
             last_index: next_index.saturating_sub(1),
             commit: 0,
             commit_sent: 0,
@@ -222,6 +226,7 @@ impl Replicator {
                         AppendOutcome::Heartbeat => {
                             act.report(round, None);
                             act.matched(epoch, sent_last);
+                            act.resend_unconfirmed(epoch, sent_last);
                         }
                         AppendOutcome::Conflict { next_index } => {
                             act.report(round, None);
@@ -265,6 +270,18 @@ impl Replicator {
         if self.probing && epoch == self.epoch {
             self.probing = false;
             self.next_index = self.next_index.max(through + 1);
+        }
+    }
+
+    /// The follower holds everything through `through`, but said only of `match_index` that
+    /// it is durable: the answer to a batch was lost with its connection. Once nothing else
+    /// is in flight, that batch goes again (from this term's first entry at the earliest,
+    /// older ones commit with it), for an answer that counts; an idle leader would otherwise
+    /// never commit it.
+    fn resend_unconfirmed(&mut self, epoch: u64, through: u64) {
+        let from = (self.match_index + 1).max(self.first_index);
+        if epoch == self.epoch && !self.probing && self.inflight == 0 && from <= through {
+            self.restart(from, None);
         }
     }
 

@@ -294,6 +294,18 @@ pub struct AppendTicket {
     pub end: u64,
 }
 
+/// An append from a leader, as its configurations are followed.
+#[derive(Debug)]
+struct AppendToFollow {
+    /// The request's `prev` index: following it changes no configuration at or below.
+    prev_index: u64,
+    /// The configurations its entries carry, by index.
+    configs: Vec<(u64, Arc<Members>)>,
+    /// Once stored: the log's last entry right after `LogStore` applied it, if it matched
+    /// (`None`: it changed nothing).
+    stored: Option<Option<(AppendTicket, LogId)>>,
+}
+
 /// What the leader knows of one peer, for status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerView {
@@ -384,8 +396,13 @@ pub struct Core {
     /// The term a leader handed over into (a TimeoutNow candidate asked for it): the old
     /// leader is alive, so what was passed on to it will be answered.
     handover_term: Option<u64>,
-    /// The configurations carried by appends not yet stored, by the append's `seq`.
-    configs_in_flight: BTreeMap<u64, Vec<(u64, Arc<Members>)>>,
+    /// Appends from a leader sent to `LogStore` whose configurations are not yet followed,
+    /// by `seq`: `LogStore` applies them in that order, and their answers may come back in
+    /// another, so the configurations follow the log in `seq` order, never answer order.
+    appends_to_follow: BTreeMap<u64, AppendToFollow>,
+    /// A campaign due while `appends_to_follow` was not empty, as (pre-vote, transfer): it
+    /// starts once the configuration follows the whole log.
+    campaign_due: Option<(bool, bool)>,
     storage_failed: bool,
     actions: Vec<Action>,
 }
@@ -423,7 +440,8 @@ impl Core {
             campaign: None,
             lead: None,
             votes_to_answer: Vec::new(),
-            configs_in_flight: BTreeMap::new(),
+            appends_to_follow: BTreeMap::new(),
+            campaign_due: None,
             handover_term: None,
             storage_failed: false,
             actions: Vec::new(),
@@ -745,7 +763,10 @@ impl Core {
     /// The commit index moved to `self.commit`: a configuration may have committed. A leader
     /// no longer among the voters steps down once its removal is committed (§4.2.2).
     fn on_commit_moved(&mut self, now: Instant) {
-        if !self.configs.commit_to(self.commit) {
+        // Appends not yet followed may still replace configurations after their `prev`:
+        // only those at or below it are settled.
+        let settled = self.appends_to_follow.values().map(|a| a.prev_index).min().unwrap_or(u64::MAX);
+        if !self.configs.commit_to(self.commit.min(settled)) {
             return;
         }
         self.members_changed();
@@ -925,6 +946,15 @@ impl Core {
     fn start_campaign(&mut self, now: Instant, pre_vote: bool, transfer: bool) {
         // The deadline moves first: a node that may not stand must not spin on its timer.
         self.reset_deadline(now);
+        if !self.appends_to_follow.is_empty() {
+            // `LogStore` has appended entries whose configurations this core has not seen:
+            // who the voters are is known only once they are in (in moments).
+            let pending = self.appends_to_follow.len();
+            let oldest = self.appends_to_follow.keys().next().copied();
+            tracing::debug!(id = self.id, pending, ?oldest, "campaign waits for appends to be stored");
+            self.campaign_due = Some((pre_vote, transfer));
+            return;
+        }
         if self.storage_failed || !self.is_voter() {
             return;
         }
@@ -1241,6 +1271,8 @@ impl Core {
         }
         self.last_leader_contact = Some(now);
         self.reset_deadline(now);
+        // A leader is live: only a handover it asked for still stands.
+        self.campaign_due = self.campaign_due.filter(|&(_, transfer)| transfer);
         self.seq += 1;
         let configs: Vec<(u64, Arc<Members>)> = req
             .entries
@@ -1250,9 +1282,8 @@ impl Core {
                 _ => None,
             })
             .collect();
-        if !configs.is_empty() {
-            self.configs_in_flight.insert(self.seq, configs);
-        }
+        let prev_index = req.prev.index;
+        self.appends_to_follow.insert(self.seq, AppendToFollow { prev_index, configs, stored: None });
         let ticket = AppendTicket {
             token,
             seq: self.seq,
@@ -1270,10 +1301,14 @@ impl Core {
         ticket: AppendTicket,
         result: Option<Result<AppendFromLeaderReply, StorageError>>,
     ) {
-        let configs = self.configs_in_flight.remove(&ticket.seq).unwrap_or_default();
-        if let Some(Ok(AppendFromLeaderReply { result: AppendResult::Matched(_), last, .. })) = &result {
-            self.follow_configs(ticket, *last, configs);
+        let matched = match &result {
+            Some(Ok(AppendFromLeaderReply { result: AppendResult::Matched(_), last, .. })) => Some((ticket, *last)),
+            _ => None,
+        };
+        if let Some(a) = self.appends_to_follow.get_mut(&ticket.seq) {
+            a.stored = Some(matched);
         }
+        self.follow_stored_appends(now);
         let stale = AppendEntriesResponse { term: self.term, outcome: AppendOutcome::StaleTerm };
         let reply = match result {
             Some(Ok(r)) => r,
@@ -1321,17 +1356,16 @@ impl Core {
         self.actions.push(Action::AnswerAppend { token: ticket.token, response });
     }
 
-    /// An append matched: the log holds the request's entries at `prev_index + 1..=end` now,
-    /// and nothing after `end` unless it ends later (no conflict cut it). The configurations
-    /// follow the log.
-    fn follow_configs(&mut self, ticket: AppendTicket, last: LogId, configs: Vec<(u64, Arc<Members>)>) {
+    /// Follows the configurations of every stored append whose predecessors are followed
+    /// too, in the order `LogStore` applied them.
+    fn follow_stored_appends(&mut self, now: Instant) {
         let before = (self.configs.latest_index(), self.configs.latest().clone());
-        self.configs.remove_range(ticket.prev_index + 1, ticket.end);
-        if last.index <= ticket.end {
-            self.configs.truncate_from(ticket.end + 1);
-        }
-        for (index, members) in configs {
-            self.configs.insert(index, members);
+        while let Some(entry) = self.appends_to_follow.first_entry() {
+            let Some(matched) = entry.get().stored else { break };
+            let configs = entry.remove().configs;
+            if let Some((ticket, last)) = matched {
+                self.follow_configs(ticket, last, configs);
+            }
         }
         if (self.configs.latest_index(), self.configs.latest().clone()) != before {
             if !self.is_voter() && self.campaign.take().is_some() && self.role == Role::Candidate {
@@ -1339,6 +1373,27 @@ impl Core {
                 self.role = Role::Follower;
             }
             self.members_changed();
+        }
+        // A configuration followed late may be committed already.
+        self.on_commit_moved(now);
+        if self.appends_to_follow.is_empty()
+            && self.role != Role::Leader
+            && let Some((pre_vote, transfer)) = self.campaign_due.take()
+        {
+            self.start_campaign(now, pre_vote, transfer);
+        }
+    }
+
+    /// An append matched: right after `LogStore` applied it, the log held the request's
+    /// entries at `prev_index + 1..=end`, and nothing after `end` unless it ended later at
+    /// `last` (no conflict cut it). The configurations follow the log.
+    fn follow_configs(&mut self, ticket: AppendTicket, last: LogId, configs: Vec<(u64, Arc<Members>)>) {
+        self.configs.remove_range(ticket.prev_index + 1, ticket.end);
+        if last.index <= ticket.end {
+            self.configs.truncate_from(ticket.end + 1);
+        }
+        for (index, members) in configs {
+            self.configs.insert(index, members);
         }
     }
 }

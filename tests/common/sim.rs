@@ -1,5 +1,5 @@
-//! What the simulated suites share: turmoil's network behind the transport seam, the names
-//! of the three simulated hosts, and the nemesis that breaks them.
+//! What the simulated suites share: turmoil's network behind the transport seam, the
+//! simulated hosts (founders and spares), and the nemesis that breaks them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
@@ -63,22 +63,72 @@ impl Transport for SimTransport {
     }
 }
 
-/// Every unordered pair of nodes.
-fn pairs() -> impl Iterator<Item = (&'static str, &'static str)> {
-    NODES.iter().enumerate().flat_map(|(i, a)| NODES[i + 1..].iter().map(move |b| (*a, *b)))
+/// The name of simulated host `i`: node id `i + 1` listens on `n{i+1}:7070`.
+pub fn host(i: usize) -> String {
+    format!("n{}", i + 1)
 }
 
-/// Every node but `n`.
-fn others(n: usize) -> impl Iterator<Item = &'static str> {
-    NODES.iter().enumerate().filter(move |(i, _)| *i != n).map(|(_, o)| *o)
+/// What the nemesis, the clients and a membership operator share about the hosts.
+#[derive(Debug, Default)]
+pub struct Hosts {
+    /// How many hosts the simulation has: the founders first, then spares.
+    pub count: usize,
+    /// Hosts in the cluster's configuration, as last seen.
+    pub members: BTreeSet<usize>,
+    /// Hosts that were ever members, removed ones included.
+    pub ever: BTreeSet<usize>,
+    /// Hosts stopped for good: machines that died and are not coming back.
+    pub dead: BTreeSet<usize>,
+    /// Hosts to stop for good, then hosts to start: asked for by the operator, carried out
+    /// by the nemesis between simulation steps.
+    pub to_kill: Vec<usize>,
+    /// See `to_kill`.
+    pub to_start: Vec<usize>,
 }
 
-/// One fault the nemesis injects.
+/// Hosts shared by the nemesis, the clients and the operator.
+pub type SharedHosts = Arc<Mutex<Hosts>>;
+
+impl Hosts {
+    /// `count` hosts, all founding members.
+    pub fn founders(count: usize) -> SharedHosts {
+        Self::with_spares(count, 0)
+    }
+
+    /// `founders` founding members and `spares` hosts that join later, if ever.
+    pub fn with_spares(founders: usize, spares: usize) -> SharedHosts {
+        let members: BTreeSet<usize> = (0..founders).collect();
+        Arc::new(Mutex::new(Hosts { count: founders + spares, ever: members.clone(), members, ..Hosts::default() }))
+    }
+
+    /// The members still running: what faults are aimed at.
+    pub fn live_members(&self) -> Vec<usize> {
+        self.members.difference(&self.dead).copied().collect()
+    }
+
+    /// Hosts a client may send requests to: every one that was ever a member and did not
+    /// die (a removed node still running answers too, and must not mislead anybody).
+    pub fn targets(&self) -> Vec<usize> {
+        self.ever.difference(&self.dead).copied().collect()
+    }
+}
+
+/// Every unordered pair of `count` hosts.
+fn pairs(count: usize) -> impl Iterator<Item = (String, String)> {
+    (0..count).flat_map(move |a| (a + 1..count).map(move |b| (host(a), host(b))))
+}
+
+/// Every host of `count` but `n`.
+fn others(n: usize, count: usize) -> impl Iterator<Item = String> {
+    (0..count).filter(move |&o| o != n).map(host)
+}
+
+/// One fault the nemesis injects, on hosts by index.
 #[derive(Debug, Clone)]
 pub enum Fault {
-    /// One node cut off from the other two (for a leader: the isolated-leader case).
+    /// One node cut off from all others (for a leader: the isolated-leader case).
     Isolate(usize),
-    /// Two nodes cannot talk; both still reach the third (a bridge).
+    /// Two nodes cannot talk; both still reach the rest (a bridge).
     Bridge(usize, usize),
     /// Messages from one node to another are lost, the reverse still flows.
     OneWay(usize, usize),
@@ -90,13 +140,15 @@ pub enum Fault {
     Pause(usize),
     /// One node crashes, losing un-synced writes, and restarts later.
     Crash(usize),
-    /// The whole cluster crashes at once and restarts.
-    CrashAll,
+    /// Every running node crashes at once, and they restart together.
+    CrashAll(Vec<usize>),
 }
 
-/// Injects seeded faults between simulation steps, one at a time, each healed before the next.
+/// Injects seeded faults between simulation steps, one at a time, each healed before the
+/// next, aimed at the members still running; and stops or starts hosts for the operator.
 pub struct Nemesis {
     rng: StdRng,
+    hosts: SharedHosts,
     /// The fault in force, if any.
     pub active: Option<Fault>,
     next_at: Duration,
@@ -106,10 +158,11 @@ pub struct Nemesis {
 }
 
 impl Nemesis {
-    /// A nemesis for `seed` that starts faults until `until` (simulated).
-    pub fn new(seed: u64, until: Duration) -> Self {
+    /// A nemesis for `seed` that starts faults until `until` (simulated) on `hosts`.
+    pub fn new(seed: u64, until: Duration, hosts: SharedHosts) -> Self {
         Nemesis {
             rng: StdRng::seed_from_u64(seed ^ 0x0E3E_5155),
+            hosts,
             active: None,
             next_at: Duration::from_secs(1),
             until,
@@ -117,9 +170,14 @@ impl Nemesis {
         }
     }
 
-    fn pick(&mut self, leader: Option<usize>) -> Fault {
-        let a = self.rng.random_range(0..NODES.len());
-        let b = (a + self.rng.random_range(1..NODES.len())) % NODES.len();
+    fn pick(&mut self, sim: &mut turmoil::Sim<'_>, leader: Option<usize>) -> Fault {
+        let live = self.hosts.lock().unwrap().live_members();
+        let leader = leader.filter(|l| live.contains(l));
+        if live.len() < 2 {
+            return Fault::Delay(Duration::from_millis(self.rng.random_range(20..120)));
+        }
+        let i = self.rng.random_range(0..live.len());
+        let (a, b) = (live[i], live[(i + self.rng.random_range(1..live.len())) % live.len()]);
         match self.rng.random_range(0..9) {
             0 => Fault::Isolate(leader.unwrap_or(a)),
             1 => Fault::Isolate(a),
@@ -129,46 +187,56 @@ impl Nemesis {
             5 => Fault::Lossy(self.rng.random_range(0.02..0.15)),
             6 => Fault::Pause(leader.unwrap_or(a)),
             7 => Fault::Crash(leader.unwrap_or(a)),
-            _ if self.rng.random_bool(0.3) => Fault::CrashAll,
+            _ if self.rng.random_bool(0.3) => {
+                let count = self.hosts.lock().unwrap().count;
+                Fault::CrashAll((0..count).filter(|&h| sim.is_host_running(host(h))).collect())
+            }
             _ => Fault::Crash(a),
         }
     }
 
     fn apply(&mut self, sim: &mut turmoil::Sim<'_>, fault: &Fault) {
-        match *fault {
-            Fault::Isolate(n) => others(n).for_each(|o| sim.partition(NODES[n], o)),
-            Fault::Bridge(a, b) => sim.partition(NODES[a], NODES[b]),
-            Fault::OneWay(a, b) => sim.partition_oneway(NODES[a], NODES[b]),
-            Fault::Delay(d) => pairs().for_each(|(a, b)| sim.set_link_latency(a, b, d)),
-            Fault::Lossy(p) => pairs().for_each(|(a, b)| sim.set_link_fail_rate(a, b, p)),
-            Fault::Pause(n) => others(n).for_each(|o| sim.hold(NODES[n], o)),
-            Fault::Crash(n) => sim.crash(NODES[n]),
-            Fault::CrashAll => NODES.iter().for_each(|n| sim.crash(*n)),
+        let count = self.hosts.lock().unwrap().count;
+        match fault {
+            Fault::Isolate(n) => others(*n, count).for_each(|o| sim.partition(host(*n), o)),
+            Fault::Bridge(a, b) => sim.partition(host(*a), host(*b)),
+            Fault::OneWay(a, b) => sim.partition_oneway(host(*a), host(*b)),
+            Fault::Delay(d) => pairs(count).for_each(|(a, b)| sim.set_link_latency(a, b, *d)),
+            Fault::Lossy(p) => pairs(count).for_each(|(a, b)| sim.set_link_fail_rate(a, b, *p)),
+            Fault::Pause(n) => others(*n, count).for_each(|o| sim.hold(host(*n), o)),
+            Fault::Crash(n) => sim.crash(host(*n)),
+            Fault::CrashAll(all) => all.iter().for_each(|n| sim.crash(host(*n))),
         }
     }
 
-    /// Ends `fault`: links repaired, crashed nodes restarted.
+    /// Ends `fault`: links repaired, crashed nodes restarted (unless stopped for good since).
     pub fn heal(&mut self, sim: &mut turmoil::Sim<'_>, fault: &Fault) {
-        for (a, b) in pairs() {
-            for (x, y) in [(a, b), (b, a)] {
-                sim.repair(x, y);
-                sim.release(x, y);
+        let (count, dead) = {
+            let h = self.hosts.lock().unwrap();
+            (h.count, h.dead.clone())
+        };
+        for (a, b) in pairs(count) {
+            for (x, y) in [(&a, &b), (&b, &a)] {
+                sim.repair(x.as_str(), y.as_str());
+                sim.release(x.as_str(), y.as_str());
             }
-            sim.set_link_latency(a, b, Duration::from_millis(1));
+            sim.set_link_latency(a.as_str(), b.as_str(), Duration::from_millis(1));
             sim.set_link_fail_rate(a, b, 0.0);
         }
-        match *fault {
-            Fault::Crash(n) => sim.bounce(NODES[n]),
-            Fault::CrashAll => NODES.iter().for_each(|n| sim.bounce(*n)),
-            _ => {}
-        }
+        let crashed: &[usize] = match fault {
+            Fault::Crash(n) => std::slice::from_ref(n),
+            Fault::CrashAll(all) => all,
+            _ => &[],
+        };
+        crashed.iter().filter(|n| !dead.contains(n)).for_each(|n| sim.bounce(host(*n)));
     }
 
-    /// Called between simulation steps: starts or ends a fault when its time comes.
-    /// Runs `sim` to its end, starting and ending faults between steps when `active` (aimed
-    /// at the latest leader `records` know of).
+    /// Runs `sim` to its end. Between steps: carries out what the operator asked of the
+    /// hosts, and, when `active`, starts and ends faults (aimed at the latest leader
+    /// `records` know of).
     pub fn run(&mut self, sim: &mut turmoil::Sim<'_>, records: &Shared, active: bool) -> Result<(), String> {
         loop {
+            self.serve_operator(sim);
             if active {
                 let leader = {
                     let r = records.lock().unwrap();
@@ -184,6 +252,25 @@ impl Nemesis {
         }
     }
 
+    /// Stops for good, or starts, the hosts the operator asked for.
+    fn serve_operator(&mut self, sim: &mut turmoil::Sim<'_>) {
+        let (kill, start) = {
+            let mut h = self.hosts.lock().unwrap();
+            let kill = std::mem::take(&mut h.to_kill);
+            h.dead.extend(&kill);
+            (kill, std::mem::take(&mut h.to_start))
+        };
+        let now = sim.elapsed().as_millis();
+        for n in kill {
+            sim.crash(host(n));
+            self.log.push(format!("{now:>6} ms stop {} for good", host(n)));
+        }
+        for n in start {
+            sim.bounce(host(n));
+            self.log.push(format!("{now:>6} ms start {}", host(n)));
+        }
+    }
+
     fn tick(&mut self, sim: &mut turmoil::Sim<'_>, leader: Option<usize>) {
         let now = sim.elapsed();
         if now < self.next_at {
@@ -194,7 +281,7 @@ impl Nemesis {
             self.log.push(format!("{:>6} ms heal {f:?}", now.as_millis()));
             self.next_at = now + Duration::from_millis(self.rng.random_range(300..1_500));
         } else if now < self.until {
-            let f = self.pick(leader);
+            let f = self.pick(sim, leader);
             self.apply(sim, &f);
             self.log.push(format!("{:>6} ms {f:?}", now.as_millis()));
             self.active = Some(f);
@@ -332,17 +419,21 @@ pub fn simulation(seed: u64, secs: u64) -> turmoil::Sim<'static> {
         .build()
 }
 
-/// Hosts the three nodes in `sim`, node `i` with `config(i)`, each log in memory reaching
-/// "disk" 1 ms after it is submitted (a crash loses the rest), each followed by a
-/// [`Recorder`] writing to `records`.
-pub fn host_nodes(sim: &mut turmoil::Sim<'_>, config: fn(usize, u64) -> Config, seed: u64, records: &Shared) {
-    for (i, name) in NODES.iter().enumerate() {
+/// Hosts `count` nodes in `sim`, host `i` with `config(i)` (asked at every boot, so it may
+/// follow the run), each log in memory reaching "disk" 1 ms after it is submitted (a crash
+/// loses the rest), each followed by a [`Recorder`] writing to `records`. Hosts listed in
+/// `held` are not started until the nemesis is asked to.
+pub fn host_nodes<C>(sim: &mut turmoil::Sim<'_>, count: usize, held: &[usize], config: C, records: &Shared)
+where
+    C: Fn(usize) -> Config + Clone + 'static,
+{
+    for i in 0..count {
         let storage = MemoryStorage::with_sync_delay(Duration::from_millis(1));
-        let records = records.clone();
-        sim.host(*name, move || {
-            let (storage, records) = (storage.clone(), records.clone());
+        let (records, config) = (records.clone(), config.clone());
+        sim.host(host(i), move || {
+            let (storage, records, config) = (storage.clone(), records.clone(), config(i));
             async move {
-                let node = Node::builder(config(i, seed))
+                let node = Node::builder(config)
                     .transport(Arc::new(SimTransport))
                     .threads(Threads::One)
                     .storage(StorageConfig::Memory(storage))
@@ -357,6 +448,7 @@ pub fn host_nodes(sim: &mut turmoil::Sim<'_>, config: fn(usize, u64) -> Config, 
             }
         });
     }
+    held.iter().for_each(|&i| sim.crash(host(i)));
 }
 
 /// Every acknowledged key/value write is in the commit stream (`by_index`, from
