@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dister::messages::raft::{AppendFromLeaderReply, AppendResult};
-use dister::raft::core::{Action as Do, Core, Input, Timing};
+use dister::raft::core::{Action as Do, AppendTicket, Core, Input, Timing};
 use dister::raft::members::{MemberChange, MemberLog, Members};
 use dister::raft::{Entry, HardState, LogId, Payload, Role};
 use dister::wire::AppendEntriesRequest;
@@ -74,26 +74,114 @@ fn a_campaign_that_waited_for_an_append_starts_once_it_is_stored() {
 /// Node 4 of {1,2,3,4}, following leader 1, with an append of entry 3 (its own removal, or a
 /// blank) sent to `LogStore` and unanswered when its election timer fires. Answers the core,
 /// the append's ticket and the time.
-fn timed_out_with_an_append_in_flight(removal: bool) -> (Core, dister::raft::core::AppendTicket, Instant) {
-    let t0 = Instant::now();
+fn timed_out_with_an_append_in_flight(removal: bool) -> (Core, AppendTicket, Instant) {
     let four = voters(&[1, 2, 3, 4]);
-    let log = MemberLog::new(four.clone(), [(2, four.clone())]);
+    let payload =
+        if removal { Payload::Config(four.changed(&MemberChange::Remove { id: 4 }).unwrap()) } else { Payload::Blank };
+    let (mut c, store, t0) = node_4_with_an_append_in_flight(four, payload);
+    let t1 = t0 + Duration::from_millis(700);
+    c.step(t1, Input::Tick);
+    (c, store, t1)
+}
+
+/// Node 4, in `members` at entry 2 (committed) and following leader 1 in term 1, with an
+/// append of entry 3 carrying `payload` sent to `LogStore` and unanswered. Answers the core,
+/// the append's ticket and the time.
+fn node_4_with_an_append_in_flight(members: Members, payload: Payload) -> (Core, AppendTicket, Instant) {
+    let t0 = Instant::now();
+    let log = MemberLog::new(members.clone(), [(2, members)]);
     let hard = HardState { term: 1, voted_for: Some(1), commit: 2 };
     let mut c = Core::new(4, log, TIMING, hard, LogId::new(1, 2), 7, t0);
     c.take_actions();
-    let payload =
-        if removal { Payload::Config(four.changed(&MemberChange::Remove { id: 4 }).unwrap()) } else { Payload::Blank };
     let entry = Arc::new(Entry { term: 1, index: 3, payload });
     let request =
         AppendEntriesRequest { term: 1, leader: 1, prev: LogId::new(1, 2), entries: vec![entry], leader_commit: 2 };
     c.step(t0, Input::AppendRequest { token: 1, request });
-    let store = c.take_actions().into_iter().find_map(|a| match a {
+    let store = stored_ticket(&mut c.take_actions()).expect("a store");
+    (c, store, t0)
+}
+
+/// The ticket of the first append the actions send to `LogStore`.
+fn stored_ticket(actions: &mut Vec<Do>) -> Option<AppendTicket> {
+    actions.drain(..).find_map(|a| match a {
         Do::StoreFromLeader { ticket, .. } => Some(ticket),
         _ => None,
+    })
+}
+
+/// A handover the leader asked for while an append was unanswered waits for it, and is
+/// dropped if another leader has taken over meanwhile: it must not unseat the new one.
+///
+/// 1. Node 4 follows leader 1 in term 1, an append unanswered; 1 sends TimeoutNow: node 4
+///    waits for its disk before it stands.
+/// 2. Node 2 wins term 2 and sends node 4 an append; both appends are then stored.
+/// 3. Node 4 asks for no vote: the handover of term 1 is over.
+#[test]
+fn a_handover_asked_by_a_deposed_leader_is_dropped() {
+    let (mut c, first, t0) = node_4_with_an_append_in_flight(voters(&[1, 2, 3, 4]), Payload::Blank);
+    c.step(t0, Input::TimeoutNow { from: 1, term: 1 });
+    assert!(!sends_votes(&mut c), "stood before its log was in");
+    let entry = Arc::new(Entry { term: 2, index: 4, payload: Payload::Blank });
+    let request =
+        AppendEntriesRequest { term: 2, leader: 2, prev: LogId::new(1, 3), entries: vec![entry], leader_commit: 2 };
+    c.step(t0, Input::AppendRequest { token: 2, request });
+    let second = stored_ticket(&mut c.take_actions()).expect("a second store");
+    let reply = |index| AppendFromLeaderReply {
+        result: AppendResult::Matched(index),
+        durable: true,
+        last: LogId::new(if index == 3 { 1 } else { 2 }, index),
+    };
+    c.step(t0, Input::AppendStored { ticket: first, result: Some(Ok(reply(3))) });
+    assert_eq!(c.role(), Role::Follower, "a stale handover started with an append still unanswered");
+    c.step(t0, Input::AppendStored { ticket: second, result: Some(Ok(reply(4))) });
+    assert!(!sends_votes(&mut c));
+    let view = (c.role(), c.term(), c.leader());
+    assert_eq!(view, (Role::Follower, 2, Some(2)), "a handover asked by the deposed leader 1 unseated leader 2");
+}
+
+/// A learner told to stand (TimeoutNow) while the append that promotes it is unanswered
+/// waits for it, then stands: its lagging view of the members does not drop the handover.
+#[test]
+fn a_handover_to_a_node_being_promoted_waits_for_its_log() {
+    let add = MemberChange::Add { id: 4, addr: "127.0.0.1:7004".into(), promote: true };
+    let with_learner = voters(&[1, 2, 3]).changed(&add).unwrap();
+    let promoted = with_learner.changed(&MemberChange::Promote { id: 4 }).unwrap();
+    let (mut c, store, t0) = node_4_with_an_append_in_flight(with_learner, Payload::Config(promoted));
+    c.step(t0, Input::TimeoutNow { from: 1, term: 1 });
+    assert!(!sends_votes(&mut c), "stood before its log was in");
+    let reply = AppendFromLeaderReply { result: AppendResult::Matched(3), durable: true, last: LogId::new(1, 3) };
+    c.step(t0, Input::AppendStored { ticket: store, result: Some(Ok(reply)) });
+    // It stands in term 2: its vote for itself is made durable before it asks for any.
+    let saved = c.take_actions().into_iter().find_map(|a| match a {
+        Do::SaveHardState { ticket } => Some(ticket),
+        _ => None,
     });
-    let t1 = t0 + Duration::from_millis(700);
-    c.step(t1, Input::Tick);
-    (c, store.expect("a store"), t1)
+    let saved = saved.expect("the handover to the promoted node was dropped");
+    c.step(t0, Input::HardStateSaved { ticket: saved, result: Some(Ok(LogId::new(1, 3))) });
+    let votes = c.take_actions().into_iter().filter(|a| matches!(a, Do::SendVote { .. })).count();
+    assert_eq!((c.term(), votes), (2, 3), "node 4 did not stand for term 2 asking the 3 others");
+}
+
+/// Appends waiting for a disk that does not answer are bounded: past
+/// `MAX_APPENDS_TO_FOLLOW` one is refused as unstored at once, and none goes to `LogStore`.
+#[test]
+fn appends_waiting_for_a_hung_disk_are_bounded() {
+    use dister::raft::core::MAX_APPENDS_TO_FOLLOW;
+    use dister::wire::AppendOutcome;
+    let (mut c, _, t0) = node_4_with_an_append_in_flight(voters(&[1, 2, 3, 4]), Payload::Blank);
+    let heartbeat =
+        || AppendEntriesRequest { term: 1, leader: 1, prev: LogId::new(1, 3), entries: vec![], leader_commit: 2 };
+    for token in 2..=MAX_APPENDS_TO_FOLLOW as u64 {
+        c.step(t0, Input::AppendRequest { token, request: heartbeat() });
+        assert!(stored_ticket(&mut c.take_actions()).is_some(), "append {token} was not sent to LogStore");
+    }
+    c.step(t0, Input::AppendRequest { token: 0, request: heartbeat() });
+    let actions = c.take_actions();
+    assert!(!actions.iter().any(|a| matches!(a, Do::StoreFromLeader { .. })), "the backlog grew past its bound");
+    let refused = actions.iter().any(|a| {
+        matches!(a, Do::AnswerAppend { token: 0, response } if response.outcome == AppendOutcome::StaleTerm && response.term == 1)
+    });
+    assert!(refused, "the append past the bound was not refused: {actions:?}");
 }
 
 /// Whether the core's pending actions ask anybody for a (pre-)vote.

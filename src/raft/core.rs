@@ -306,6 +306,22 @@ struct AppendToFollow {
     stored: Option<Option<(AppendTicket, LogId)>>,
 }
 
+/// A campaign due while appends were unfollowed: it starts once they are followed, if the
+/// term and the leader it was due under still stand.
+#[derive(Clone, Copy, Debug)]
+struct DueCampaign {
+    pre_vote: bool,
+    /// One the leader asked for (TimeoutNow).
+    transfer: bool,
+    term: u64,
+    leader: Option<NodeId>,
+}
+
+/// How many appends from a leader may wait for `LogStore` at once. Past it (a disk that
+/// hangs) an append is refused as unstored, so the leader retries later and the backlog
+/// has a bound.
+pub const MAX_APPENDS_TO_FOLLOW: usize = 1024;
+
 /// What the leader knows of one peer, for status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerView {
@@ -400,9 +416,9 @@ pub struct Core {
     /// by `seq`: `LogStore` applies them in that order, and their answers may come back in
     /// another, so the configurations follow the log in `seq` order, never answer order.
     appends_to_follow: BTreeMap<u64, AppendToFollow>,
-    /// A campaign due while `appends_to_follow` was not empty, as (pre-vote, transfer): it
-    /// starts once the configuration follows the whole log.
-    campaign_due: Option<(bool, bool)>,
+    /// A campaign due while `appends_to_follow` was not empty: it starts once the
+    /// configuration follows the whole log.
+    campaign_due: Option<DueCampaign>,
     storage_failed: bool,
     actions: Vec<Action>,
 }
@@ -496,7 +512,10 @@ impl Core {
             Input::PeerDisconnected { peer } => self.on_peer_disconnected(now, peer),
             Input::ReadIndex { token } => self.on_read_index(token),
             Input::TimeoutNow { from, term } => {
-                if term == self.term && self.role == Role::Follower && self.leader == Some(from) && self.is_voter() {
+                // A view of the members that lags the log cannot say whether this node votes:
+                // the campaign then waits for it.
+                let may_vote = self.is_voter() || !self.appends_to_follow.is_empty();
+                if term == self.term && self.role == Role::Follower && self.leader == Some(from) && may_vote {
                     tracing::info!(id = self.id, term, leader = from, "leadership handed over; standing now");
                     self.start_campaign(now, false, true);
                 }
@@ -826,7 +845,7 @@ impl Core {
                 self.check_quorum(now);
             }
         } else if now >= self.deadline {
-            if self.is_voter() {
+            if self.is_voter() || !self.appends_to_follow.is_empty() {
                 self.start_campaign(now, true, false);
             } else {
                 // A learner, a removed node or one not yet added never stands (§4.2.3).
@@ -952,7 +971,7 @@ impl Core {
             let pending = self.appends_to_follow.len();
             let oldest = self.appends_to_follow.keys().next().copied();
             tracing::debug!(id = self.id, pending, ?oldest, "campaign waits for appends to be stored");
-            self.campaign_due = Some((pre_vote, transfer));
+            self.campaign_due = Some(DueCampaign { pre_vote, transfer, term: self.term, leader: self.leader });
             return;
         }
         if self.storage_failed || !self.is_voter() {
@@ -1265,6 +1284,17 @@ impl Core {
             self.actions.push(Action::AnswerAppend { token, response });
             return;
         }
+        if self.appends_to_follow.len() >= MAX_APPENDS_TO_FOLLOW {
+            // `LogStore` is not answering: refuse as unstored, the leader retries later.
+            tracing::debug!(
+                id = self.id,
+                pending = self.appends_to_follow.len(),
+                "appends wait for the disk; refusing one"
+            );
+            let response = AppendEntriesResponse { term: self.term, outcome: AppendOutcome::StaleTerm };
+            self.actions.push(Action::AnswerAppend { token, response });
+            return;
+        }
         if req.term > self.term || self.role != Role::Follower || self.leader != Some(req.leader) {
             // A newer term is made durable by `LogStore` in the same batch as the entries.
             self.become_follower(now, req.term, Some(req.leader));
@@ -1272,7 +1302,7 @@ impl Core {
         self.last_leader_contact = Some(now);
         self.reset_deadline(now);
         // A leader is live: only a handover it asked for still stands.
-        self.campaign_due = self.campaign_due.filter(|&(_, transfer)| transfer);
+        self.campaign_due = self.campaign_due.filter(|c| c.transfer);
         self.seq += 1;
         let configs: Vec<(u64, Arc<Members>)> = req
             .entries
@@ -1296,6 +1326,17 @@ impl Core {
     }
 
     fn on_append_stored(
+        &mut self,
+        now: Instant,
+        ticket: AppendTicket,
+        result: Option<Result<AppendFromLeaderReply, StorageError>>,
+    ) {
+        self.answer_append_stored(now, ticket, result);
+        // Only now, with the reply's log and commit taken in, may a waiting campaign start.
+        self.start_due_campaign(now);
+    }
+
+    fn answer_append_stored(
         &mut self,
         now: Instant,
         ticket: AppendTicket,
@@ -1376,12 +1417,26 @@ impl Core {
         }
         // A configuration followed late may be committed already.
         self.on_commit_moved(now);
-        if self.appends_to_follow.is_empty()
-            && self.role != Role::Leader
-            && let Some((pre_vote, transfer)) = self.campaign_due.take()
-        {
-            self.start_campaign(now, pre_vote, transfer);
+    }
+
+    /// Starts the campaign that waited for appends, once all are followed, unless the term
+    /// or the leader it was due under has changed since (a handover a deposed leader asked
+    /// for must not unseat the next one).
+    fn start_due_campaign(&mut self, now: Instant) {
+        if !self.appends_to_follow.is_empty() || self.role == Role::Leader {
+            return;
         }
+        let Some(due) = self.campaign_due.take() else { return };
+        if due.term != self.term || due.leader != self.leader {
+            tracing::debug!(
+                id = self.id,
+                term = self.term,
+                due_term = due.term,
+                "a campaign due under another term or leader is dropped"
+            );
+            return;
+        }
+        self.start_campaign(now, due.pre_vote, due.transfer);
     }
 
     /// An append matched: right after `LogStore` applied it, the log held the request's
