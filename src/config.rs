@@ -93,6 +93,8 @@ pub struct Config {
     pub max_inflight_appends: usize,
     /// Size at which a log segment file is closed and a new one started.
     pub segment_bytes: u64,
+    /// Entries applied between two snapshots of the state machines (0: never snapshot).
+    pub snapshot_entries: u64,
     /// How long a new connection has to complete its handshake.
     pub handshake_timeout_ms: u64,
     /// Seed for the node's random choices (election timeouts). `None` draws one at start;
@@ -154,6 +156,8 @@ impl Default for Config {
             max_append_bytes: 4 * 1024 * 1024,
             max_inflight_appends: 8,
             segment_bytes: 64 * 1024 * 1024,
+            // As etcd 3.6 and r-nacos.
+            snapshot_entries: 10_000,
             handshake_timeout_ms: 5_000,
             seed: None,
             cluster_token: None,

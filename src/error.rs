@@ -32,6 +32,15 @@ pub enum StorageError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A snapshot could not be read whole.
+    #[error("snapshot {path}: {source}")]
+    Snapshot {
+        /// The snapshot file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: crate::snapshot::SnapshotError,
+    },
     /// The storage thread has stopped, after an earlier error or at shutdown.
     #[error("storage is closed")]
     Closed,

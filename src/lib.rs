@@ -52,6 +52,7 @@ pub mod nacos;
 pub mod node;
 pub mod raft;
 pub mod registry;
+pub mod snapshot;
 pub mod state_machine;
 pub mod storage;
 pub mod transport;

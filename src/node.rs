@@ -18,13 +18,13 @@ use crate::actors::data_map::DataMap;
 use crate::actors::election::{Election, MemberView};
 use crate::actors::key_watch::{KeyWatch, Unwatch, WatchKeys, Watching};
 use crate::actors::listener::{CountRefusal, GetRefusals, Listener, StopListener};
-use crate::actors::log_store::LogStore;
+use crate::actors::log_store::{LogStore, Snapshots};
 
 use crate::actors::service_registry::{Proposer, ServiceRegistry};
 use crate::admission::{Admission, Admitted};
 use crate::config::Config;
 use crate::error::{ApiError, NodeError};
-use crate::messages::apply::{ApplyEntries, Follow, Query, Subscribe};
+use crate::messages::apply::{Follow, Query, StateMachineRef, Subscribe};
 use crate::messages::client::{
     ChangeMembers, ClientWrite, GetElectionStatus, GetReadIndex, StopPeerLinks, TimeoutNow, TransferLeadership,
 };
@@ -144,7 +144,7 @@ pub struct NodeBuilder {
     transport: TransportRef,
     storage: Option<StorageConfig>,
     threads: Threads,
-    state_machines: Vec<(String, Recipient<ApplyEntries>, Option<Recipient<Query>>)>,
+    state_machines: Vec<(String, StateMachineRef, Option<Recipient<Query>>)>,
 }
 
 /// What the Raft thread hands back once its actors run.
@@ -198,14 +198,16 @@ impl NodeBuilder {
     }
 
     /// Adds a state machine for `namespace`: it receives that namespace's committed entries
-    /// in order (replayed from the log at start) and, if `query` is given, answers queries.
+    /// in order, hands over views of its state for snapshots, is restored from the newest
+    /// snapshot at start (then given the entries after it) and, if `query` is given, answers
+    /// queries.
     pub fn state_machine(
         mut self,
         namespace: impl Into<String>,
-        apply: Recipient<ApplyEntries>,
+        machine: StateMachineRef,
         query: Option<Recipient<Query>>,
     ) -> Self {
-        self.state_machines.push((namespace.into(), apply, query));
+        self.state_machines.push((namespace.into(), machine, query));
         self
     }
 
@@ -216,6 +218,12 @@ impl NodeBuilder {
         config.validate()?;
         let storage = self.storage.unwrap_or_else(|| StorageConfig::Dir(config.data_dir.clone()));
         let (mut backend, mut recovered) = storage.open(config.segment_bytes)?;
+        let snapshot_store = storage.snapshots();
+        let snapshot = snapshot_store.latest()?;
+        if let Some(s) = &snapshot {
+            // Applied, so committed, whenever the commit index was last written.
+            recovered.hard_state.commit = recovered.hard_state.commit.max(s.info.meta.last.index);
+        }
         if config.force_new_cluster {
             force_new_cluster(&config, backend.as_mut(), &mut recovered).await?;
         }
@@ -255,13 +263,13 @@ impl NodeBuilder {
                 .await?
         };
         let mut subscribers = BTreeMap::new();
-        subscribers.insert(KV_NAMESPACE.to_string(), data_map.clone().recipient());
-        subscribers.insert(REGISTRY_NAMESPACE.to_string(), registry.clone().recipient());
+        subscribers.insert(KV_NAMESPACE.to_string(), StateMachineRef::of(&data_map));
+        subscribers.insert(REGISTRY_NAMESPACE.to_string(), StateMachineRef::of(&registry));
         let mut queries = BTreeMap::new();
         queries.insert(KV_NAMESPACE.to_string(), Some(data_map.clone().recipient()));
         queries.insert(REGISTRY_NAMESPACE.to_string(), Some(registry.clone().recipient()));
-        for (ns, apply, query) in self.state_machines {
-            subscribers.insert(ns.clone(), apply);
+        for (ns, machine, query) in self.state_machines {
+            subscribers.insert(ns.clone(), machine);
             queries.insert(ns, query);
         }
         let queries = Arc::new(Mutex::new(queries));
@@ -287,8 +295,11 @@ impl NodeBuilder {
                 );
                 // Election and LogStore address each other: create Election's context first.
                 let election_ctx = Context::<Election>::new();
+                let snapshots =
+                    Snapshots::new(snapshot_store, snapshot, config.snapshot_entries, members.at(0).as_ref().clone());
                 let log_store =
-                    LogStore::new(backend, recovered, subscribers, election_ctx.address().recipient()).start();
+                    LogStore::new(backend, recovered, subscribers, election_ctx.address().recipient(), snapshots)
+                        .start();
                 // The view as of the recovered commit index, before Election starts.
                 let mut committed = members.clone();
                 committed.commit_to(hard_state.commit.min(last_log.index));
@@ -613,16 +624,11 @@ impl NodeHandle {
         &self.registry
     }
 
-    /// Adds a state machine while the node runs; committed entries of `namespace` so far are
-    /// replayed to it first.
-    pub fn register_state_machine(
-        &self,
-        namespace: &str,
-        apply: Recipient<ApplyEntries>,
-        query: Option<Recipient<Query>>,
-    ) {
+    /// Adds a state machine while the node runs; it is brought up to date first (the
+    /// snapshot's state for `namespace`, if any, then the entries committed after it).
+    pub fn register_state_machine(&self, namespace: &str, machine: StateMachineRef, query: Option<Recipient<Query>>) {
         self.router().insert(namespace.to_string(), query);
-        self.log_store.do_send(Subscribe { namespace: namespace.to_string(), recipient: apply });
+        self.log_store.do_send(Subscribe { namespace: namespace.to_string(), machine });
     }
 
     fn router(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Option<Recipient<Query>>>> {
@@ -971,6 +977,10 @@ impl NodeHandle {
                 members_index: e.members_index,
                 members_pending: e.members_pending,
                 refused,
+                first_log_index: l.first_index,
+                snapshot_index: l.snapshot.map(|s| s.last.index).unwrap_or(0),
+                snapshot_term: l.snapshot.map(|s| s.last.term).unwrap_or(0),
+                snapshot_bytes: l.snapshot.map(|s| s.bytes).unwrap_or(0),
             })
         }
         .boxed_local()

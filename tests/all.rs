@@ -26,6 +26,7 @@ mod t52_registry_process;
 mod t55_faults;
 mod t56_membership;
 mod t57_membership_process;
+mod t58_snapshots;
 mod t60_sim;
 mod t70_extension;
 mod t80_chaos;

@@ -12,12 +12,13 @@ use std::time::Duration;
 use actix::Actor;
 use common::{Cluster, Extend, retry};
 use counter_actor::{Counters, NAMESPACE, add, value_of};
+use dister::messages::apply::StateMachineRef;
 use dister::{ApiError, ClientError, Consistency};
 
 fn with_counters() -> Extend {
     Arc::new(|b| {
         let c = Counters::default().start();
-        b.state_machine(NAMESPACE, c.clone().recipient(), Some(c.recipient()))
+        b.state_machine(NAMESPACE, StateMachineRef::of(&c), Some(c.recipient()))
     })
 }
 

@@ -82,6 +82,9 @@ fn layout_config(i: usize, seed: u64, layout: Layout, join: Option<usize>) -> Co
         cluster_token: Some(TOKEN.into()),
         request_timeout_ms: 1_000,
         handshake_timeout_ms: 1_000,
+        // Snapshots every few dozen entries, so crashes land before, during and after them
+        // and restarts restore them.
+        snapshot_entries: 20 + seed % 40,
         ..Config::default()
     }
 }
@@ -201,6 +204,8 @@ struct Changes {
     transfers: usize,
     /// Added hosts seen as voters at the end: promoted once caught up.
     promoted: usize,
+    /// Runs whose members had all taken a snapshot by the end.
+    snapshotted: usize,
 }
 
 impl std::ops::AddAssign for Changes {
@@ -212,6 +217,7 @@ impl std::ops::AddAssign for Changes {
         self.replaced += o.replaced;
         self.transfers += o.transfers;
         self.promoted += o.promoted;
+        self.snapshotted += o.snapshotted;
     }
 }
 
@@ -456,8 +462,9 @@ struct Summary {
     digest: u64,
 }
 
-/// The current members' own copies (key/values and configuration), once they agree.
-async fn converged(hosts: &SharedHosts) -> Result<(), String> {
+/// The current members' own copies (key/values and configuration), once they agree; answers
+/// the lowest snapshot index among them.
+async fn converged(hosts: &SharedHosts) -> Result<u64, String> {
     let mut seen = Vec::new();
     for _ in 0..100 {
         seen.clear();
@@ -471,12 +478,14 @@ async fn converged(hosts: &SharedHosts) -> Result<(), String> {
             return Err(format!("dead node {id} is still a member: {members:?}"));
         }
         let mut states = Vec::new();
+        let mut lowest_snapshot = u64::MAX;
         for &id in &members {
             let node = host(host_of(id));
             match connect(&node).await {
                 Some(c) => {
                     let status = c.status().await;
                     if let (Ok(l), Ok(s)) = (c.list("", Consistency::Stale).await, &status) {
+                        lowest_snapshot = lowest_snapshot.min(s.snapshot_index);
                         let config: Vec<(u64, MemberRole)> = s.members.iter().map(|m| (m.id, m.role)).collect();
                         states.push((l, config));
                     }
@@ -486,7 +495,7 @@ async fn converged(hosts: &SharedHosts) -> Result<(), String> {
             }
         }
         if states.len() == members.len() && states.windows(2).all(|w| w[0] == w[1]) {
-            return Ok(());
+            return Ok(lowest_snapshot);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -533,7 +542,7 @@ fn run_seed(seed: u64, secs: u64, layout: Layout) -> Result<Summary, String> {
     // After the chaos and the operator's last change: wait for a healed cluster, read every
     // key linearizably (part of the history), and collect each member's own copy until they
     // agree.
-    let converged_ok: Arc<Mutex<Option<Result<(), String>>>> = Arc::default();
+    let converged_ok: Arc<Mutex<Option<Result<u64, String>>>> = Arc::default();
     {
         let (history, hosts, operated, out) = (history.clone(), hosts.clone(), operated.clone(), converged_ok.clone());
         sim.client("checker", async move {
@@ -600,8 +609,9 @@ fn run_seed(seed: u64, secs: u64, layout: Layout) -> Result<Summary, String> {
     if !operated.done {
         return fail("the operator did not finish".into());
     }
+    let mut changes = operated.changes;
     match converged_ok.lock().unwrap().take() {
-        Some(Ok(())) => {}
+        Some(Ok(snapshot)) => changes.snapshotted = (snapshot > 0) as usize,
         Some(Err(e)) => return fail(e),
         None => return fail("the checker did not finish".into()),
     }
@@ -617,7 +627,7 @@ fn run_seed(seed: u64, secs: u64, layout: Layout) -> Result<Summary, String> {
         acked_writes: acked.lock().unwrap().len(),
         terms: r.leaders.len(),
         faults: nemesis.log.len(),
-        changes: operated.changes,
+        changes,
         digest,
     })
 }
@@ -679,7 +689,7 @@ fn assert_changes_made(name: &str, c: Changes) {
     if std::env::var("DISTER_SEED").is_ok() {
         return;
     }
-    let made = [c.added, c.joined, c.removed, c.removed_leader, c.replaced, c.transfers, c.promoted];
+    let made = [c.added, c.joined, c.removed, c.removed_leader, c.replaced, c.transfers, c.promoted, c.snapshotted];
     assert!(made.iter().all(|&n| n > 0), "{name}: some kind of change never completed: {c:?}");
 }
 

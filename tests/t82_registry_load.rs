@@ -33,7 +33,14 @@ fn load() -> (usize, usize) {
 const REGISTRARS: usize = 24;
 
 fn config(i: usize, seed: u64) -> Config {
-    Config { request_timeout_ms: 5_000, check_interval_ms: 5_000, ..crate::t80_chaos::config(i, seed) }
+    // Snapshots at the default pace: this test is about the load, not about snapshots.
+    let snapshot_entries = Config::default().snapshot_entries;
+    Config {
+        request_timeout_ms: 5_000,
+        check_interval_ms: 5_000,
+        snapshot_entries,
+        ..crate::t80_chaos::config(i, seed)
+    }
 }
 
 /// Instance `k`: persistent (TCP-checked) below `persistent`, ephemeral above; always on

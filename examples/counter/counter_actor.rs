@@ -3,8 +3,9 @@
 //! The actor owns the namespace `counter`. Writes are JSON [`CounterCommand`]s replicated
 //! through the log (`NodeHandle::write` / `Client::write`); the actor receives its committed
 //! entries in index order as [`ApplyEntries`] and answers [`Query`]s for a counter's value,
-//! holding a linearizable query until it has applied the read index it carries. Nothing in the
-//! core knows about it: the node is told at start-up with `NodeBuilder::state_machine`.
+//! holding a linearizable query until it has applied the read index it carries. It hands over
+//! its state for snapshots (`TakeSnapshot`) and takes it back (`RestoreSnapshot`). Nothing in
+//! the core knows about it: the node is told at start-up with `NodeBuilder::state_machine`.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +14,7 @@ use bytes::Bytes;
 use dister::ApiError;
 use dister::messages::apply::{ApplyEntries, Query};
 use dister::raft::Payload;
+use dister::snapshot::{RestoreSnapshot, SnapshotView, TakeSnapshot, read_record, write_record};
 use dister::state_machine::{AppliedGate, read_after};
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +44,8 @@ pub struct Counters {
     values: BTreeMap<String, i64>,
     /// Indexes applied, in order: proof for tests that entries arrive once and in order.
     pub applied: Vec<u64>,
+    /// The snapshot index it was restored from, if it was.
+    pub restored_at: Option<u64>,
     gate: AppliedGate,
 }
 
@@ -56,6 +60,7 @@ impl Handler<ApplyEntries> for Counters {
         let mut out = Vec::with_capacity(msg.entries.len());
         for e in &msg.entries {
             assert!(self.applied.last().is_none_or(|&last| e.index > last), "entries out of order");
+            assert!(self.restored_at.is_none_or(|at| e.index > at), "an entry the snapshot holds came again");
             self.applied.push(e.index);
             let Payload::Command { data, .. } = &e.payload else {
                 out.push(Ok(Bytes::new()));
@@ -79,6 +84,37 @@ impl Handler<ApplyEntries> for Counters {
         }
         self.gate.advance(msg.applied_to);
         out
+    }
+}
+
+impl Handler<TakeSnapshot> for Counters {
+    type Result = Result<SnapshotView, String>;
+
+    /// A copy of the counters (few and small), written off the actor's thread.
+    fn handle(&mut self, _: TakeSnapshot, _: &mut Context<Self>) -> Self::Result {
+        let values = self.values.clone();
+        Ok(SnapshotView {
+            items: values.len() as u64,
+            write: Box::new(move |out| values.iter().try_for_each(|pair| write_record(out, &pair))),
+        })
+    }
+}
+
+impl Handler<RestoreSnapshot> for Counters {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, mut msg: RestoreSnapshot, _: &mut Context<Self>) -> Self::Result {
+        let mut values = BTreeMap::new();
+        let mut buf = Vec::new();
+        while let Some((name, value)) =
+            read_record::<(String, i64)>(&mut msg.data, &mut buf).map_err(|e| e.to_string())?
+        {
+            values.insert(name, value);
+        }
+        self.values = values;
+        self.restored_at = Some(msg.index);
+        self.gate.advance(msg.index);
+        Ok(())
     }
 }
 

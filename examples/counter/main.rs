@@ -9,6 +9,7 @@ mod counter_actor;
 
 use actix::Actor;
 use counter_actor::{Counters, NAMESPACE, add, value_of};
+use dister::messages::apply::StateMachineRef;
 use dister::wire::Write;
 use dister::{Config, Consistency, Node, PeerConfig};
 
@@ -32,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
         // The one line that adds the feature: an actor for the namespace, for applies and queries.
         let counters = Counters::default().start();
         let node = Node::builder(config)
-            .state_machine(NAMESPACE, counters.clone().recipient(), Some(counters.recipient()))
+            .state_machine(NAMESPACE, StateMachineRef::of(&counters), Some(counters.recipient()))
             .start()
             .await?;
         nodes.push(node);

@@ -2,9 +2,10 @@
 //!
 //! Receives: `ApplyEntries` (committed `kv` commands, in index order, from `LogStore`),
 //! `GetKey`, `ListKeys` and generic `Query`s (each held until the read index it carries is
-//! applied). Sends nothing: it answers.
-
-use std::collections::BTreeMap;
+//! applied), `TakeSnapshot` and `RestoreSnapshot`. Sends nothing: it answers.
+//!
+//! The pairs are a persistent map: a snapshot's view is a clone that costs nothing, and
+//! writes applied while it is being written copy only the paths they touch.
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -13,12 +14,15 @@ use crate::error::ApiError;
 use crate::messages::apply::{ApplyEntries, Query};
 use crate::messages::kv::{GetKey, KvCommand, KvOutput, ListKeys};
 use crate::raft::Payload;
+use crate::snapshot::{RestoreSnapshot, SnapshotView, TakeSnapshot, read_record, write_record};
 use crate::state_machine::{AppliedGate, read_after};
+
+type Pairs = imbl::OrdMap<String, String>;
 
 /// The key/value state machine.
 #[derive(Default)]
 pub struct DataMap {
-    pairs: BTreeMap<String, String>,
+    pairs: Pairs,
     gate: AppliedGate,
 }
 
@@ -33,7 +37,9 @@ impl DataMap {
         let count = match cmd {
             KvCommand::Set(pairs) => {
                 let n = pairs.len();
-                self.pairs.extend(pairs);
+                for (k, v) in pairs {
+                    self.pairs.insert(k, v);
+                }
                 n
             }
             KvCommand::Delete(keys) => keys.iter().filter(|k| self.pairs.remove(*k).is_some()).count(),
@@ -43,7 +49,7 @@ impl DataMap {
 
     fn list(&self, prefix: &str) -> Vec<(String, String)> {
         self.pairs
-            .range(prefix.to_string()..)
+            .range::<_, String>(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
@@ -72,6 +78,39 @@ impl Handler<ApplyEntries> for DataMap {
             .collect();
         self.gate.advance(msg.applied_to);
         out
+    }
+}
+
+impl Handler<TakeSnapshot> for DataMap {
+    type Result = Result<SnapshotView, String>;
+
+    fn handle(&mut self, _: TakeSnapshot, _: &mut Context<Self>) -> Self::Result {
+        let pairs = self.pairs.clone();
+        Ok(SnapshotView {
+            items: pairs.len() as u64,
+            write: Box::new(move |out| {
+                for pair in pairs.iter() {
+                    write_record(out, &pair)?;
+                }
+                Ok(())
+            }),
+        })
+    }
+}
+
+impl Handler<RestoreSnapshot> for DataMap {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, mut msg: RestoreSnapshot, _: &mut Context<Self>) -> Self::Result {
+        let mut pairs = Pairs::new();
+        let mut buf = Vec::new();
+        while let Some((k, v)) = read_record::<(String, String)>(&mut msg.data, &mut buf).map_err(|e| e.to_string())? {
+            pairs.insert(k, v);
+        }
+        tracing::info!(index = msg.index, keys = pairs.len(), "kv restored from a snapshot");
+        self.pairs = pairs;
+        self.gate.advance(msg.index);
+        Ok(())
     }
 }
 

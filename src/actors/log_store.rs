@@ -4,7 +4,14 @@
 //! Receives: `AppendLocal` (leader's entries), `AppendFromLeader` (follower side of
 //! AppendEntries), `SaveHardState`, `FetchEntries` (from replicators), `CommitTo`,
 //! `Subscribe`, `GetLogState`.
-//! Sends: `ApplyEntries` to the state machines, in index order; `EntriesApplied` to `Election`.
+//! Sends: `ApplyEntries` to the state machines, in index order; `EntriesApplied` to `Election`;
+//! `TakeSnapshot` and `RestoreSnapshot` to the state machines.
+//!
+//! Snapshots: once `snapshot_entries` entries have been applied since the last snapshot, every
+//! state machine is asked for a view of its state, right after the batch that brought it to
+//! that index (its mailbox keeps the order), and the views are written to the snapshot
+//! store off this thread while entries keep flowing. At start the newest snapshot is
+//! restored into the state machines and only the entries after it are replayed.
 //!
 //! Every reply that claims durability is sent only after the backend has made the batch (and
 //! every earlier one) durable; the backend completes batches in order, so replies go out in
@@ -17,14 +24,16 @@ use actix::prelude::*;
 use futures::FutureExt;
 
 use crate::error::StorageError;
-use crate::messages::apply::{ApplyEntries, ApplyOutput, EntriesApplied, Follow, Subscribe};
+use crate::messages::apply::{ApplyEntries, ApplyOutput, EntriesApplied, Follow, StateMachineRef, Subscribe};
 use crate::messages::raft::{
     AppendFromLeader, AppendFromLeaderReply, AppendLocal, AppendResult, CommitTo, FetchEntries, FetchEntriesError,
-    FetchedEntries, GetLogState, LogState, SaveHardState,
+    FetchedEntries, GetLogState, LogState, SaveHardState, SnapshotStatus,
 };
 use crate::raft::log::MemLog;
+use crate::raft::members::Members;
 use crate::raft::{Entry, HardState, LogId, Payload};
-use crate::storage::{LogBackend, LogWrite, Recovered, WriteBatch};
+use crate::snapshot::{RestoreSnapshot, SnapshotMeta, TakeSnapshot};
+use crate::storage::{LogBackend, LogWrite, Recovered, SnapshotStore, StoredSnapshot, WriteBatch};
 
 /// Most entries handed to the state machines in one batch.
 const MAX_APPLY_BATCH: u64 = 4_096;
@@ -41,12 +50,41 @@ pub struct LogStore {
     /// A batch is with the state machines: the next waits for it, so their mailboxes hold
     /// at most one batch from here however far commit runs ahead.
     applying: bool,
-    subscribers: BTreeMap<String, Recipient<ApplyEntries>>,
+    subscribers: BTreeMap<String, StateMachineRef>,
     /// Actors that follow the commit stream without owning a namespace (audit, metrics,
     /// watches): `None` follows every entry, blanks included.
     followers: Vec<(Option<String>, Recipient<ApplyEntries>)>,
     election: Recipient<EntriesApplied>,
     failed: Option<String>,
+    snapshots: Snapshots,
+}
+
+/// What `LogStore` knows of snapshots.
+pub struct Snapshots {
+    store: SnapshotStore,
+    /// The newest, as loaded at start or last taken.
+    latest: Option<StoredSnapshot>,
+    /// Entries applied between two snapshots (0: never take one).
+    every: u64,
+    /// The configuration in effect at the applied index, as a snapshot records it.
+    members: Members,
+    /// A snapshot is being taken.
+    taking: bool,
+}
+
+impl Snapshots {
+    /// Snapshots in `store`, `latest` being the one recovered (if any), taken every `every`
+    /// applied entries; `members` is the configuration in effect before the first entry
+    /// (the bootstrap one), for when there is no snapshot.
+    pub fn new(store: SnapshotStore, latest: Option<StoredSnapshot>, every: u64, members: Members) -> Self {
+        let members = latest.as_ref().map(|s| s.info.meta.members.clone()).unwrap_or(members);
+        Snapshots { store, latest, every, members, taking: false }
+    }
+
+    /// The last entry the newest snapshot covers (index 0 if there is none).
+    pub fn last(&self) -> LogId {
+        self.latest.as_ref().map(|s| s.info.meta.last).unwrap_or_default()
+    }
 }
 
 impl LogStore {
@@ -55,26 +93,32 @@ impl LogStore {
     pub fn new(
         backend: Box<dyn LogBackend>,
         recovered: Recovered,
-        subscribers: BTreeMap<String, Recipient<ApplyEntries>>,
+        subscribers: BTreeMap<String, StateMachineRef>,
         election: Recipient<EntriesApplied>,
+        snapshots: Snapshots,
     ) -> Self {
         let mut hard_state = recovered.hard_state;
         let log = MemLog::new(LogId::default(), recovered.entries);
         // A leader may have recorded a commit index above its own durable log (a majority of
         // others had the entries); replay only what this node holds.
         hard_state.commit = hard_state.commit.min(log.last().index);
+        // What a snapshot holds was applied, so committed, whenever the commit index was
+        // last written.
+        let restored = snapshots.last().index;
+        hard_state.commit = hard_state.commit.max(restored);
         LogStore {
             log,
             backend,
             hard_state,
             commit_dirty: false,
-            dispatched: 0,
-            applied: 0,
+            dispatched: restored,
+            applied: restored,
             applying: false,
             subscribers,
             followers: Vec::new(),
             election,
             failed: None,
+            snapshots,
         }
     }
 
@@ -163,6 +207,10 @@ impl LogStore {
             // Every index gets an output, so a writer waiting on an index whose entry was
             // replaced by another term's learns it at once.
             match &entry.payload {
+                Payload::Config(m) => {
+                    self.snapshots.members = m.clone();
+                    outputs.push(ApplyOutput { index, term: entry.term, result: Ok(Default::default()) })
+                }
                 Payload::Command { namespace, .. } if self.subscribers.contains_key(namespace.as_str()) => {
                     per_namespace.entry(namespace.as_str()).or_default().push(entry.clone());
                 }
@@ -171,9 +219,7 @@ impl LogStore {
                     term: entry.term,
                     result: Err(format!("no state machine for namespace {namespace:?} on this node")),
                 }),
-                Payload::Blank | Payload::Config(_) => {
-                    outputs.push(ApplyOutput { index, term: entry.term, result: Ok(Default::default()) })
-                }
+                Payload::Blank => outputs.push(ApplyOutput { index, term: entry.term, result: Ok(Default::default()) }),
             }
         }
         for (filter, follower) in &self.followers {
@@ -182,10 +228,10 @@ impl LogStore {
         }
         self.dispatched = commit;
         let mut sends = Vec::new();
-        for (ns, recipient) in &self.subscribers {
+        for (ns, machine) in &self.subscribers {
             let entries = per_namespace.remove(ns.as_str()).unwrap_or_default();
             let ids: Vec<(u64, u64)> = entries.iter().map(|e| (e.index, e.term)).collect();
-            let fut = recipient.send(ApplyEntries { entries, applied_to: commit });
+            let fut = machine.apply.send(ApplyEntries { entries, applied_to: commit });
             let ns = ns.clone();
             sends.push(async move {
                 match fut.await {
@@ -219,8 +265,92 @@ impl LogStore {
             outputs.extend(all.into_iter().flatten());
             outputs.sort_by_key(|o| o.index);
             election.do_send(EntriesApplied { outputs, applied_to: commit });
+            // Before the next batch: each state machine's view is then of `commit` exactly.
+            act.maybe_snapshot(ctx);
             act.dispatch(ctx);
         }));
+    }
+
+    /// Takes a snapshot of every state machine as of the applied index, if `every` entries
+    /// were applied since the last one and none is being taken. The views are asked for now,
+    /// and written off this thread (in place for the memory store, which has no disk).
+    fn maybe_snapshot(&mut self, ctx: &mut Context<Self>) {
+        let s = &self.snapshots;
+        if s.taking || s.every == 0 || self.applied < s.last().index + s.every || self.failed.is_some() {
+            return;
+        }
+        let index = self.applied;
+        let Some(term) = self.log.term_at(index) else { return };
+        let meta = SnapshotMeta { last: LogId::new(term, index), members: self.snapshots.members.clone() };
+        self.snapshots.taking = true;
+        let views: Vec<_> = self
+            .subscribers
+            .iter()
+            .map(|(ns, m)| {
+                let (ns, fut) = (ns.clone(), m.take.send(TakeSnapshot { index }));
+                async move {
+                    match fut.await {
+                        Ok(Ok(view)) => Ok((ns, view)),
+                        Ok(Err(e)) => Err(format!("state machine {ns} gave no snapshot: {e}")),
+                        Err(e) => Err(format!("state machine {ns} unreachable: {e}")),
+                    }
+                }
+            })
+            .collect();
+        let store = self.snapshots.store.clone();
+        let in_place = matches!(store, SnapshotStore::Memory(_));
+        let taken = async move {
+            let views = futures::future::join_all(views).await.into_iter().collect::<Result<Vec<_>, String>>()?;
+            let save = move || store.save(&meta, views).map_err(|e| e.to_string());
+            if in_place { save() } else { tokio::task::spawn_blocking(save).await.map_err(|e| e.to_string())? }
+        };
+        ctx.spawn(taken.into_actor(self).map(move |r, act, _| {
+            act.snapshots.taking = false;
+            match r {
+                Ok(stored) => {
+                    let info = &stored.info;
+                    tracing::info!(
+                        index = info.meta.last.index,
+                        term = info.meta.last.term,
+                        bytes = info.size,
+                        "snapshot taken"
+                    );
+                    act.snapshots.latest = Some(stored);
+                }
+                Err(error) => tracing::error!(index, %error, "snapshot failed; the log keeps everything"),
+            }
+        }));
+    }
+
+    /// Brings `machine` up to date with the snapshot (if it has `namespace`'s section):
+    /// the restore is queued ahead of any entry it is sent.
+    fn restore(&self, ctx: &mut Context<Self>, namespace: &str, machine: &StateMachineRef) {
+        let Some(stored) = &self.snapshots.latest else { return };
+        let index = stored.info.meta.last.index;
+        let data = match stored.section(namespace) {
+            Ok(Some(data)) => data,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(namespace, error = %e, "cannot read the snapshot");
+                return;
+            }
+        };
+        let fut = machine.restore.send(RestoreSnapshot { index, data });
+        let namespace = namespace.to_string();
+        ctx.spawn(
+            async move {
+                match fut.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        tracing::error!(%namespace, index, %error, "state machine could not restore the snapshot")
+                    }
+                    Err(error) => {
+                        tracing::error!(%namespace, index, %error, "state machine unreachable for its snapshot")
+                    }
+                }
+            }
+            .into_actor(self),
+        );
     }
 }
 
@@ -230,7 +360,14 @@ impl Actor for LogStore {
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Replication traffic arrives in bursts; the default capacity of 16 would stall senders.
         ctx.set_mailbox_capacity(65_536);
-        // Rebuild the state machines from what is known committed.
+        // Rebuild the state machines: the snapshot, then what is known committed after it.
+        if let Some(stored) = &self.snapshots.latest {
+            let last = stored.info.meta.last;
+            tracing::info!(index = last.index, term = last.term, bytes = stored.info.size, "restoring from a snapshot");
+        }
+        for (ns, machine) in &self.subscribers {
+            self.restore(ctx, ns, machine);
+        }
         self.dispatch(ctx);
     }
 }
@@ -377,11 +514,15 @@ impl Handler<CommitTo> for LogStore {
 impl Handler<Subscribe> for LogStore {
     type Result = ();
 
-    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
-        // Replay what this namespace has already committed, then follow the stream.
-        let entries = self.committed_entries(1, self.dispatched, Some(&msg.namespace));
-        msg.recipient.do_send(ApplyEntries { entries, applied_to: self.dispatched });
-        self.subscribers.insert(msg.namespace, msg.recipient);
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
+        // The snapshot's state (if it has this namespace), what was committed after it, then
+        // the stream.
+        self.restore(ctx, &msg.namespace, &msg.machine);
+        let restored = self.snapshots.latest.as_ref().and_then(|s| s.info.section(&msg.namespace)).is_some();
+        let from = if restored { self.snapshots.last().index + 1 } else { 1 };
+        let entries = self.committed_entries(from, self.dispatched, Some(&msg.namespace));
+        msg.machine.apply.do_send(ApplyEntries { entries, applied_to: self.dispatched });
+        self.subscribers.insert(msg.namespace, msg.machine);
     }
 }
 
@@ -399,6 +540,14 @@ impl Handler<GetLogState> for LogStore {
     type Result = MessageResult<GetLogState>;
 
     fn handle(&mut self, _: GetLogState, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(LogState { last: self.log.last(), commit: self.hard_state.commit, applied: self.applied })
+        let snapshot =
+            self.snapshots.latest.as_ref().map(|s| SnapshotStatus { last: s.info.meta.last, bytes: s.info.size });
+        MessageResult(LogState {
+            last: self.log.last(),
+            commit: self.hard_state.commit,
+            applied: self.applied,
+            first_index: self.log.first_index(),
+            snapshot,
+        })
     }
 }

@@ -33,6 +33,7 @@ use crate::messages::registry::{
 use crate::raft::{Entry, NodeId, Payload};
 use crate::registry::checks::{CheckSettings, HealthChecks, ProbeJob};
 use crate::registry::{Registry, pick};
+use crate::snapshot::{RestoreSnapshot, SnapshotView, TakeSnapshot, read_frame, write_frame};
 use crate::state_machine::{AppliedGate, read_after};
 use crate::transport::TransportRef;
 use crate::wire::Write;
@@ -303,6 +304,56 @@ impl Handler<ApplyEntries> for ServiceRegistry {
             .collect();
         self.gate.advance(msg.applied_to);
         out
+    }
+}
+
+impl Handler<TakeSnapshot> for ServiceRegistry {
+    type Result = Result<SnapshotView, String>;
+
+    fn handle(&mut self, _: TakeSnapshot, _: &mut Context<Self>) -> Self::Result {
+        // A copy, for the registry is not a persistent map (yet); its size is the instance
+        // count, far below the key space's.
+        let registry = self.registry.clone();
+        Ok(SnapshotView {
+            items: registry.counts().0 as u64,
+            write: Box::new(move |out| {
+                for (implicit, service) in registry.snapshot_services() {
+                    // Revisions are not part of an instance's JSON, and outcomes are judged by them.
+                    let revisions: Vec<u64> = service.nodes.iter().map(|n| n.revision).collect();
+                    let record = serde_json::to_vec(&(implicit, service, revisions)).map_err(std::io::Error::other)?;
+                    write_frame(out, &record)?;
+                }
+                Ok(())
+            }),
+        })
+    }
+}
+
+impl Handler<RestoreSnapshot> for ServiceRegistry {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, mut msg: RestoreSnapshot, ctx: &mut Context<Self>) -> Self::Result {
+        let mut registry = Registry::default();
+        let mut buf = Vec::new();
+        while read_frame(&mut msg.data, &mut buf).map_err(|e| e.to_string())? {
+            let (implicit, mut service, revisions): (bool, Service, Vec<u64>) =
+                serde_json::from_slice(&buf).map_err(|e| format!("a service in the snapshot: {e}"))?;
+            for (node, revision) in service.nodes.iter_mut().zip(revisions) {
+                node.revision = revision;
+            }
+            registry.restore_service(implicit, service);
+        }
+        let (services, instances) = registry.counts();
+        tracing::info!(index = msg.index, services, instances, "registry restored from a snapshot");
+        self.registry = registry;
+        self.gate.advance(msg.index);
+        if let Some(l) = self.leading.as_mut() {
+            // The checks follow the registry: start them over on what it now holds.
+            let settings = CheckSettings::from_config(&self.config);
+            l.checks = HealthChecks::start(settings, &self.registry, Instant::now(), &mut self.rng);
+            self.tick(ctx);
+        }
+        Ok(())
     }
 }
 

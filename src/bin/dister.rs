@@ -199,6 +199,9 @@ struct ServerArgs {
     /// Seed for the node's random choices (replays a run).
     #[arg(long)]
     seed: Option<u64>,
+    /// Entries applied between two snapshots (0: never snapshot).
+    #[arg(long, value_name = "N")]
+    snapshot_entries: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -304,6 +307,9 @@ fn server_config(args: ServerArgs) -> anyhow::Result<Config> {
     }
     if args.seed.is_some() {
         config.seed = args.seed;
+    }
+    if let Some(n) = args.snapshot_entries {
+        config.snapshot_entries = n;
     }
     if args.token.is_some() {
         config.cluster_token = args.token;

@@ -4,11 +4,13 @@
 
 use std::sync::Arc;
 
-use actix::{Message, Recipient};
+use actix::dev::ToEnvelope;
+use actix::{Actor, Addr, Handler, Message, Recipient};
 use bytes::Bytes;
 
 use crate::error::ApiError;
 use crate::raft::Entry;
+use crate::snapshot::{RestoreSnapshot, TakeSnapshot};
 
 /// Committed entries for one state machine.
 #[derive(Debug, Message, Clone)]
@@ -21,15 +23,42 @@ pub struct ApplyEntries {
     pub applied_to: u64,
 }
 
-/// Subscribe a state machine to its namespace of the commit stream. Entries committed
-/// before the subscription are replayed to it first.
+/// How `LogStore` drives a state machine: committed entries in, snapshots out and back in.
+#[derive(Clone, Debug)]
+pub struct StateMachineRef {
+    /// Receives the namespace's committed entries, in index order.
+    pub apply: Recipient<ApplyEntries>,
+    /// Hands over a view of the state for a snapshot.
+    pub take: Recipient<TakeSnapshot>,
+    /// Replaces the state with a snapshot's.
+    pub restore: Recipient<RestoreSnapshot>,
+}
+
+impl StateMachineRef {
+    /// The three recipients of one actor.
+    pub fn of<A>(addr: &Addr<A>) -> Self
+    where
+        A: Actor + Handler<ApplyEntries> + Handler<TakeSnapshot> + Handler<RestoreSnapshot>,
+        A::Context: ToEnvelope<A, ApplyEntries> + ToEnvelope<A, TakeSnapshot> + ToEnvelope<A, RestoreSnapshot>,
+    {
+        StateMachineRef {
+            apply: addr.clone().recipient(),
+            take: addr.clone().recipient(),
+            restore: addr.clone().recipient(),
+        }
+    }
+}
+
+/// Subscribe a state machine to its namespace of the commit stream. It is brought up to
+/// date first: from the node's snapshot, if that has its namespace, then the entries
+/// committed after it.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Subscribe {
     /// The namespace.
     pub namespace: String,
     /// The state machine.
-    pub recipient: Recipient<ApplyEntries>,
+    pub machine: StateMachineRef,
 }
 
 /// Follow the commit stream without owning a namespace: committed entries (of `namespace`,

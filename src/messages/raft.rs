@@ -134,6 +134,19 @@ pub struct LogState {
     pub commit: u64,
     /// The highest index every state machine has applied.
     pub applied: u64,
+    /// The first entry still in the log.
+    pub first_index: u64,
+    /// The newest snapshot, if one was taken.
+    pub snapshot: Option<SnapshotStatus>,
+}
+
+/// A snapshot as status shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotStatus {
+    /// The last entry it covers.
+    pub last: LogId,
+    /// Its size in bytes.
+    pub bytes: u64,
 }
 
 /// New work for a `Replicator`: ship up to `last_index`, tell the peer `commit`, and confirm

@@ -57,6 +57,20 @@ pub struct Applied {
 }
 
 impl Registry {
+    /// Every service, with whether it exists only for its instances (implicit): what a
+    /// snapshot keeps.
+    pub fn snapshot_services(&self) -> impl Iterator<Item = (bool, &Service)> {
+        self.services.values().map(|s| (self.implicit.contains(&s.name), s))
+    }
+
+    /// Puts back a service a snapshot kept.
+    pub fn restore_service(&mut self, implicit: bool, s: Service) {
+        if implicit {
+            self.implicit.insert(s.name.clone());
+        }
+        self.insert_service(s, &mut Applied::default());
+    }
+
     /// One service.
     pub fn get(&self, name: &str) -> Option<&Service> {
         self.services.get(name)

@@ -338,7 +338,7 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, StorageError> {
     Ok(seqs)
 }
 
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageError {
+pub(super) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageError {
     move |source| StorageError::Io { op, path: path.into(), source }
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use futures::channel::oneshot;
 
+use super::snapshots::MemorySnapshots;
 use super::{LogBackend, Recovered, WriteBatch, replay};
 use crate::error::StorageError;
 
@@ -53,6 +54,7 @@ impl Inner {
 #[derive(Clone, Debug, Default)]
 pub struct MemoryStorage {
     inner: Arc<Mutex<Inner>>,
+    snapshots: MemorySnapshots,
 }
 
 impl MemoryStorage {
@@ -67,6 +69,11 @@ impl MemoryStorage {
         let s = Self::default();
         s.lock().sync_delay = delay;
         s
+    }
+
+    /// The snapshots kept beside this log.
+    pub fn snapshots(&self) -> MemorySnapshots {
+        self.snapshots.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -14,6 +14,7 @@
 
 pub mod file;
 pub mod memory;
+pub mod snapshots;
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ use crate::raft::{Entry, HardState};
 
 pub use file::FileLog;
 pub use memory::MemoryStorage;
+pub use snapshots::{SnapshotStore, StoredSnapshot};
 
 /// One record of the log stream.
 #[derive(Clone, Debug)]
@@ -83,6 +85,14 @@ impl StorageConfig {
                 Ok((Box::new(log), recovered))
             }
             StorageConfig::Memory(mem) => Ok((Box::new(mem.clone()), mem.recover())),
+        }
+    }
+
+    /// Where this storage keeps snapshots: `snapshots/` beside the log segments.
+    pub fn snapshots(&self) -> SnapshotStore {
+        match self {
+            StorageConfig::Dir(dir) => SnapshotStore::Dir(dir.join("snapshots")),
+            StorageConfig::Memory(mem) => SnapshotStore::Memory(mem.snapshots()),
         }
     }
 }

@@ -209,6 +209,14 @@ pub struct StatusInfo {
     pub members_pending: bool,
     /// Connections refused since start, by reason.
     pub refused: RefusedConnections,
+    /// The first entry still in the log (entries before it are in the snapshot).
+    pub first_log_index: u64,
+    /// The last entry the newest snapshot covers (0 if none was taken).
+    pub snapshot_index: u64,
+    /// Its term.
+    pub snapshot_term: u64,
+    /// Its size in bytes.
+    pub snapshot_bytes: u64,
 }
 
 /// Everything a connection may ask.

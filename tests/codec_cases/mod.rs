@@ -146,12 +146,14 @@ fn status() -> impl Strategy<Value = StatusInfo> {
         (any::<u64>(), text(), role, any::<u64>(), option::of(any::<u64>())),
         (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), vec(peer, 0..3)),
         (vec(member, 0..3), any::<u64>(), any::<bool>()),
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
     )
         .prop_map(
             |(
                 (id, group, role, term, leader),
                 (commit_index, applied_index, last_log_index, last_log_term, peers),
                 (members, members_index, members_pending),
+                (first_log_index, snapshot_index, snapshot_term, snapshot_bytes),
             )| {
                 StatusInfo {
                     id,
@@ -168,6 +170,10 @@ fn status() -> impl Strategy<Value = StatusInfo> {
                     members_index,
                     members_pending,
                     refused: Default::default(),
+                    first_log_index,
+                    snapshot_index,
+                    snapshot_term,
+                    snapshot_bytes,
                 }
             },
         )

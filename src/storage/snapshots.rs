@@ -1,0 +1,257 @@
+//! Where a node keeps its snapshots: files under `snapshots/` in the data directory, or
+//! memory for tests and simulation.
+//!
+//! A file is written as `<index>-<term>.snap.tmp`, fsynced, renamed to `.snap`, and the
+//! directory fsynced: a crash at any point leaves the old snapshot or the new one whole,
+//! never a part. Older snapshots go once a newer one is durable. At start the newest file
+//! that verifies whole is used; a damaged one is reported and passed over.
+
+use std::fs::{self, File};
+use std::io::{self, Cursor, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use super::file::io_err;
+use crate::error::StorageError;
+use crate::snapshot::{self, SectionReader, SnapshotInfo, SnapshotMeta, SnapshotView};
+
+const SUFFIX: &str = ".snap";
+const TMP_SUFFIX: &str = ".snap.tmp";
+
+/// A snapshot as stored, with what it holds.
+#[derive(Clone, Debug)]
+pub struct StoredSnapshot {
+    /// What it holds (verified).
+    pub info: SnapshotInfo,
+    source: Source,
+}
+
+#[derive(Clone, Debug)]
+enum Source {
+    File(PathBuf),
+    Bytes(Bytes),
+}
+
+impl StoredSnapshot {
+    /// The whole snapshot, as it is stored.
+    pub fn reader(&self) -> Result<Box<dyn Read + Send>, StorageError> {
+        match &self.source {
+            Source::File(path) => Ok(Box::new(File::open(path).map_err(io_err("open", path))?)),
+            Source::Bytes(b) => Ok(Box::new(Cursor::new(b.clone()))),
+        }
+    }
+
+    /// The bytes `namespace`'s state machine wrote into it, if it has a section.
+    pub fn section(&self, namespace: &str) -> Result<Option<Box<dyn Read + Send>>, StorageError> {
+        let Some(section) = self.info.section(namespace) else { return Ok(None) };
+        let reader: Box<dyn Read + Send> = match &self.source {
+            Source::File(path) => {
+                let mut f = File::open(path).map_err(io_err("open", path))?;
+                f.seek(SeekFrom::Start(section.offset)).map_err(io_err("seek", path))?;
+                Box::new(SectionReader::new(io::BufReader::new(f)))
+            }
+            Source::Bytes(b) => Box::new(SectionReader::new(Cursor::new(b.slice(section.offset as usize..)))),
+        };
+        Ok(Some(reader))
+    }
+}
+
+/// A node's snapshot store.
+#[derive(Clone, Debug)]
+pub enum SnapshotStore {
+    /// Files in this directory.
+    Dir(PathBuf),
+    /// The newest snapshot in memory, shared with the test that made it.
+    Memory(MemorySnapshots),
+}
+
+/// Snapshots kept in memory: the newest only, durable at once.
+#[derive(Clone, Debug, Default)]
+pub struct MemorySnapshots(Arc<Mutex<Option<Bytes>>>);
+
+impl MemorySnapshots {
+    fn get(&self) -> Option<Bytes> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, bytes: Bytes) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes);
+    }
+}
+
+impl SnapshotStore {
+    /// Writes a snapshot of `sections` as of `meta` and makes it durable; older ones are
+    /// deleted once it is. Blocks: run it off the node's threads (the memory store aside).
+    pub fn save(
+        &self,
+        meta: &SnapshotMeta,
+        sections: Vec<(String, SnapshotView)>,
+    ) -> Result<StoredSnapshot, StorageError> {
+        match self {
+            SnapshotStore::Memory(mem) => {
+                let mut buf = Vec::new();
+                snapshot::write(&mut buf, meta, sections).map_err(io_err("write", Path::new("memory")))?;
+                let bytes = Bytes::from(buf);
+                let info = SnapshotInfo::read(&bytes[..], bytes.len() as u64)
+                    .map_err(|e| StorageError::Snapshot { path: "memory".into(), source: e })?;
+                mem.set(bytes.clone());
+                Ok(StoredSnapshot { info, source: Source::Bytes(bytes) })
+            }
+            SnapshotStore::Dir(dir) => {
+                fs::create_dir_all(dir).map_err(io_err("create dir", dir))?;
+                let name = format!("{:020}-{:020}", meta.last.index, meta.last.term);
+                let tmp = dir.join(format!("{name}{TMP_SUFFIX}"));
+                let path = dir.join(format!("{name}{SUFFIX}"));
+                let file = File::create(&tmp).map_err(io_err("create", &tmp))?;
+                let (size, crc) = snapshot::write(&file, meta, sections).map_err(io_err("write", &tmp))?;
+                file.sync_all().map_err(io_err("fsync", &tmp))?;
+                drop(file);
+                fs::rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
+                sync_dir(dir)?;
+                let info = verify(&path)?;
+                if (info.size, info.crc) != (size, crc) {
+                    return Err(StorageError::Corrupt {
+                        path,
+                        offset: 0,
+                        reason: "reads back other than written".into(),
+                    });
+                }
+                for (old, _) in list(dir)?.into_iter().filter(|(p, _)| *p != path) {
+                    fs::remove_file(&old).map_err(io_err("remove", &old))?;
+                }
+                sync_dir(dir)?;
+                Ok(StoredSnapshot { info, source: Source::File(path) })
+            }
+        }
+    }
+
+    /// The newest snapshot that verifies whole, if any. Leftover temporary files (a crash
+    /// during a write) are removed.
+    pub fn latest(&self) -> Result<Option<StoredSnapshot>, StorageError> {
+        match self {
+            SnapshotStore::Memory(mem) => match mem.get() {
+                None => Ok(None),
+                Some(bytes) => {
+                    let info = SnapshotInfo::read(&bytes[..], bytes.len() as u64)
+                        .map_err(|e| StorageError::Snapshot { path: "memory".into(), source: e })?;
+                    Ok(Some(StoredSnapshot { info, source: Source::Bytes(bytes) }))
+                }
+            },
+            SnapshotStore::Dir(dir) => {
+                if !dir.exists() {
+                    return Ok(None);
+                }
+                for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
+                    let path = entry.map_err(io_err("list", dir))?.path();
+                    if path.to_string_lossy().ends_with(TMP_SUFFIX) {
+                        tracing::info!(path = %path.display(), "removing a snapshot a crash left half written");
+                        fs::remove_file(&path).map_err(io_err("remove", &path))?;
+                    }
+                }
+                for (path, _) in list(dir)?.into_iter().rev() {
+                    match verify(&path) {
+                        Ok(info) => return Ok(Some(StoredSnapshot { info, source: Source::File(path) })),
+                        Err(e) => {
+                            tracing::error!(path = %path.display(), error = %e, "passing over a damaged snapshot")
+                        }
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Reads and verifies the snapshot file at `path`.
+pub fn verify(path: &Path) -> Result<SnapshotInfo, StorageError> {
+    let file = File::open(path).map_err(io_err("open", path))?;
+    let size = file.metadata().map_err(io_err("stat", path))?.len();
+    SnapshotInfo::read(file, size).map_err(|e| StorageError::Snapshot { path: path.into(), source: e })
+}
+
+/// A snapshot file and the (index, term) its name carries.
+type Listed = (PathBuf, (u64, u64));
+
+/// The `.snap` files in `dir`, oldest first (by index, then term).
+fn list(dir: &Path) -> Result<Vec<Listed>, StorageError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let path = entry.map_err(io_err("list", dir))?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        let Some(stem) = name.strip_suffix(SUFFIX) else { continue };
+        let Some((index, term)) = stem.split_once('-') else { continue };
+        if let (Ok(index), Ok(term)) = (index.parse(), term.parse()) {
+            out.push((path, (index, term)));
+        }
+    }
+    out.sort_by_key(|(_, id)| *id);
+    Ok(out)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync dir", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::LogId;
+    use crate::raft::members::Members;
+
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta { last: LogId::new(2, index), members: Members::of_voters([(1, "127.0.0.1:7001".to_string())]) }
+    }
+
+    fn view(text: &'static str) -> Vec<(String, SnapshotView)> {
+        vec![("kv".into(), SnapshotView { items: 1, write: Box::new(move |out| out.write_all(text.as_bytes())) })]
+    }
+
+    fn section_text(s: &StoredSnapshot) -> String {
+        let mut text = String::new();
+        s.section("kv").unwrap().unwrap().read_to_string(&mut text).unwrap();
+        text
+    }
+
+    /// The newest snapshot wins and replaces the older; a leftover temporary file is
+    /// removed; a damaged newest one is passed over for the one before it.
+    #[test]
+    fn the_newest_whole_snapshot_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::Dir(dir.path().join("snapshots"));
+        assert!(store.latest().unwrap().is_none());
+        store.save(&meta(10), view("ten")).unwrap();
+        let s = store.save(&meta(20), view("twenty")).unwrap();
+        assert_eq!(list(&dir.path().join("snapshots")).unwrap().len(), 1, "the older snapshot stayed");
+        assert_eq!(section_text(&s), "twenty");
+        let latest = store.latest().unwrap().unwrap();
+        assert_eq!((latest.info.meta.last.index, section_text(&latest)), (20, "twenty".to_string()));
+
+        // A crash mid-write leaves a temporary file: it is not a snapshot, and goes.
+        let tmp = dir.path().join("snapshots").join(format!("{:020}-{:020}{TMP_SUFFIX}", 30, 2));
+        fs::write(&tmp, b"half").unwrap();
+        assert_eq!(store.latest().unwrap().unwrap().info.meta.last.index, 20);
+        assert!(!tmp.exists());
+
+        // A damaged newest snapshot (here: copied over, then cut) is passed over.
+        let good = dir.path().join("snapshots").join(format!("{:020}-{:020}{SUFFIX}", 20, 2));
+        let bytes = fs::read(&good).unwrap();
+        fs::write(
+            dir.path().join("snapshots").join(format!("{:020}-{:020}{SUFFIX}", 40, 2)),
+            &bytes[..bytes.len() - 3],
+        )
+        .unwrap();
+        assert_eq!(store.latest().unwrap().unwrap().info.meta.last.index, 20);
+    }
+
+    #[test]
+    fn the_memory_store_keeps_the_newest() {
+        let store = SnapshotStore::Memory(MemorySnapshots::default());
+        assert!(store.latest().unwrap().is_none());
+        store.save(&meta(5), view("five")).unwrap();
+        store.save(&meta(7), view("seven")).unwrap();
+        let latest = store.latest().unwrap().unwrap();
+        assert_eq!((latest.info.meta.last.index, section_text(&latest)), (7, "seven".to_string()));
+    }
+}
