@@ -246,6 +246,72 @@ impl Client {
         }
     }
 
+    /// Has the node take a snapshot now (unless its newest covers every applied entry);
+    /// answers the snapshot's last entry and size.
+    pub async fn take_snapshot(&self) -> Result<(crate::raft::LogId, u64), ClientError> {
+        match self.call(Request::TakeSnapshot).await? {
+            Response::Snapshot { last, bytes } => Ok((last, bytes)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Up to `max` bytes of the node's snapshot covering `last`, from `offset`.
+    pub async fn read_snapshot(&self, last: crate::raft::LogId, offset: u64, max: u32) -> Result<Bytes, ClientError> {
+        match self.call(Request::ReadSnapshot { last, offset, max }).await? {
+            Response::SnapshotBytes(b) => Ok(b),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Saves a fresh snapshot of the node's state to `path` (etcd's `snapshot save`): taken
+    /// now, streamed a chunk at a time into a temporary file beside `path`, verified whole,
+    /// fsynced and renamed into place. Started over if the node replaces the snapshot
+    /// meanwhile. Answers what the file holds.
+    pub async fn save_snapshot(&self, path: &std::path::Path) -> Result<crate::snapshot::SnapshotInfo, ClientError> {
+        use std::io::Write as _;
+        let io = |op: &'static str| move |source| crate::error::StorageError::Io { op, path: path.into(), source };
+        let tmp = path.with_extension("part");
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (last, size) = self.take_snapshot().await?;
+            let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io("create"))?);
+            let mut offset = 0;
+            let replaced = loop {
+                if offset >= size {
+                    break false;
+                }
+                match self.read_snapshot(last, offset, crate::node::SNAPSHOT_CHUNK as u32).await {
+                    Ok(chunk) if chunk.is_empty() => break false,
+                    Ok(chunk) => {
+                        file.write_all(&chunk).map_err(io("write"))?;
+                        offset += chunk.len() as u64;
+                    }
+                    Err(ClientError::Api(ApiError::Unavailable(_))) if attempts < 5 => break true,
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&tmp);
+                        return Err(e);
+                    }
+                }
+            };
+            if replaced {
+                continue;
+            }
+            let file = file.into_inner().map_err(|e| io("write")(e.into_error()))?;
+            file.sync_all().map_err(io("fsync"))?;
+            drop(file);
+            let info = match crate::storage::snapshots::verify(&tmp) {
+                Ok(info) => info,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e.into());
+                }
+            };
+            std::fs::rename(&tmp, path).map_err(io("rename"))?;
+            return Ok(info);
+        }
+    }
+
     /// Hands leadership to `to` (or the most caught-up voter), through any member; answers
     /// the new leader once the old one stepped down.
     pub async fn transfer_leadership(

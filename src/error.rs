@@ -41,6 +41,12 @@ pub enum StorageError {
         #[source]
         source: crate::snapshot::SnapshotError,
     },
+    /// A data directory to be made from a snapshot already holds something.
+    #[error("{path} is not empty: a snapshot is restored only into a new data directory")]
+    NotEmpty {
+        /// The directory.
+        path: PathBuf,
+    },
     /// The storage thread has stopped, after an earlier error or at shutdown.
     #[error("storage is closed")]
     Closed,
@@ -238,4 +244,7 @@ pub enum ClientError {
     /// The server answered with something this request does not expect.
     #[error("unexpected response: {0}")]
     Unexpected(String),
+    /// A local file the call writes (a saved snapshot) could not be written.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }

@@ -23,6 +23,7 @@ use crate::actors::log_store::{LogStore, Snapshots};
 use crate::actors::service_registry::{Proposer, ServiceRegistry};
 use crate::admission::{Admission, Admitted};
 use crate::config::Config;
+use crate::error::StorageError;
 use crate::error::{ApiError, NodeError};
 use crate::messages::apply::{Follow, Query, StateMachineRef, Subscribe};
 use crate::messages::client::{
@@ -30,17 +31,22 @@ use crate::messages::client::{
 };
 use crate::messages::kv::{GetKey, KV_NAMESPACE, KvCommand, KvOutput, ListKeys};
 use crate::messages::raft::{
-    AppendEntries, ForwardToLeader, GetLogState, PeerDisconnected, RequestVote, WatchLeadership,
+    AppendEntries, ForwardToLeader, GetLogState, PeerDisconnected, ReadSnapshotBytes, RequestVote, SnapshotNow,
+    WatchLeadership,
 };
 use crate::messages::registry::{
     Balance, Beat, GetRegistryStats, GetService, InstanceKey, ListServices, REGISTRY_NAMESPACE, RegistryCommand,
     RegistryStats, Service, ServiceNode, Strategy,
 };
 use crate::raft::members::{MemberChange, MemberLog, Members};
-use crate::raft::{LogId, NodeId, Payload};
+use crate::raft::{NodeId, Payload};
+use crate::snapshot::SnapshotMeta;
 use crate::storage::{Recovered, StorageConfig};
 use crate::transport::{TcpTransport, TransportRef};
 use crate::wire::{Consistency, Request, Response, StatusInfo, Write, WriteReply};
+
+/// Most snapshot bytes one `ReadSnapshot` answers.
+pub const SNAPSHOT_CHUNK: usize = 1 << 20;
 
 /// The namespaces this node applies, with the actor answering each one's queries (if any).
 type QueryRouter = Arc<Mutex<BTreeMap<String, Option<Recipient<Query>>>>>;
@@ -159,16 +165,21 @@ struct RaftParts {
 /// every node, and any node added later, reads the same one from the log), nothing for a
 /// node that waits to be added (`join`, or `bootstrap` off). Once a configuration is in the
 /// log, `peers` is never read again.
-fn recover_members(config: &Config, recovered: &Recovered) -> MemberLog {
+fn recover_members(config: &Config, recovered: &Recovered, snapshot: Option<&SnapshotMeta>) -> MemberLog {
+    // A snapshot's configuration was in effect at its last entry: the log after it changes it.
+    let covered = snapshot.map(|s| s.last.index).unwrap_or(0);
     let logged: Vec<(u64, Members)> = recovered
         .entries
         .iter()
+        .filter(|e| e.index > covered)
         .filter_map(|e| match &e.payload {
             Payload::Config(m) => Some((e.index, m.clone())),
             _ => None,
         })
         .collect();
-    let base = if config.bootstrap && config.join.is_none() {
+    let base = if let Some(s) = snapshot {
+        s.members.clone()
+    } else if config.bootstrap && config.join.is_none() {
         let mut voters: BTreeMap<NodeId, String> = config.peers.iter().map(|p| (p.id, p.addr.clone())).collect();
         voters.insert(config.id, config.advertised().to_string());
         Members::of_voters(voters)
@@ -220,16 +231,37 @@ impl NodeBuilder {
         let (mut backend, mut recovered) = storage.open(config.segment_bytes)?;
         let snapshot_store = storage.snapshots();
         let snapshot = snapshot_store.latest()?;
-        if let Some(s) = &snapshot {
-            // Applied, so committed, whenever the commit index was last written.
-            recovered.hard_state.commit = recovered.hard_state.commit.max(s.info.meta.last.index);
+        let covered = snapshot.as_ref().map(|s| s.info.meta.last).unwrap_or_default();
+        if recovered.base.index > covered.index {
+            // The log starts after what any snapshot holds: entries are missing.
+            let reason = format!(
+                "the log starts after entry {} but the newest whole snapshot covers only {}",
+                recovered.base.index, covered.index
+            );
+            return Err(StorageError::Corrupt { path: config.data_dir.clone(), offset: 0, reason }.into());
         }
+        if recovered.last().index < covered.index {
+            // Entries were applied before this node's own copy of them was durable (a
+            // heartbeat moved its commit index): the log goes on from the snapshot.
+            let reset = crate::storage::LogWrite::Reset(covered);
+            let batch = crate::storage::WriteBatch { writes: vec![reset.clone()] };
+            backend.submit(batch).await.map_err(|_| StorageError::Closed)??;
+            crate::storage::replay(&mut recovered, reset).map_err(|reason| StorageError::Corrupt {
+                path: config.data_dir.clone(),
+                offset: 0,
+                reason,
+            })?;
+        }
+        // Applied, so committed, whenever the commit index was last written.
+        recovered.hard_state.commit = recovered.hard_state.commit.max(covered.index);
+        let snapshot_meta = snapshot.as_ref().map(|s| s.info.meta.clone());
         if config.force_new_cluster {
-            force_new_cluster(&config, backend.as_mut(), &mut recovered).await?;
+            force_new_cluster(&config, backend.as_mut(), &mut recovered, snapshot_meta.as_ref()).await?;
         }
-        // A node that has anything in its log joined (or founded) its cluster already.
-        let join = config.join.clone().filter(|_| recovered.entries.is_empty());
-        let members = recover_members(&config, &recovered);
+        // A node that has anything in its log (or a snapshot) joined or founded its cluster.
+        let fresh = recovered.entries.is_empty() && snapshot.is_none();
+        let join = config.join.clone().filter(|_| fresh);
+        let members = recover_members(&config, &recovered, snapshot_meta.as_ref());
         let config = Arc::new(config);
         let transport = self.transport;
 
@@ -284,7 +316,7 @@ impl NodeBuilder {
                 let local_addr =
                     listener.local_addr().map_err(|source| NodeError::Bind { addr: config.listen.clone(), source })?;
                 let hard_state = recovered.hard_state;
-                let last_log = recovered.entries.last().map(|e| e.log_id()).unwrap_or(LogId::default());
+                let last_log = recovered.last();
                 tracing::info!(
                     id = config.id,
                     %local_addr,
@@ -365,10 +397,11 @@ async fn force_new_cluster(
     config: &Config,
     backend: &mut dyn crate::storage::LogBackend,
     recovered: &mut Recovered,
+    snapshot: Option<&SnapshotMeta>,
 ) -> Result<(), NodeError> {
     use crate::raft::{Entry, HardState};
     use crate::storage::{LogWrite, WriteBatch};
-    let members = recover_members(config, recovered);
+    let members = recover_members(config, recovered, snapshot);
     let old = members.latest().clone();
     if old.voters.len() == 1 && old.is_voter(config.id) && old.learners.is_empty() {
         tracing::warn!(id = config.id, "force_new_cluster: this node is the only member already; nothing rewritten");
@@ -377,7 +410,7 @@ async fn force_new_cluster(
     let mut alone = Members::of_voters([(config.id, config.advertised().to_string())]);
     alone.removed = old.removed.clone();
     alone.removed.extend(old.all().map(|(id, _, _)| id).filter(|&id| id != config.id));
-    let last = recovered.entries.last().map(|e| e.log_id()).unwrap_or_default();
+    let last = recovered.last();
     let term = recovered.hard_state.term.max(last.term) + 1;
     let entry = Arc::new(Entry { term, index: last.index + 1, payload: Payload::Config(alone.clone()) });
     let hard_state = HardState { term, voted_for: None, commit: entry.index };
@@ -1064,6 +1097,20 @@ impl NodeHandle {
                 // Only a peer may say it passed the change on already.
                 let fut = self.change_members_from(change, forwarded && peer.is_some());
                 async move { answer(fut.await, Response::Written) }.boxed_local()
+            }
+            Request::TakeSnapshot => {
+                let fut = self.log_store.send(SnapshotNow);
+                async move {
+                    let r = fut.await.map_err(mailbox).and_then(|r| r);
+                    answer(r, |s| Response::Snapshot { last: s.last, bytes: s.bytes })
+                }
+                .boxed_local()
+            }
+            Request::ReadSnapshot { last, offset, max } => {
+                // A chunk at a time, so neither side holds more than one in memory.
+                let max = (max as usize).min(SNAPSHOT_CHUNK);
+                let fut = self.log_store.send(ReadSnapshotBytes { last, offset, max });
+                async move { answer(fut.await.map_err(mailbox).and_then(|r| r), Response::SnapshotBytes) }.boxed_local()
             }
         }
     }

@@ -27,6 +27,7 @@ mod t55_faults;
 mod t56_membership;
 mod t57_membership_process;
 mod t58_snapshots;
+mod t59_snapshot_cli;
 mod t60_sim;
 mod t70_extension;
 mod t80_chaos;

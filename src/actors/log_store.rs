@@ -21,13 +21,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
+use bytes::Bytes;
 use futures::FutureExt;
 
-use crate::error::StorageError;
+use crate::error::{ApiError, StorageError};
 use crate::messages::apply::{ApplyEntries, ApplyOutput, EntriesApplied, Follow, StateMachineRef, Subscribe};
 use crate::messages::raft::{
     AppendFromLeader, AppendFromLeaderReply, AppendLocal, AppendResult, CommitTo, FetchEntries, FetchEntriesError,
-    FetchedEntries, GetLogState, LogState, SaveHardState, SnapshotStatus,
+    FetchedEntries, GetLogState, LogState, ReadSnapshotBytes, SaveHardState, SnapshotNow, SnapshotStatus,
 };
 use crate::raft::log::MemLog;
 use crate::raft::members::Members;
@@ -70,6 +71,10 @@ pub struct Snapshots {
     members: Members,
     /// A snapshot is being taken.
     taking: bool,
+    /// One is asked for now, whatever `every` says.
+    forced: bool,
+    /// Who waits for the next snapshot (`snapshot save`).
+    waiters: Vec<futures::channel::oneshot::Sender<Result<SnapshotStatus, ApiError>>>,
 }
 
 impl Snapshots {
@@ -78,12 +83,23 @@ impl Snapshots {
     /// (the bootstrap one), for when there is no snapshot.
     pub fn new(store: SnapshotStore, latest: Option<StoredSnapshot>, every: u64, members: Members) -> Self {
         let members = latest.as_ref().map(|s| s.info.meta.members.clone()).unwrap_or(members);
-        Snapshots { store, latest, every, members, taking: false }
+        Snapshots { store, latest, every, members, taking: false, forced: false, waiters: Vec::new() }
     }
 
     /// The last entry the newest snapshot covers (index 0 if there is none).
     pub fn last(&self) -> LogId {
         self.latest.as_ref().map(|s| s.info.meta.last).unwrap_or_default()
+    }
+
+    fn status(&self) -> Option<SnapshotStatus> {
+        self.latest.as_ref().map(|s| SnapshotStatus { last: s.info.meta.last, bytes: s.info.size })
+    }
+
+    /// Answers whoever waits for a snapshot.
+    fn answer(&mut self, result: Result<SnapshotStatus, ApiError>) {
+        for w in self.waiters.drain(..) {
+            let _ = w.send(result.clone());
+        }
     }
 }
 
@@ -98,7 +114,7 @@ impl LogStore {
         snapshots: Snapshots,
     ) -> Self {
         let mut hard_state = recovered.hard_state;
-        let log = MemLog::new(LogId::default(), recovered.entries);
+        let log = MemLog::new(recovered.base, recovered.entries);
         // A leader may have recorded a commit index above its own durable log (a majority of
         // others had the entries); replay only what this node holds.
         hard_state.commit = hard_state.commit.min(log.last().index);
@@ -276,7 +292,20 @@ impl LogStore {
     /// and written off this thread (in place for the memory store, which has no disk).
     fn maybe_snapshot(&mut self, ctx: &mut Context<Self>) {
         let s = &self.snapshots;
-        if s.taking || s.every == 0 || self.applied < s.last().index + s.every || self.failed.is_some() {
+        let due = s.every > 0 && self.applied >= s.last().index + s.every;
+        if s.taking || self.applying || !(due || s.forced) {
+            return;
+        }
+        self.snapshots.forced = false;
+        if let Some(reason) = &self.failed {
+            let e = ApiError::Unavailable(format!("storage failed: {reason}"));
+            self.snapshots.answer(Err(e));
+            return;
+        }
+        if self.applied <= self.snapshots.last().index {
+            // Nothing applied since the newest: it is the one asked for.
+            let result = self.snapshots.status().ok_or_else(|| ApiError::Unavailable("nothing applied yet".into()));
+            self.snapshots.answer(result);
             return;
         }
         let index = self.applied;
@@ -316,8 +345,13 @@ impl LogStore {
                         "snapshot taken"
                     );
                     act.snapshots.latest = Some(stored);
+                    let status = act.snapshots.status().ok_or_else(|| ApiError::Unavailable("no snapshot".into()));
+                    act.snapshots.answer(status);
                 }
-                Err(error) => tracing::error!(index, %error, "snapshot failed; the log keeps everything"),
+                Err(error) => {
+                    tracing::error!(index, %error, "snapshot failed; the log keeps everything");
+                    act.snapshots.answer(Err(ApiError::Unavailable(format!("snapshot failed: {error}"))));
+                }
             }
         }));
     }
@@ -536,12 +570,47 @@ impl Handler<Follow> for LogStore {
     }
 }
 
+impl Handler<SnapshotNow> for LogStore {
+    type Result = ResponseFuture<Result<SnapshotStatus, ApiError>>;
+
+    fn handle(&mut self, _: SnapshotNow, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        self.snapshots.waiters.push(tx);
+        // Taken at once, or when the batch with the state machines is back (or with the
+        // one being taken, if one is).
+        self.snapshots.forced = true;
+        self.maybe_snapshot(ctx);
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Err(ApiError::Unavailable("node stopping".into()))) })
+    }
+}
+
+impl Handler<ReadSnapshotBytes> for LogStore {
+    type Result = ResponseFuture<Result<Bytes, ApiError>>;
+
+    fn handle(&mut self, msg: ReadSnapshotBytes, _: &mut Context<Self>) -> Self::Result {
+        let stored = match &self.snapshots.latest {
+            Some(s) if s.info.meta.last == msg.last => s.clone(),
+            _ => {
+                let e =
+                    ApiError::Unavailable(format!("snapshot {:?} was replaced by a newer one; start again", msg.last));
+                return Box::pin(async move { Err(e) });
+            }
+        };
+        let read = move || stored.read_at(msg.offset, msg.max).map_err(|e| ApiError::Unavailable(e.to_string()));
+        match self.snapshots.store {
+            SnapshotStore::Memory(_) => Box::pin(futures::future::ready(read())),
+            SnapshotStore::Dir(_) => Box::pin(async move {
+                tokio::task::spawn_blocking(read).await.unwrap_or_else(|e| Err(ApiError::Unavailable(e.to_string())))
+            }),
+        }
+    }
+}
+
 impl Handler<GetLogState> for LogStore {
     type Result = MessageResult<GetLogState>;
 
     fn handle(&mut self, _: GetLogState, _: &mut Context<Self>) -> Self::Result {
-        let snapshot =
-            self.snapshots.latest.as_ref().map(|s| SnapshotStatus { last: s.info.meta.last, bytes: s.info.size });
+        let snapshot = self.snapshots.status();
         MessageResult(LogState {
             last: self.log.last(),
             commit: self.hard_state.commit,

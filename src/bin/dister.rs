@@ -74,6 +74,46 @@ enum Command {
     Leader(LeaderCommand),
     /// Drive concurrent writers against a cluster and report throughput and latency.
     Bench(BenchArgs),
+    /// Backups: save a node's state to a file, inspect a file, restore one into a new data
+    /// directory.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum SnapshotCommand {
+    /// Save a fresh snapshot of the node's state (`--addr`) to FILE.
+    Save {
+        /// Where to write it (replaced whole, never left half written).
+        file: PathBuf,
+    },
+    /// Print what a snapshot file holds; a damaged file is refused (exit 1).
+    Status {
+        /// The snapshot file.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build a data directory from FILE, from which `dister server` starts a new cluster
+    /// holding its data. Run it for each member, with the same `--peer` list.
+    Restore {
+        /// The snapshot file.
+        file: PathBuf,
+        /// The new data directory (must not exist, or be empty).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// This member's id in the new cluster.
+        #[arg(long, default_value_t = 1)]
+        id: u64,
+        /// The address this member will serve on (`dister server --listen`, or its
+        /// `--advertise`).
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        addr: String,
+        /// Another member of the new cluster, as ID=HOST:PORT; repeat for each.
+        #[arg(long = "peer", value_name = "ID=HOST:PORT")]
+        peers: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -516,7 +556,18 @@ async fn run_client(addr: &str, group: &str, token: Option<&str>, command: Comma
             let reply = retry(|| client.change_members(MemberChange::Remove { id })).await?;
             let _ = writeln!(out, "removed {id} at index {}", reply.index);
         }
-        Command::Server(_) | Command::Bench(_) => unreachable!("handled in main"),
+        Command::Snapshot(SnapshotCommand::Save { file }) => {
+            let info = client.save_snapshot(&file).await?;
+            let _ = writeln!(
+                out,
+                "saved snapshot at index {} (term {}), {} bytes, to {}",
+                info.meta.last.index,
+                info.meta.last.term,
+                info.size,
+                file.display()
+            );
+        }
+        Command::Server(_) | Command::Bench(_) | Command::Snapshot(_) => unreachable!("handled in main"),
     }
     Ok(out)
 }
@@ -574,6 +625,89 @@ where
     }
 }
 
+/// What `snapshot status` prints of a verified snapshot.
+fn snapshot_summary(info: &dister::snapshot::SnapshotInfo) -> serde_json::Value {
+    use dister::messages::kv::KV_NAMESPACE;
+    use dister::messages::registry::REGISTRY_NAMESPACE;
+    let items = |ns: &str| info.section(ns).map_or(0, |s| s.items);
+    let members: Vec<serde_json::Value> = info
+        .meta
+        .members
+        .all()
+        .map(|(id, addr, role)| serde_json::json!({ "id": id, "addr": addr, "role": role }))
+        .collect();
+    let sections: Vec<serde_json::Value> = info
+        .sections
+        .iter()
+        .map(|s| serde_json::json!({ "namespace": s.namespace, "items": s.items, "bytes": s.bytes }))
+        .collect();
+    serde_json::json!({
+        "index": info.meta.last.index,
+        "term": info.meta.last.term,
+        "members": members,
+        "keys": items(KV_NAMESPACE),
+        "services": items(REGISTRY_NAMESPACE),
+        "sections": sections,
+        "size": info.size,
+        "crc32": format!("{:08x}", info.crc),
+    })
+}
+
+fn snapshot_status(file: &std::path::Path, json: bool) -> anyhow::Result<String> {
+    let info = dister::storage::snapshots::verify(file)?;
+    let v = snapshot_summary(&info);
+    if json {
+        return Ok(serde_json::to_string_pretty(&v)? + "\n");
+    }
+    let members: Vec<String> =
+        info.meta.members.all().map(|(id, addr, role)| format!("{id}={addr} ({role})")).collect();
+    Ok(format!(
+        "index {}\nterm {}\nmembers {}\nkeys {}\nservices {}\nsize {}\ncrc32 {}\n",
+        v["index"],
+        v["term"],
+        members.join(", "),
+        v["keys"],
+        v["services"],
+        v["size"],
+        v["crc32"].as_str().unwrap_or_default()
+    ))
+}
+
+enum RestoreError {
+    Usage(anyhow::Error),
+    Failed(anyhow::Error),
+}
+
+fn snapshot_restore(
+    file: &std::path::Path,
+    data_dir: &std::path::Path,
+    id: u64,
+    addr: String,
+    peers: &[String],
+) -> Result<String, RestoreError> {
+    let usage = |e: anyhow::Error| RestoreError::Usage(e);
+    parse_host_port(&addr).map_err(|e| usage(anyhow::anyhow!(e)))?;
+    let mut voters = vec![(id, addr)];
+    for p in peers {
+        let p: PeerConfig = p.parse().map_err(|e: dister::error::ConfigError| usage(e.into()))?;
+        if voters.iter().any(|(v, _)| *v == p.id) {
+            return Err(usage(anyhow::anyhow!("member id {} is given twice", p.id)));
+        }
+        voters.push((p.id, p.addr));
+    }
+    let members = dister::raft::members::Members::of_voters(voters);
+    let segment_bytes = Config::default().segment_bytes;
+    let info = dister::storage::snapshots::restore(file, data_dir, members, segment_bytes)
+        .map_err(|e| RestoreError::Failed(e.into()))?;
+    Ok(format!(
+        "restored index {} (term {}) into {}: start it with dister server --data-dir {} --id {id}\n",
+        info.meta.last.index,
+        info.meta.last.term,
+        data_dir.display(),
+        data_dir.display()
+    ))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let group = cli.group.clone();
@@ -592,6 +726,30 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS
+        }
+        Command::Snapshot(SnapshotCommand::Status { file, json }) => {
+            init_logging("warn");
+            match snapshot_status(&file, json) {
+                Ok(text) => print(&text),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Snapshot(SnapshotCommand::Restore { file, data_dir, id, addr, peers }) => {
+            init_logging("warn");
+            match snapshot_restore(&file, &data_dir, id, addr, &peers) {
+                Ok(text) => print(&text),
+                Err(RestoreError::Usage(e)) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+                Err(RestoreError::Failed(e)) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Bench(args) => {
             init_logging("warn");

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use actix::Message;
 
-use crate::error::StorageError;
+use bytes::Bytes;
+
+use crate::error::{ApiError, StorageError};
 use crate::raft::log::AppendConflict;
 use crate::raft::{Entry, LogId, NodeId};
 use crate::wire::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
@@ -138,6 +140,23 @@ pub struct LogState {
     pub first_index: u64,
     /// The newest snapshot, if one was taken.
     pub snapshot: Option<SnapshotStatus>,
+}
+
+/// Take a snapshot now, unless the newest covers every applied entry (`snapshot save`).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<SnapshotStatus, ApiError>")]
+pub struct SnapshotNow;
+
+/// Bytes of the newest snapshot, if it is still the one covering `last`.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Bytes, ApiError>")]
+pub struct ReadSnapshotBytes {
+    /// The snapshot being read.
+    pub last: LogId,
+    /// Where to read from.
+    pub offset: u64,
+    /// Most bytes to answer.
+    pub max: usize,
 }
 
 /// A snapshot as status shows it.

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{LogBackend, LogWrite, Recovered, WriteBatch, replay};
 use crate::error::StorageError;
-use crate::raft::{Entry, HardState};
+use crate::raft::{Entry, HardState, LogId};
 
 const HEADER: usize = 8;
 /// No record is larger; a bigger length field is damage, never an allocation size.
@@ -45,6 +45,7 @@ type Done = oneshot::Sender<Result<(), StorageError>>;
 enum Record {
     Entry(Entry),
     HardState(HardState),
+    Reset(LogId),
 }
 
 /// The same record by reference, to encode without cloning entries; the variants must stay in
@@ -53,6 +54,7 @@ enum Record {
 enum RecordRef<'a> {
     Entry(&'a Entry),
     HardState(&'a HardState),
+    Reset(LogId),
 }
 
 impl From<Record> for LogWrite {
@@ -60,6 +62,7 @@ impl From<Record> for LogWrite {
         match r {
             Record::Entry(e) => LogWrite::Entry(Arc::new(e)),
             Record::HardState(hs) => LogWrite::HardState(hs),
+            Record::Reset(base) => LogWrite::Reset(base),
         }
     }
 }
@@ -237,6 +240,7 @@ fn encode(write: &LogWrite, buf: &mut Vec<u8>) -> Result<(), String> {
     let record = match write {
         LogWrite::Entry(e) => RecordRef::Entry(e),
         LogWrite::HardState(hs) => RecordRef::HardState(hs),
+        LogWrite::Reset(base) => RecordRef::Reset(*base),
     };
     let payload = postcard::to_allocvec(&record).map_err(|e| e.to_string())?;
     if payload.len() > MAX_RECORD {
@@ -420,6 +424,16 @@ mod tests {
         write(&mut log, vec![e(2, 2)]);
         drop(log);
         assert_eq!(ids(&open(dir.path(), SEG).1), vec![(1, 1), (2, 2)]);
+    }
+
+    #[test]
+    fn a_reset_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = open(dir.path(), SEG);
+        write(&mut log, vec![LogWrite::Reset(LogId::new(4, 500)), e(4, 501), e(5, 502)]);
+        drop(log);
+        let r = open(dir.path(), SEG).1;
+        assert_eq!((r.base, ids(&r)), (LogId::new(4, 500), vec![(4, 501), (5, 502)]));
     }
 
     #[test]

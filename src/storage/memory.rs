@@ -148,6 +148,27 @@ mod tests {
         assert!(matches!(rx.try_recv(), Ok(Some(Err(StorageError::Corrupt { .. })))));
     }
 
+    /// A reset to an entry the log holds keeps what follows it; to one it does not hold,
+    /// drops everything; either way the log goes on after it, and nothing at or below it
+    /// may be appended again.
+    #[test]
+    fn a_reset_moves_the_base() {
+        let mut m = MemoryStorage::new();
+        let reset = |term, index| LogWrite::Reset(crate::raft::LogId::new(term, index));
+        drop(m.submit(WriteBatch { writes: vec![e(1, 1), e(1, 2), e(1, 3), reset(1, 2)] }));
+        let r = m.recover();
+        assert_eq!((r.base.index, r.entries.iter().map(|e| e.index).collect::<Vec<_>>()), (2, vec![3]));
+        // A snapshot at 10 that the log does not hold: a restored backup, or an install.
+        drop(m.submit(WriteBatch { writes: vec![reset(3, 10), e(3, 11)] }));
+        let r = m.recover();
+        assert_eq!((r.base, r.last().index, r.entries.len()), (crate::raft::LogId::new(3, 10), 11, 1));
+        let mut rx = m.submit(WriteBatch { writes: vec![e(3, 10)] });
+        assert!(
+            matches!(rx.try_recv(), Ok(Some(Err(StorageError::Corrupt { .. })))),
+            "an entry the snapshot covers was appended"
+        );
+    }
+
     /// With a sync delay, a crash (recovery before the delay ran out) loses the write, and
     /// the writer is never told it was durable.
     #[test]

@@ -3,8 +3,10 @@
 //! The log is a stream of records: entries and hard states. Appending an entry with index `i`
 //! implicitly drops every entry `>= i` held before (that is how a divergent suffix is cut), so
 //! the files are append-only and a crash can never leave a half-done truncation. The last hard
-//! state record wins. Compaction (a later step) drops whole segments below a snapshot after
-//! rewriting the current hard state forward.
+//! state record wins. A reset record says a snapshot now covers the log up to an entry: what
+//! it covers is dropped, and the log goes on after it (a restored backup starts this way).
+//! Compaction (a later step) drops whole segments below a snapshot after rewriting the
+//! current hard state forward.
 //!
 //! [`LogBackend::submit`] queues a [`WriteBatch`]; batches become durable in the order they were
 //! submitted, and the returned receiver resolves once the batch (and every batch before it) is on
@@ -21,7 +23,7 @@ use std::sync::Arc;
 use futures::channel::oneshot;
 
 use crate::error::StorageError;
-use crate::raft::{Entry, HardState};
+use crate::raft::{Entry, HardState, LogId};
 
 pub use file::FileLog;
 pub use memory::MemoryStorage;
@@ -34,6 +36,9 @@ pub enum LogWrite {
     Entry(Arc<Entry>),
     /// Replace the hard state.
     HardState(HardState),
+    /// A snapshot covers the log up to and including this entry: entries up to it are
+    /// dropped; those after it stay if the log held this very entry, else all go.
+    Reset(LogId),
 }
 
 /// Records that become durable together. An empty batch is a barrier: its receiver resolves
@@ -56,8 +61,26 @@ impl WriteBatch {
 pub struct Recovered {
     /// The last hard state written, or the default for a new log.
     pub hard_state: HardState,
-    /// The entries, consecutive, starting at index 1.
+    /// The entry just before the first one held: index 0 unless a snapshot covers a prefix.
+    pub base: LogId,
+    /// The entries, consecutive, starting right after `base`.
     pub entries: Vec<Arc<Entry>>,
+}
+
+impl Recovered {
+    /// The last entry held, or the base.
+    pub fn last(&self) -> LogId {
+        self.entries.last().map(|e| e.log_id()).unwrap_or(self.base)
+    }
+
+    /// The term of the entry at `index`, if held (the base's counts).
+    fn term_at(&self, index: u64) -> Option<u64> {
+        if index == self.base.index {
+            return Some(self.base.term);
+        }
+        let offset = index.checked_sub(self.base.index + 1)?;
+        self.entries.get(usize::try_from(offset).ok()?).map(|e| e.term)
+    }
 }
 
 /// Receives durable-write batches; completes them in submission order.
@@ -103,12 +126,25 @@ pub fn replay(state: &mut Recovered, write: LogWrite) -> Result<(), String> {
     match write {
         LogWrite::HardState(hs) => state.hard_state = hs,
         LogWrite::Entry(e) => {
-            let next = state.entries.len() as u64 + 1;
-            if e.index == 0 || e.index > next {
-                return Err(format!("entry index {} does not follow last index {}", e.index, next - 1));
+            let next = state.last().index + 1;
+            if e.index <= state.base.index || e.index > next {
+                let (base, last) = (state.base.index, next - 1);
+                return Err(format!(
+                    "entry index {} does not follow the log (base {base}, last index {last})",
+                    e.index
+                ));
             }
-            state.entries.truncate(e.index as usize - 1);
+            state.entries.truncate((e.index - state.base.index - 1) as usize);
             state.entries.push(e);
+        }
+        LogWrite::Reset(base) => {
+            if state.term_at(base.index) == Some(base.term) {
+                let covered = (base.index - state.base.index) as usize;
+                state.entries.drain(..covered.min(state.entries.len()));
+            } else {
+                state.entries.clear();
+            }
+            state.base = base;
         }
     }
     Ok(())

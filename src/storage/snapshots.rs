@@ -15,6 +15,7 @@ use bytes::Bytes;
 
 use super::file::io_err;
 use crate::error::StorageError;
+use crate::raft::members::Members;
 use crate::snapshot::{self, SectionReader, SnapshotInfo, SnapshotMeta, SnapshotView};
 
 const SUFFIX: &str = ".snap";
@@ -40,6 +41,22 @@ impl StoredSnapshot {
         match &self.source {
             Source::File(path) => Ok(Box::new(File::open(path).map_err(io_err("open", path))?)),
             Source::Bytes(b) => Ok(Box::new(Cursor::new(b.clone()))),
+        }
+    }
+
+    /// Up to `max` bytes of the stored snapshot from `offset` (none past its end). Blocks on
+    /// the disk for a file.
+    pub fn read_at(&self, offset: u64, max: usize) -> Result<Bytes, StorageError> {
+        let len = max.min(self.info.size.saturating_sub(offset) as usize);
+        match &self.source {
+            Source::Bytes(b) => Ok(b.slice(offset as usize..offset as usize + len)),
+            Source::File(path) => {
+                let mut f = File::open(path).map_err(io_err("open", path))?;
+                f.seek(SeekFrom::Start(offset)).map_err(io_err("seek", path))?;
+                let mut buf = vec![0; len];
+                f.read_exact(&mut buf).map_err(io_err("read", path))?;
+                Ok(Bytes::from(buf))
+            }
         }
     }
 
@@ -162,6 +179,43 @@ impl SnapshotStore {
             }
         }
     }
+}
+
+/// Builds a data directory from a saved snapshot (`dister snapshot restore`, etcd's
+/// `snapshot restore`): the snapshot, its configuration replaced by `members` (a new
+/// cluster), and a log that starts right after it. `file` is verified whole first and
+/// `data_dir` must be new or empty: otherwise nothing is written. Answers what the snapshot
+/// holds.
+pub fn restore(
+    file: &Path,
+    data_dir: &Path,
+    members: Members,
+    segment_bytes: u64,
+) -> Result<SnapshotInfo, StorageError> {
+    let info = verify(file)?;
+    if data_dir.exists() && fs::read_dir(data_dir).map_err(io_err("list", data_dir))?.next().is_some() {
+        return Err(StorageError::NotEmpty { path: data_dir.into() });
+    }
+    let last = info.meta.last;
+    let views = info
+        .sections
+        .iter()
+        .map(|s| {
+            let mut f = File::open(file).map_err(io_err("open", file))?;
+            f.seek(SeekFrom::Start(s.offset)).map_err(io_err("seek", file))?;
+            let mut section = SectionReader::new(io::BufReader::new(f));
+            let write: snapshot::WriteView = Box::new(move |out| io::copy(&mut section, out).map(|_| ()));
+            Ok((s.namespace.clone(), SnapshotView { items: s.items, write }))
+        })
+        .collect::<Result<Vec<_>, StorageError>>()?;
+    let store = SnapshotStore::Dir(data_dir.join("snapshots"));
+    let saved = store.save(&SnapshotMeta { last, members }, views)?;
+    let (mut log, _) = super::FileLog::open(data_dir, segment_bytes)?;
+    let hard_state = crate::raft::HardState { term: last.term, voted_for: None, commit: last.index };
+    let writes = vec![super::LogWrite::Reset(last), super::LogWrite::HardState(hard_state)];
+    let done = super::LogBackend::submit(&mut log, super::WriteBatch { writes });
+    futures::executor::block_on(done).map_err(|_| StorageError::Closed)??;
+    Ok(saved.info)
 }
 
 /// Reads and verifies the snapshot file at `path`.

@@ -283,6 +283,19 @@ pub enum Request {
         /// True once passed on to the leader; not passed on again.
         forwarded: bool,
     },
+    /// Take a snapshot of this node's state now (unless the newest already covers every
+    /// applied entry); answered with the snapshot, to be read with `ReadSnapshot`.
+    TakeSnapshot,
+    /// Up to `max` bytes of this node's newest snapshot from `offset`; refused, retryably,
+    /// once a newer snapshot has replaced the one named.
+    ReadSnapshot {
+        /// The snapshot being read.
+        last: LogId,
+        /// Where to read from.
+        offset: u64,
+        /// Most bytes to answer.
+        max: u32,
+    },
 }
 
 impl Request {
@@ -325,4 +338,13 @@ pub enum Response {
     HandedTo(NodeId),
     /// The request failed.
     Error(ApiError),
+    /// To TakeSnapshot: the snapshot's last entry and size.
+    Snapshot {
+        /// The last entry it covers.
+        last: LogId,
+        /// Its size in bytes.
+        bytes: u64,
+    },
+    /// To ReadSnapshot: the bytes (empty past the end).
+    SnapshotBytes(Bytes),
 }

@@ -98,6 +98,12 @@ fn request() -> impl Strategy<Value = Request> {
         }),
         Just(Request::Status),
         (member_change(), any::<bool>()).prop_map(|(change, forwarded)| Request::ChangeMembers { change, forwarded }),
+        Just(Request::TakeSnapshot),
+        (log_id(), any::<u64>(), any::<u32>()).prop_map(|(last, offset, max)| Request::ReadSnapshot {
+            last,
+            offset,
+            max
+        }),
     ]
 }
 
@@ -193,6 +199,8 @@ fn response() -> impl Strategy<Value = Response> {
         api_error().prop_map(Response::Error),
         Just(Response::Done),
         any::<u64>().prop_map(Response::HandedTo),
+        (log_id(), any::<u64>()).prop_map(|(last, bytes)| Response::Snapshot { last, bytes }),
+        data().prop_map(Response::SnapshotBytes),
     ]
 }
 
@@ -240,6 +248,8 @@ pub fn variant(f: &Frame) -> &'static str {
             Request::ChangeMembers { .. } => "request/change-members",
             Request::TimeoutNow { .. } => "request/timeout-now",
             Request::TransferLeadership { .. } => "request/transfer-leadership",
+            Request::TakeSnapshot => "request/take-snapshot",
+            Request::ReadSnapshot { .. } => "request/read-snapshot",
         },
         Frame::Response(_, r) => match r {
             Response::AppendEntries(_) => "response/append-entries",
@@ -252,6 +262,8 @@ pub fn variant(f: &Frame) -> &'static str {
             Response::Status(_) => "response/status",
             Response::Done => "response/done",
             Response::HandedTo(_) => "response/handed-to",
+            Response::Snapshot { .. } => "response/snapshot",
+            Response::SnapshotBytes(_) => "response/snapshot-bytes",
             Response::Error(e) => match e {
                 ApiError::NoLeader { .. } => "response/error/no-leader",
                 ApiError::NotLeader { .. } => "response/error/not-leader",
@@ -271,7 +283,7 @@ pub fn variant(f: &Frame) -> &'static str {
 }
 
 /// Every name [`variant`] can return.
-pub const VARIANTS: usize = 3 + 13 + 10 + 12;
+pub const VARIANTS: usize = 3 + 15 + 12 + 12;
 
 /// Encodes frames back to back, as one connection would carry them.
 pub fn encode_all(frames: &[Frame]) -> Vec<u8> {
