@@ -65,6 +65,9 @@ pub struct BenchOptions {
     pub key_size: usize,
     /// Value size in bytes.
     pub value_size: usize,
+    /// Overwrite this many keys (`bench/N/`, spread over every client) instead of writing
+    /// fresh ones, so that a long run reaches a steady state (kv only).
+    pub keys: Option<u64>,
 }
 
 /// What it measured.
@@ -159,7 +162,11 @@ impl Conn {
     async fn op(&self, opts: &BenchOptions, me: usize, seq: u64, value: &str) -> Result<(), String> {
         match self {
             Conn::Wire(c) => {
-                let key = padded(format!("bench/{me:x}/{seq:x}/"), opts.key_size);
+                let key = match opts.keys {
+                    // Every client walks the whole key space, each from its own place.
+                    Some(n) => padded(format!("bench/{:x}/", (seq + me as u64 * 7_919) % n.max(1)), opts.key_size),
+                    None => padded(format!("bench/{me:x}/{seq:x}/"), opts.key_size),
+                };
                 c.set(&key, value).await.map(|_| ()).map_err(|e| e.to_string())
             }
             Conn::Http { client, base, token } => {

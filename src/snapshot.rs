@@ -351,7 +351,19 @@ pub fn read_frame(input: &mut dyn Read, buf: &mut Vec<u8>) -> io::Result<bool> {
 
 /// Writes `item` (postcard) as one frame.
 pub fn write_record(out: &mut dyn Write, item: &impl Serialize) -> io::Result<()> {
-    write_frame(out, &postcard::to_allocvec(item).map_err(io::Error::other)?)
+    write_record_with(out, item, &mut Vec::new())
+}
+
+/// [`write_record`] through a buffer the caller keeps across records (a view writing many
+/// of them allocates once).
+pub fn write_record_with(out: &mut dyn Write, item: &impl Serialize, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.clear();
+    // Room for the length, then the record; the length goes in front once it is known.
+    buf.extend_from_slice(&[0; 4]);
+    *buf = postcard::to_extend(item, std::mem::take(buf)).map_err(io::Error::other)?;
+    let len = (buf.len() - 4) as u32;
+    buf[..4].copy_from_slice(&len.to_le_bytes());
+    out.write_all(buf)
 }
 
 /// Reads the next item [`write_record`] wrote, or `None` at the section's end.

@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::messages::apply::{ApplyEntries, Query};
 use crate::messages::kv::{GetKey, KvCommand, KvOutput, ListKeys};
 use crate::raft::Payload;
-use crate::snapshot::{RestoreSnapshot, SnapshotView, TakeSnapshot, read_record, write_record};
+use crate::snapshot::{RestoreSnapshot, SnapshotView, TakeSnapshot, read_record, write_record_with};
 use crate::state_machine::{AppliedGate, read_after};
 
 type Pairs = imbl::OrdMap<String, String>;
@@ -89,8 +89,9 @@ impl Handler<TakeSnapshot> for DataMap {
         Ok(SnapshotView {
             items: pairs.len() as u64,
             write: Box::new(move |out| {
+                let mut buf = Vec::with_capacity(256);
                 for pair in pairs.iter() {
-                    write_record(out, &pair)?;
+                    write_record_with(out, &pair, &mut buf)?;
                 }
                 Ok(())
             }),

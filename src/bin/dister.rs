@@ -304,6 +304,9 @@ struct BenchArgs {
     /// Value size in bytes.
     #[arg(long, default_value_t = 256)]
     value_size: usize,
+    /// Overwrite N keys over and over instead of writing fresh ones (kv).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    keys: Option<u64>,
 }
 
 fn init_logging(default: &str) {
@@ -763,6 +766,7 @@ fn main() -> ExitCode {
                 duration: Duration::from_secs(args.secs),
                 key_size: args.key_size,
                 value_size: args.value_size,
+                keys: args.keys,
             };
             match actix_rt::System::new().block_on(bench::run(opts.clone())) {
                 Ok(report) => {
