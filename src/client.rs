@@ -264,52 +264,64 @@ impl Client {
     }
 
     /// Saves a fresh snapshot of the node's state to `path` (etcd's `snapshot save`): taken
-    /// now, streamed a chunk at a time into a temporary file beside `path`, verified whole,
-    /// fsynced and renamed into place. Started over if the node replaces the snapshot
-    /// meanwhile. Answers what the file holds.
+    /// now, holding every entry the node had applied when asked, streamed a chunk at a time
+    /// into `path.part`, verified whole, fsynced and renamed into place (the directory
+    /// fsynced too). Started over if the node replaces the snapshot meanwhile. Answers what
+    /// the file holds; on failure nothing is left behind.
     pub async fn save_snapshot(&self, path: &std::path::Path) -> Result<crate::snapshot::SnapshotInfo, ClientError> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".part");
+        let tmp = std::path::PathBuf::from(tmp);
+        let result = self.save_snapshot_via(path, &tmp).await;
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    async fn save_snapshot_via(
+        &self,
+        path: &std::path::Path,
+        tmp: &std::path::Path,
+    ) -> Result<crate::snapshot::SnapshotInfo, ClientError> {
         use std::io::Write as _;
-        let io = |op: &'static str| move |source| crate::error::StorageError::Io { op, path: path.into(), source };
-        let tmp = path.with_extension("part");
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
+        let io = |op: &'static str, at: &std::path::Path| {
+            let at = at.to_path_buf();
+            move |source| ClientError::Storage(crate::error::StorageError::Io { op, path: at, source })
+        };
+        for attempt in 1.. {
             let (last, size) = self.take_snapshot().await?;
-            let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io("create"))?);
+            let mut file = std::io::BufWriter::new(std::fs::File::create(tmp).map_err(io("create", tmp))?);
             let mut offset = 0;
-            let replaced = loop {
-                if offset >= size {
-                    break false;
-                }
+            let mut replaced = false;
+            while offset < size {
                 match self.read_snapshot(last, offset, crate::node::SNAPSHOT_CHUNK as u32).await {
-                    Ok(chunk) if chunk.is_empty() => break false,
+                    Ok(chunk) if chunk.is_empty() => break,
                     Ok(chunk) => {
-                        file.write_all(&chunk).map_err(io("write"))?;
+                        file.write_all(&chunk).map_err(io("write", tmp))?;
                         offset += chunk.len() as u64;
                     }
-                    Err(ClientError::Api(ApiError::Unavailable(_))) if attempts < 5 => break true,
-                    Err(e) => {
-                        let _ = std::fs::remove_file(&tmp);
-                        return Err(e);
+                    // A newer snapshot took its place: take that one.
+                    Err(ClientError::Api(ApiError::Unavailable(_))) if attempt < 5 => {
+                        replaced = true;
+                        break;
                     }
+                    Err(e) => return Err(e),
                 }
-            };
+            }
             if replaced {
                 continue;
             }
-            let file = file.into_inner().map_err(|e| io("write")(e.into_error()))?;
-            file.sync_all().map_err(io("fsync"))?;
+            let file = file.into_inner().map_err(|e| io("write", tmp)(e.into_error()))?;
+            file.sync_all().map_err(io("fsync", tmp))?;
             drop(file);
-            let info = match crate::storage::snapshots::verify(&tmp) {
-                Ok(info) => info,
-                Err(e) => {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(e.into());
-                }
-            };
-            std::fs::rename(&tmp, path).map_err(io("rename"))?;
+            let info = crate::storage::snapshots::verify(tmp)?;
+            std::fs::rename(tmp, path).map_err(io("rename", tmp))?;
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync dir", dir))?;
             return Ok(info);
         }
+        unreachable!("the loop returns")
     }
 
     /// Hands leadership to `to` (or the most caught-up voter), through any member; answers

@@ -240,9 +240,10 @@ impl NodeBuilder {
             );
             return Err(StorageError::Corrupt { path: config.data_dir.clone(), offset: 0, reason }.into());
         }
-        if recovered.last().index < covered.index {
+        if covered.index > 0 && recovered.term_at(covered.index) != Some(covered.term) {
             // Entries were applied before this node's own copy of them was durable (a
-            // heartbeat moved its commit index): the log goes on from the snapshot.
+            // heartbeat moved its commit index), so the log ends before the snapshot or still
+            // holds an older term's entries there: it goes on from the snapshot.
             let reset = crate::storage::LogWrite::Reset(covered);
             let batch = crate::storage::WriteBatch { writes: vec![reset.clone()] };
             backend.submit(batch).await.map_err(|_| StorageError::Closed)??;

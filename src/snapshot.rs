@@ -329,8 +329,19 @@ impl<R: Read> Read for SectionReader<R> {
 /// Writes one length-prefixed frame: how views lay out their items, so that restoring can
 /// stream them back one at a time with [`read_frame`].
 pub fn write_frame(out: &mut dyn Write, bytes: &[u8]) -> io::Result<()> {
+    frame_fits(bytes.len())?;
     out.write_all(&(bytes.len() as u32).to_le_bytes())?;
     out.write_all(bytes)
+}
+
+/// A frame [`read_frame`] would refuse is refused when written: the snapshot fails (the
+/// log keeps everything) instead of making a file that cannot be restored.
+fn frame_fits(len: usize) -> io::Result<()> {
+    if len > MAX_CHUNK {
+        let msg = format!("a snapshot record of {len} bytes is over the limit of {MAX_CHUNK}");
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+    }
+    Ok(())
 }
 
 /// Reads the next frame [`write_frame`] wrote into `buf`; false at the section's end.
@@ -361,6 +372,7 @@ pub fn write_record_with(out: &mut dyn Write, item: &impl Serialize, buf: &mut V
     // Room for the length, then the record; the length goes in front once it is known.
     buf.extend_from_slice(&[0; 4]);
     *buf = postcard::to_extend(item, std::mem::take(buf)).map_err(io::Error::other)?;
+    frame_fits(buf.len() - 4)?;
     let len = (buf.len() - 4) as u32;
     buf[..4].copy_from_slice(&len.to_le_bytes());
     out.write_all(buf)

@@ -91,7 +91,10 @@ impl Handler<TakeSnapshot> for Counters {
     type Result = Result<SnapshotView, String>;
 
     /// A copy of the counters (few and small), written off the actor's thread.
-    fn handle(&mut self, _: TakeSnapshot, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: TakeSnapshot, _: &mut Context<Self>) -> Self::Result {
+        if self.gate.applied() != msg.index {
+            return Err(format!("asked for a view at {} with {} applied", msg.index, self.gate.applied()));
+        }
         let values = self.values.clone();
         Ok(SnapshotView {
             items: values.len() as u64,

@@ -84,7 +84,10 @@ impl Handler<ApplyEntries> for DataMap {
 impl Handler<TakeSnapshot> for DataMap {
     type Result = Result<SnapshotView, String>;
 
-    fn handle(&mut self, _: TakeSnapshot, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: TakeSnapshot, _: &mut Context<Self>) -> Self::Result {
+        if self.gate.applied() != msg.index {
+            return Err(format!("asked for a view at {} with {} applied", msg.index, self.gate.applied()));
+        }
         let pairs = self.pairs.clone();
         Ok(SnapshotView {
             items: pairs.len() as u64,
@@ -152,6 +155,37 @@ impl Handler<Query> for DataMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raft::Entry;
+    use std::sync::Arc;
+
+    fn set(index: u64, key: &str, value: &str) -> ApplyEntries {
+        let data = serde_json::to_vec(&KvCommand::Set(vec![(key.into(), value.into())])).unwrap();
+        let payload = Payload::Command { namespace: "kv".into(), data: data.into() };
+        ApplyEntries { entries: vec![Arc::new(Entry { term: 1, index, payload })], applied_to: index }
+    }
+
+    /// A view is of the index asked for only: asked at another, it is refused; writes
+    /// applied after it is taken do not show in it; and it restores into a fresh map.
+    #[actix_rt::test]
+    async fn a_view_holds_its_index_and_restores() {
+        let m = DataMap::new().start();
+        m.send(set(5, "a", "1")).await.unwrap();
+        assert!(m.send(TakeSnapshot { index: 4 }).await.unwrap().is_err(), "a view at the wrong index");
+        let view = m.send(TakeSnapshot { index: 5 }).await.unwrap().unwrap();
+        m.send(set(6, "b", "2")).await.unwrap();
+        m.send(set(7, "a", "3")).await.unwrap();
+        assert_eq!(view.items, 1);
+        let mut bytes = Vec::new();
+        (view.write)(&mut bytes).unwrap();
+        let restored = DataMap::new().start();
+        let data = Box::new(std::io::Cursor::new(bytes));
+        restored.send(RestoreSnapshot { index: 5, data }).await.unwrap().unwrap();
+        let get = |key: &str| restored.send(GetKey { key: key.into(), min_applied: 5 });
+        assert_eq!(get("a").await.unwrap().as_deref(), Some("1"));
+        assert_eq!(get("b").await.unwrap(), None);
+        let bad = Box::new(std::io::Cursor::new(vec![9, 0, 0, 0, 1]));
+        assert!(restored.send(RestoreSnapshot { index: 5, data: bad }).await.unwrap().is_err());
+    }
 
     #[test]
     fn set_delete_and_prefix_list() {

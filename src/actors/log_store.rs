@@ -23,6 +23,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use bytes::Bytes;
 use futures::FutureExt;
+use futures::future::LocalBoxFuture;
 
 use crate::error::{ApiError, StorageError};
 use crate::messages::apply::{ApplyEntries, ApplyOutput, EntriesApplied, Follow, StateMachineRef, Subscribe};
@@ -35,6 +36,17 @@ use crate::raft::members::Members;
 use crate::raft::{Entry, HardState, LogId, Payload};
 use crate::snapshot::{RestoreSnapshot, SnapshotMeta, TakeSnapshot};
 use crate::storage::{LogBackend, LogWrite, Recovered, SnapshotStore, StoredSnapshot, WriteBatch};
+
+/// Lowers the calling thread's scheduling priority (nice 10) where the OS allows it; on
+/// failure the thread just keeps its priority.
+fn lower_this_threads_priority() {
+    // SAFETY: setpriority reads no memory of ours; on Linux, PRIO_PROCESS with id 0 names the
+    // calling thread only.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+    if r != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "snapshot thread keeps its priority");
+    }
+}
 
 /// Most entries handed to the state machines in one batch.
 const MAX_APPLY_BATCH: u64 = 4_096;
@@ -71,11 +83,14 @@ pub struct Snapshots {
     members: Members,
     /// A snapshot is being taken.
     taking: bool,
-    /// One is asked for now, whatever `every` says.
-    forced: bool,
-    /// Who waits for the next snapshot (`snapshot save`).
-    waiters: Vec<futures::channel::oneshot::Sender<Result<SnapshotStatus, ApiError>>>,
+    /// The applied index at which the last snapshot failed (0: none did).
+    failed_at: u64,
+    /// Who waits for a snapshot (`snapshot save`), with the applied index it must cover.
+    waiters: Vec<(u64, futures::channel::oneshot::Sender<Result<SnapshotStatus, ApiError>>)>,
 }
+
+/// Most `snapshot save` requests waiting at once.
+const MAX_SNAPSHOT_WAITERS: usize = 64;
 
 impl Snapshots {
     /// Snapshots in `store`, `latest` being the one recovered (if any), taken every `every`
@@ -83,7 +98,7 @@ impl Snapshots {
     /// (the bootstrap one), for when there is no snapshot.
     pub fn new(store: SnapshotStore, latest: Option<StoredSnapshot>, every: u64, members: Members) -> Self {
         let members = latest.as_ref().map(|s| s.info.meta.members.clone()).unwrap_or(members);
-        Snapshots { store, latest, every, members, taking: false, forced: false, waiters: Vec::new() }
+        Snapshots { store, latest, every, members, taking: false, failed_at: 0, waiters: Vec::new() }
     }
 
     /// The last entry the newest snapshot covers (index 0 if there is none).
@@ -95,10 +110,21 @@ impl Snapshots {
         self.latest.as_ref().map(|s| SnapshotStatus { last: s.info.meta.last, bytes: s.info.size })
     }
 
-    /// Answers whoever waits for a snapshot.
-    fn answer(&mut self, result: Result<SnapshotStatus, ApiError>) {
-        for w in self.waiters.drain(..) {
+    /// Answers everyone waiting for a snapshot.
+    fn answer_all(&mut self, result: Result<SnapshotStatus, ApiError>) {
+        for (_, w) in self.waiters.drain(..) {
             let _ = w.send(result.clone());
+        }
+    }
+
+    /// Answers those the newest snapshot covers; the others wait for the next.
+    fn answer_covered(&mut self) {
+        let Some(status) = self.status() else { return };
+        let (covered, later) =
+            std::mem::take(&mut self.waiters).into_iter().partition(|(min, _)| *min <= status.last.index);
+        self.waiters = later;
+        for (_, w) in covered {
+            let _ = w.send(Ok(status));
         }
     }
 }
@@ -288,30 +314,38 @@ impl LogStore {
     }
 
     /// Takes a snapshot of every state machine as of the applied index, if `every` entries
-    /// were applied since the last one and none is being taken. The views are asked for now,
-    /// and written off this thread (in place for the memory store, which has no disk).
+    /// were applied since the last one (or since the last failure) or one is asked for, and
+    /// none is being taken. The views are asked for now, and no further batch goes to the
+    /// state machines until every view is back, so each is of exactly that index; they are
+    /// written on a thread of their own (in place for the memory store, which has no disk).
     fn maybe_snapshot(&mut self, ctx: &mut Context<Self>) {
         let s = &self.snapshots;
-        let due = s.every > 0 && self.applied >= s.last().index + s.every;
-        if s.taking || self.applying || !(due || s.forced) {
+        let since = s.last().index.max(s.failed_at);
+        let due = s.every > 0 && self.applied >= since.saturating_add(s.every);
+        let asked = !s.waiters.is_empty();
+        if s.taking || self.applying || !(due || asked) {
             return;
         }
-        self.snapshots.forced = false;
         if let Some(reason) = &self.failed {
             let e = ApiError::Unavailable(format!("storage failed: {reason}"));
-            self.snapshots.answer(Err(e));
+            self.snapshots.answer_all(Err(e));
             return;
         }
         if self.applied <= self.snapshots.last().index {
             // Nothing applied since the newest: it is the one asked for.
             let result = self.snapshots.status().ok_or_else(|| ApiError::Unavailable("nothing applied yet".into()));
-            self.snapshots.answer(result);
+            self.snapshots.answer_all(result);
             return;
         }
         let index = self.applied;
-        let Some(term) = self.log.term_at(index) else { return };
+        let Some(term) = self.log.term_at(index) else {
+            let e = ApiError::Unavailable(format!("entry {index} is not in the log"));
+            self.snapshots.answer_all(Err(e));
+            return;
+        };
         let meta = SnapshotMeta { last: LogId::new(term, index), members: self.snapshots.members.clone() };
         self.snapshots.taking = true;
+        self.applying = true;
         let views: Vec<_> = self
             .subscribers
             .iter()
@@ -326,14 +360,36 @@ impl LogStore {
                 }
             })
             .collect();
+        let views = futures::future::join_all(views).into_actor(self).map(move |views, act, ctx| {
+            // Every view is in: the state machines may move on.
+            act.applying = false;
+            act.dispatch(ctx);
+            views.into_iter().collect::<Result<Vec<_>, String>>()
+        });
         let store = self.snapshots.store.clone();
         let in_place = matches!(store, SnapshotStore::Memory(_));
-        let taken = async move {
-            let views = futures::future::join_all(views).await.into_iter().collect::<Result<Vec<_>, String>>()?;
-            let save = move || store.save(&meta, views).map_err(|e| e.to_string());
-            if in_place { save() } else { tokio::task::spawn_blocking(save).await.map_err(|e| e.to_string())? }
-        };
-        ctx.spawn(taken.into_actor(self).map(move |r, act, _| {
+        let taken = views.then(move |views, act, _| {
+            let written = async move {
+                let views = views?;
+                let save = move || store.save(&meta, views).map_err(|e| e.to_string());
+                if in_place {
+                    return save();
+                }
+                // A thread of its own, below the node's in priority: serializing the state
+                // takes CPU that Raft's heartbeats and fsyncs must get first.
+                let (tx, rx) = futures::channel::oneshot::channel();
+                std::thread::Builder::new()
+                    .name("dister-snapshot".into())
+                    .spawn(move || {
+                        lower_this_threads_priority();
+                        let _ = tx.send(save());
+                    })
+                    .map_err(|e| format!("cannot start the snapshot thread: {e}"))?;
+                rx.await.map_err(|_| "the snapshot thread ended without an answer".to_string())?
+            };
+            written.into_actor(act)
+        });
+        ctx.spawn(taken.map(move |r, act, ctx| {
             act.snapshots.taking = false;
             match r {
                 Ok(stored) => {
@@ -345,46 +401,48 @@ impl LogStore {
                         "snapshot taken"
                     );
                     act.snapshots.latest = Some(stored);
-                    let status = act.snapshots.status().ok_or_else(|| ApiError::Unavailable("no snapshot".into()));
-                    act.snapshots.answer(status);
+                    act.snapshots.answer_covered();
                 }
                 Err(error) => {
+                    // Not again before another `every` entries: a full disk must not be
+                    // filled faster.
+                    act.snapshots.failed_at = index;
                     tracing::error!(index, %error, "snapshot failed; the log keeps everything");
-                    act.snapshots.answer(Err(ApiError::Unavailable(format!("snapshot failed: {error}"))));
+                    act.snapshots.answer_all(Err(ApiError::Unavailable(format!("snapshot failed: {error}"))));
                 }
             }
+            // Asked for since this one began: a newer one.
+            act.maybe_snapshot(ctx);
         }));
     }
 
-    /// Brings `machine` up to date with the snapshot (if it has `namespace`'s section):
-    /// the restore is queued ahead of any entry it is sent.
-    fn restore(&self, ctx: &mut Context<Self>, namespace: &str, machine: &StateMachineRef) {
-        let Some(stored) = &self.snapshots.latest else { return };
+    /// Restores `machine` from the snapshot, if that has `namespace`'s section: answers
+    /// whether it did, once the state machine has, or why it could not.
+    fn restore(&self, namespace: &str, machine: &StateMachineRef) -> LocalBoxFuture<'static, Result<bool, String>> {
+        let ready = |r| Box::pin(futures::future::ready(r)) as LocalBoxFuture<'static, Result<bool, String>>;
+        let Some(stored) = &self.snapshots.latest else { return ready(Ok(false)) };
         let index = stored.info.meta.last.index;
         let data = match stored.section(namespace) {
             Ok(Some(data)) => data,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::error!(namespace, error = %e, "cannot read the snapshot");
-                return;
-            }
+            Ok(None) => return ready(Ok(false)),
+            Err(e) => return ready(Err(format!("cannot read the snapshot: {e}"))),
         };
         let fut = machine.restore.send(RestoreSnapshot { index, data });
         let namespace = namespace.to_string();
-        ctx.spawn(
-            async move {
-                match fut.await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => {
-                        tracing::error!(%namespace, index, %error, "state machine could not restore the snapshot")
-                    }
-                    Err(error) => {
-                        tracing::error!(%namespace, index, %error, "state machine unreachable for its snapshot")
-                    }
-                }
+        Box::pin(async move {
+            match fut.await {
+                Ok(Ok(())) => Ok(true),
+                Ok(Err(e)) => Err(format!("state machine {namespace} could not restore the snapshot at {index}: {e}")),
+                Err(e) => Err(format!("state machine {namespace} unreachable for its snapshot: {e}")),
             }
-            .into_actor(self),
-        );
+        })
+    }
+
+    /// A state machine that could not be restored would serve (and later snapshot) a state
+    /// that is not the log's: this node stops applying and acknowledging.
+    fn restore_failed(&mut self, error: String) {
+        tracing::error!(%error, "restoring from the snapshot failed; this node stops applying and acknowledging");
+        self.failed.get_or_insert(error);
     }
 }
 
@@ -399,10 +457,17 @@ impl Actor for LogStore {
             let last = stored.info.meta.last;
             tracing::info!(index = last.index, term = last.term, bytes = stored.info.size, "restoring from a snapshot");
         }
-        for (ns, machine) in &self.subscribers {
-            self.restore(ctx, ns, machine);
-        }
-        self.dispatch(ctx);
+        // No entry goes to a state machine before every restore is done.
+        self.applying = true;
+        let restores: Vec<_> = self.subscribers.iter().map(|(ns, m)| self.restore(ns, m)).collect();
+        ctx.spawn(futures::future::join_all(restores).into_actor(self).map(|results, act, ctx| {
+            if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+                act.restore_failed(e);
+                return;
+            }
+            act.applying = false;
+            act.dispatch(ctx);
+        }));
     }
 }
 
@@ -549,14 +614,19 @@ impl Handler<Subscribe> for LogStore {
     type Result = ();
 
     fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
-        // The snapshot's state (if it has this namespace), what was committed after it, then
-        // the stream.
-        self.restore(ctx, &msg.namespace, &msg.machine);
-        let restored = self.snapshots.latest.as_ref().and_then(|s| s.info.section(&msg.namespace)).is_some();
-        let from = if restored { self.snapshots.last().index + 1 } else { 1 };
-        let entries = self.committed_entries(from, self.dispatched, Some(&msg.namespace));
-        msg.machine.apply.do_send(ApplyEntries { entries, applied_to: self.dispatched });
-        self.subscribers.insert(msg.namespace, msg.machine);
+        // The snapshot's state (if it has this namespace), then what was committed after it,
+        // then the stream.
+        let restore = self.restore(&msg.namespace, &msg.machine);
+        ctx.spawn(restore.into_actor(self).map(move |restored, act, _| {
+            let restored = match restored {
+                Ok(restored) => restored,
+                Err(e) => return act.restore_failed(e),
+            };
+            let from = if restored { act.snapshots.last().index + 1 } else { 1 };
+            let entries = act.committed_entries(from, act.dispatched, Some(&msg.namespace));
+            msg.machine.apply.do_send(ApplyEntries { entries, applied_to: act.dispatched });
+            act.subscribers.insert(msg.namespace, msg.machine);
+        }));
     }
 }
 
@@ -574,11 +644,14 @@ impl Handler<SnapshotNow> for LogStore {
     type Result = ResponseFuture<Result<SnapshotStatus, ApiError>>;
 
     fn handle(&mut self, _: SnapshotNow, ctx: &mut Context<Self>) -> Self::Result {
+        if self.snapshots.waiters.len() >= MAX_SNAPSHOT_WAITERS {
+            let reason = format!("{MAX_SNAPSHOT_WAITERS} snapshot requests wait already");
+            return Box::pin(async move { Err(ApiError::Overloaded { reason, retry_after_ms: 1_000 }) });
+        }
         let (tx, rx) = futures::channel::oneshot::channel();
-        self.snapshots.waiters.push(tx);
-        // Taken at once, or when the batch with the state machines is back (or with the
-        // one being taken, if one is).
-        self.snapshots.forced = true;
+        // It must hold every entry applied so far: taken at once, or when the batch with the
+        // state machines is back, or after the one being taken.
+        self.snapshots.waiters.push((self.applied, tx));
         self.maybe_snapshot(ctx);
         Box::pin(async move { rx.await.unwrap_or_else(|_| Err(ApiError::Unavailable("node stopping".into()))) })
     }

@@ -74,7 +74,7 @@ impl Recovered {
     }
 
     /// The term of the entry at `index`, if held (the base's counts).
-    fn term_at(&self, index: u64) -> Option<u64> {
+    pub fn term_at(&self, index: u64) -> Option<u64> {
         if index == self.base.index {
             return Some(self.base.term);
         }

@@ -47,7 +47,8 @@ impl StoredSnapshot {
     /// Up to `max` bytes of the stored snapshot from `offset` (none past its end). Blocks on
     /// the disk for a file.
     pub fn read_at(&self, offset: u64, max: usize) -> Result<Bytes, StorageError> {
-        let len = max.min(self.info.size.saturating_sub(offset) as usize);
+        let offset = offset.min(self.info.size);
+        let len = max.min((self.info.size - offset) as usize);
         match &self.source {
             Source::Bytes(b) => Ok(b.slice(offset as usize..offset as usize + len)),
             Source::File(path) => {
@@ -121,26 +122,14 @@ impl SnapshotStore {
                 let name = format!("{:020}-{:020}", meta.last.index, meta.last.term);
                 let tmp = dir.join(format!("{name}{TMP_SUFFIX}"));
                 let path = dir.join(format!("{name}{SUFFIX}"));
-                let started = std::time::Instant::now();
-                let file = File::create(&tmp).map_err(io_err("create", &tmp))?;
-                let paced = Paced { file: &file, unsynced: 0 };
-                let (size, crc) = snapshot::write(paced, meta, sections).map_err(io_err("write", &tmp))?;
-                let written = started.elapsed();
-                file.sync_all().map_err(io_err("fsync", &tmp))?;
-                let (write_ms, fsync_ms) =
-                    (written.as_millis() as u64, (started.elapsed() - written).as_millis() as u64);
-                tracing::debug!(index = meta.last.index, bytes = size, write_ms, fsync_ms, "snapshot file written");
-                drop(file);
+                let written = write_file(&tmp, meta, sections);
+                if written.is_err() {
+                    // A failed write leaves nothing behind (a full disk must not fill up).
+                    let _ = fs::remove_file(&tmp);
+                }
+                let info = written?;
                 fs::rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
                 sync_dir(dir)?;
-                let info = verify(&path)?;
-                if (info.size, info.crc) != (size, crc) {
-                    return Err(StorageError::Corrupt {
-                        path,
-                        offset: 0,
-                        reason: "reads back other than written".into(),
-                    });
-                }
                 for (old, _) in list(dir)?.into_iter().filter(|(p, _)| *p != path) {
                     fs::remove_file(&old).map_err(io_err("remove", &old))?;
                 }
@@ -247,6 +236,29 @@ pub fn restore(
     let done = super::LogBackend::submit(&mut log, super::WriteBatch { writes });
     futures::executor::block_on(done).map_err(|_| StorageError::Closed)??;
     Ok(saved.info)
+}
+
+/// Writes the snapshot into `tmp`, makes it durable and reads it back whole.
+fn write_file(
+    tmp: &Path,
+    meta: &SnapshotMeta,
+    sections: Vec<(String, SnapshotView)>,
+) -> Result<SnapshotInfo, StorageError> {
+    let started = std::time::Instant::now();
+    let file = File::create(tmp).map_err(io_err("create", tmp))?;
+    let paced = Paced { file: &file, unsynced: 0 };
+    let (size, crc) = snapshot::write(paced, meta, sections).map_err(io_err("write", tmp))?;
+    let written = started.elapsed();
+    file.sync_all().map_err(io_err("fsync", tmp))?;
+    let (write_ms, fsync_ms) = (written.as_millis() as u64, (started.elapsed() - written).as_millis() as u64);
+    tracing::debug!(index = meta.last.index, bytes = size, write_ms, fsync_ms, "snapshot file written");
+    drop(file);
+    let info = verify(tmp)?;
+    if (info.size, info.crc) != (size, crc) {
+        let reason = "reads back other than written".into();
+        return Err(StorageError::Corrupt { path: tmp.into(), offset: 0, reason });
+    }
+    Ok(info)
 }
 
 /// Reads and verifies the snapshot file at `path`.
