@@ -40,11 +40,15 @@ use crate::storage::{LogBackend, LogWrite, Recovered, SnapshotStore, StoredSnaps
 /// Lowers the calling thread's scheduling priority (nice 10) where the OS allows it; on
 /// failure the thread just keeps its priority.
 fn lower_this_threads_priority() {
-    // SAFETY: setpriority reads no memory of ours; on Linux, PRIO_PROCESS with id 0 names the
-    // calling thread only.
-    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
-    if r != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "snapshot thread keeps its priority");
+    // Elsewhere the call would renice the whole process, Raft's threads too.
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority reads no memory of ours; on Linux, PRIO_PROCESS with id 0
+        // names the calling thread only.
+        let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+        if r != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "snapshot thread keeps its priority");
+        }
     }
 }
 
@@ -236,7 +240,7 @@ impl LogStore {
     /// Sends newly committed entries to their state machines and followers, and reports the
     /// state machines' outputs.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
-        if self.applying || self.hard_state.commit <= self.dispatched {
+        if self.applying || self.failed.is_some() || self.hard_state.commit <= self.dispatched {
             return;
         }
         // Bounded, so one batch never holds a state machine's thread for long.
@@ -323,12 +327,12 @@ impl LogStore {
         let since = s.last().index.max(s.failed_at);
         let due = s.every > 0 && self.applied >= since.saturating_add(s.every);
         let asked = !s.waiters.is_empty();
-        if s.taking || self.applying || !(due || asked) {
-            return;
-        }
         if let Some(reason) = &self.failed {
             let e = ApiError::Unavailable(format!("storage failed: {reason}"));
             self.snapshots.answer_all(Err(e));
+            return;
+        }
+        if s.taking || self.applying || !(due || asked) {
             return;
         }
         if self.applied <= self.snapshots.last().index {
@@ -417,21 +421,25 @@ impl LogStore {
     }
 
     /// Restores `machine` from the snapshot, if that has `namespace`'s section: answers
-    /// whether it did, once the state machine has, or why it could not.
-    fn restore(&self, namespace: &str, machine: &StateMachineRef) -> LocalBoxFuture<'static, Result<bool, String>> {
-        let ready = |r| Box::pin(futures::future::ready(r)) as LocalBoxFuture<'static, Result<bool, String>>;
-        let Some(stored) = &self.snapshots.latest else { return ready(Ok(false)) };
+    /// the index it restored to, once the state machine has, or why it could not.
+    fn restore(
+        &self,
+        namespace: &str,
+        machine: &StateMachineRef,
+    ) -> LocalBoxFuture<'static, Result<Option<u64>, String>> {
+        let ready = |r| Box::pin(futures::future::ready(r)) as LocalBoxFuture<'static, Result<Option<u64>, String>>;
+        let Some(stored) = &self.snapshots.latest else { return ready(Ok(None)) };
         let index = stored.info.meta.last.index;
         let data = match stored.section(namespace) {
             Ok(Some(data)) => data,
-            Ok(None) => return ready(Ok(false)),
+            Ok(None) => return ready(Ok(None)),
             Err(e) => return ready(Err(format!("cannot read the snapshot: {e}"))),
         };
         let fut = machine.restore.send(RestoreSnapshot { index, data });
         let namespace = namespace.to_string();
         Box::pin(async move {
             match fut.await {
-                Ok(Ok(())) => Ok(true),
+                Ok(Ok(())) => Ok(Some(index)),
                 Ok(Err(e)) => Err(format!("state machine {namespace} could not restore the snapshot at {index}: {e}")),
                 Err(e) => Err(format!("state machine {namespace} unreachable for its snapshot: {e}")),
             }
@@ -467,6 +475,8 @@ impl Actor for LogStore {
             }
             act.applying = false;
             act.dispatch(ctx);
+            // A snapshot asked for meanwhile need not wait for the next write.
+            act.maybe_snapshot(ctx);
         }));
     }
 }
@@ -622,7 +632,8 @@ impl Handler<Subscribe> for LogStore {
                 Ok(restored) => restored,
                 Err(e) => return act.restore_failed(e),
             };
-            let from = if restored { act.snapshots.last().index + 1 } else { 1 };
+            // After the snapshot it was restored from, which a newer one may have replaced.
+            let from = restored.map_or(1, |index| index + 1);
             let entries = act.committed_entries(from, act.dispatched, Some(&msg.namespace));
             msg.machine.apply.do_send(ApplyEntries { entries, applied_to: act.dispatched });
             act.subscribers.insert(msg.namespace, msg.machine);

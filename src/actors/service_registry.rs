@@ -19,6 +19,7 @@ use actix_rt::ArbiterHandle;
 use bytes::Bytes;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::config::Config;
@@ -320,16 +321,31 @@ impl Handler<TakeSnapshot> for ServiceRegistry {
         Ok(SnapshotView {
             items: registry.counts().0 as u64,
             write: Box::new(move |out| {
+                // A service, then its instances one record each: no record grows with the
+                // size of a service.
                 for (implicit, service) in registry.snapshot_services() {
-                    // Revisions are not part of an instance's JSON, and outcomes are judged by them.
-                    let revisions: Vec<u64> = service.nodes.iter().map(|n| n.revision).collect();
-                    let record = serde_json::to_vec(&(implicit, service, revisions)).map_err(std::io::Error::other)?;
-                    write_frame(out, &record)?;
+                    let head = Service { nodes: Vec::new(), ..service.clone() };
+                    let record = SnapshotRecord::Service { implicit, service: head };
+                    write_frame(out, &serde_json::to_vec(&record).map_err(std::io::Error::other)?)?;
+                    for node in &service.nodes {
+                        // Revisions are not part of an instance's JSON, and outcomes are judged by them.
+                        let record = SnapshotRecord::Node { node: node.clone(), revision: node.revision };
+                        write_frame(out, &serde_json::to_vec(&record).map_err(std::io::Error::other)?)?;
+                    }
                 }
                 Ok(())
             }),
         })
     }
+}
+
+/// How a registry snapshot lays out its items.
+#[derive(Serialize, Deserialize)]
+enum SnapshotRecord {
+    /// A service without its instances, which follow it.
+    Service { implicit: bool, service: Service },
+    /// An instance of the service before it.
+    Node { node: ServiceNode, revision: u64 },
 }
 
 impl Handler<RestoreSnapshot> for ServiceRegistry {
@@ -338,13 +354,25 @@ impl Handler<RestoreSnapshot> for ServiceRegistry {
     fn handle(&mut self, mut msg: RestoreSnapshot, ctx: &mut Context<Self>) -> Self::Result {
         let mut registry = Registry::default();
         let mut buf = Vec::new();
+        let mut current: Option<(bool, Service)> = None;
         while read_frame(&mut msg.data, &mut buf).map_err(|e| e.to_string())? {
-            let (implicit, mut service, revisions): (bool, Service, Vec<u64>) =
-                serde_json::from_slice(&buf).map_err(|e| format!("a service in the snapshot: {e}"))?;
-            for (node, revision) in service.nodes.iter_mut().zip(revisions) {
-                node.revision = revision;
+            match serde_json::from_slice(&buf).map_err(|e| format!("a registry record in the snapshot: {e}"))? {
+                SnapshotRecord::Service { implicit, service } => {
+                    if let Some((implicit, s)) = current.replace((implicit, service)) {
+                        registry.restore_service(implicit, s);
+                    }
+                }
+                SnapshotRecord::Node { mut node, revision } => {
+                    let Some((_, s)) = current.as_mut() else {
+                        return Err("an instance before any service in the snapshot".into());
+                    };
+                    node.revision = revision;
+                    s.nodes.push(node);
+                }
             }
-            registry.restore_service(implicit, service);
+        }
+        if let Some((implicit, s)) = current {
+            registry.restore_service(implicit, s);
         }
         let (services, instances) = registry.counts();
         tracing::info!(index = msg.index, services, instances, "registry restored from a snapshot");
