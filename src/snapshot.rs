@@ -182,29 +182,33 @@ impl<W: Write> Write for Chunks<'_, W> {
     }
 }
 
-/// Writes a snapshot of `sections` to `out`; answers its size and checksum. The caller makes
-/// it durable.
-pub fn write(out: impl Write, meta: &SnapshotMeta, sections: Vec<(String, SnapshotView)>) -> io::Result<(u64, u32)> {
+/// Writes a snapshot of `sections` to `out`; answers what it wrote, as [`SnapshotInfo::read`]
+/// would find it. The caller makes it durable.
+pub fn write(out: impl Write, meta: &SnapshotMeta, sections: Vec<(String, SnapshotView)>) -> io::Result<SnapshotInfo> {
     let mut out = Crc { inner: io::BufWriter::with_capacity(CHUNK, out), hasher: crc32fast::Hasher::new(), written: 0 };
     out.write_all(MAGIC)?;
-    let meta = postcard::to_allocvec(meta).map_err(io::Error::other)?;
-    out.write_all(&(meta.len() as u32).to_le_bytes())?;
-    out.write_all(&meta)?;
+    let meta_bytes = postcard::to_allocvec(meta).map_err(io::Error::other)?;
+    out.write_all(&(meta_bytes.len() as u32).to_le_bytes())?;
+    out.write_all(&meta_bytes)?;
+    let mut infos = Vec::with_capacity(sections.len());
     for (namespace, view) in sections {
         out.write_all(&[1])?;
         out.write_all(&(namespace.len() as u32).to_le_bytes())?;
         out.write_all(namespace.as_bytes())?;
         out.write_all(&view.items.to_le_bytes())?;
+        let offset = out.written;
         let mut chunks = Chunks { out: &mut out, buf: Vec::with_capacity(CHUNK), bytes: 0 };
         (view.write)(&mut chunks)?;
         chunks.emit()?;
+        let bytes = chunks.bytes;
         out.write_all(&0u32.to_le_bytes())?;
+        infos.push(SectionInfo { namespace, items: view.items, offset, bytes });
     }
     out.write_all(&[0])?;
     let crc = out.hasher.clone().finalize();
     out.inner.write_all(&crc.to_le_bytes())?;
     out.inner.flush()?;
-    Ok((out.written + 4, crc))
+    Ok(SnapshotInfo { meta: meta.clone(), sections: infos, size: out.written + 4, crc })
 }
 
 /// A reader that checksums what it reads, and knows how far it is.
@@ -407,8 +411,10 @@ mod tests {
         let mut buf = Vec::new();
         // Big enough for several chunks in the first section; the second is empty.
         let sections = vec![("kv".to_string(), pairs(20_000)), ("empty".to_string(), pairs(0))];
-        let (size, _) = write(&mut buf, &meta(), sections).unwrap();
-        assert_eq!(size, buf.len() as u64);
+        let written = write(&mut buf, &meta(), sections).unwrap();
+        assert_eq!(written.size, buf.len() as u64);
+        // What the writer answers is what a reader finds.
+        assert_eq!(SnapshotInfo::read(&buf[..], buf.len() as u64).unwrap(), written);
         buf
     }
 

@@ -34,6 +34,15 @@ impl AppliedGate {
         }
     }
 
+    /// Whether a snapshot view may be taken as of `index` (`TakeSnapshot`): only at the
+    /// index applied, neither before nor after it.
+    pub fn check_view(&self, index: u64) -> Result<(), String> {
+        if self.applied != index {
+            return Err(format!("asked for a view at {index} with {} applied", self.applied));
+        }
+        Ok(())
+    }
+
     /// A receiver that resolves once `index` is applied, or `None` if it already is.
     pub fn wait(&mut self, index: u64) -> Option<oneshot::Receiver<()>> {
         if index <= self.applied {

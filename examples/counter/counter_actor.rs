@@ -92,9 +92,7 @@ impl Handler<TakeSnapshot> for Counters {
 
     /// A copy of the counters (few and small), written off the actor's thread.
     fn handle(&mut self, msg: TakeSnapshot, _: &mut Context<Self>) -> Self::Result {
-        if self.gate.applied() != msg.index {
-            return Err(format!("asked for a view at {} with {} applied", msg.index, self.gate.applied()));
-        }
+        self.gate.check_view(msg.index)?;
         let values = self.values.clone();
         Ok(SnapshotView {
             items: values.len() as u64,

@@ -85,9 +85,7 @@ impl Handler<TakeSnapshot> for DataMap {
     type Result = Result<SnapshotView, String>;
 
     fn handle(&mut self, msg: TakeSnapshot, _: &mut Context<Self>) -> Self::Result {
-        if self.gate.applied() != msg.index {
-            return Err(format!("asked for a view at {} with {} applied", msg.index, self.gate.applied()));
-        }
+        self.gate.check_view(msg.index)?;
         let pairs = self.pairs.clone();
         Ok(SnapshotView {
             items: pairs.len() as u64,

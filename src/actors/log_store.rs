@@ -98,10 +98,9 @@ const MAX_SNAPSHOT_WAITERS: usize = 64;
 
 impl Snapshots {
     /// Snapshots in `store`, `latest` being the one recovered (if any), taken every `every`
-    /// applied entries; `members` is the configuration in effect before the first entry
-    /// (the bootstrap one), for when there is no snapshot.
+    /// applied entries; `members` is the configuration in effect at the first entry to be
+    /// applied (the latest snapshot's, or the bootstrap one).
     pub fn new(store: SnapshotStore, latest: Option<StoredSnapshot>, every: u64, members: Members) -> Self {
-        let members = latest.as_ref().map(|s| s.info.meta.members.clone()).unwrap_or(members);
         Snapshots { store, latest, every, members, taking: false, failed_at: 0, waiters: Vec::new() }
     }
 
@@ -148,10 +147,9 @@ impl LogStore {
         // A leader may have recorded a commit index above its own durable log (a majority of
         // others had the entries); replay only what this node holds.
         hard_state.commit = hard_state.commit.min(log.last().index);
-        // What a snapshot holds was applied, so committed, whenever the commit index was
-        // last written.
+        // Start-up made the log hold the snapshot's last entry and the commit index cover
+        // it (`Node::start`).
         let restored = snapshots.last().index;
-        hard_state.commit = hard_state.commit.max(restored);
         LogStore {
             log,
             backend,

@@ -312,9 +312,7 @@ impl Handler<TakeSnapshot> for ServiceRegistry {
     type Result = Result<SnapshotView, String>;
 
     fn handle(&mut self, msg: TakeSnapshot, _: &mut Context<Self>) -> Self::Result {
-        if self.gate.applied() != msg.index {
-            return Err(format!("asked for a view at {} with {} applied", msg.index, self.gate.applied()));
-        }
+        self.gate.check_view(msg.index)?;
         // A copy, for the registry is not a persistent map (yet); its size is the instance
         // count, far below the key space's.
         let registry = self.registry.clone();

@@ -676,32 +676,26 @@ fn snapshot_status(file: &std::path::Path, json: bool) -> anyhow::Result<String>
     ))
 }
 
-enum RestoreError {
-    Usage(anyhow::Error),
-    Failed(anyhow::Error),
-}
-
 fn snapshot_restore(
     file: &std::path::Path,
     data_dir: &std::path::Path,
     id: u64,
     addr: String,
     peers: &[String],
-) -> Result<String, RestoreError> {
-    let usage = |e: anyhow::Error| RestoreError::Usage(e);
-    parse_host_port(&addr).map_err(|e| usage(anyhow::anyhow!(e)))?;
+) -> Result<String, Failure> {
+    parse_host_port(&addr).map_err(Failure::Usage)?;
     let mut voters = vec![(id, addr)];
     for p in peers {
-        let p: PeerConfig = p.parse().map_err(|e: dister::error::ConfigError| usage(e.into()))?;
+        let p: PeerConfig = p.parse().map_err(|e: dister::error::ConfigError| Failure::Usage(e.to_string()))?;
         if voters.iter().any(|(v, _)| *v == p.id) {
-            return Err(usage(anyhow::anyhow!("member id {} is given twice", p.id)));
+            return Err(Failure::Usage(format!("member id {} is given twice", p.id)));
         }
         voters.push((p.id, p.addr));
     }
     let members = dister::raft::members::Members::of_voters(voters);
     let segment_bytes = Config::default().segment_bytes;
     let info = dister::storage::snapshots::restore(file, data_dir, members, segment_bytes)
-        .map_err(|e| RestoreError::Failed(e.into()))?;
+        .map_err(|e| Failure::Other(e.into()))?;
     Ok(format!(
         "restored index {} (term {}) into {}: start it with dister server --data-dir {} --id {id}\n",
         info.meta.last.index,
@@ -732,27 +726,11 @@ fn main() -> ExitCode {
         }
         Command::Snapshot(SnapshotCommand::Status { file, json }) => {
             init_logging("warn");
-            match snapshot_status(&file, json) {
-                Ok(text) => print(&text),
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            finish(snapshot_status(&file, json).map_err(Failure::Other))
         }
         Command::Snapshot(SnapshotCommand::Restore { file, data_dir, id, addr, peers }) => {
             init_logging("warn");
-            match snapshot_restore(&file, &data_dir, id, addr, &peers) {
-                Ok(text) => print(&text),
-                Err(RestoreError::Usage(e)) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(2)
-                }
-                Err(RestoreError::Failed(e)) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            finish(snapshot_restore(&file, &data_dir, id, addr, &peers))
         }
         Command::Bench(args) => {
             init_logging("warn");
@@ -796,21 +774,26 @@ fn main() -> ExitCode {
                 eprintln!("error: {e}");
                 return ExitCode::from(2);
             }
-            match actix_rt::System::new().block_on(run_client(&cli.addr, &group, cli.token.as_deref(), command)) {
-                Ok(out) => print(&out),
-                Err(Failure::NotFound(m)) => {
-                    eprintln!("{m}");
-                    ExitCode::FAILURE
-                }
-                Err(Failure::Usage(m)) => {
-                    eprintln!("error: {m}");
-                    ExitCode::from(2)
-                }
-                Err(Failure::Other(e)) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            finish(actix_rt::System::new().block_on(run_client(&cli.addr, &group, cli.token.as_deref(), command)))
+        }
+    }
+}
+
+/// Prints a command's output, or its failure with the exit code it maps to.
+fn finish(result: Result<String, Failure>) -> ExitCode {
+    match result {
+        Ok(out) => print(&out),
+        Err(Failure::NotFound(m)) => {
+            eprintln!("{m}");
+            ExitCode::FAILURE
+        }
+        Err(Failure::Usage(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Other(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
