@@ -3,8 +3,13 @@
 # the end):
 #   examples/snapshot_bench.sh cost [SNAPSHOT_ENTRIES]   # write throughput and p99 over
 #       100,000 keys with a snapshot every SNAPSHOT_ENTRIES entries (default 10000; 0: never)
-#   examples/snapshot_bench.sh restart [SECS]            # SECS of writes over 1,000,000 keys,
-#       then kill -9 of a node: resident memory, disk, and the time until it serves a read
+#   examples/snapshot_bench.sh memory [SECS]             # SECS (default 100) of writes over
+#       1,000,000 keys of 16 bytes with 64-byte values (each written at least once): a node's
+#       resident memory beyond its idle size per key, beyond the key and value bytes; its
+#       disk; then kill -9 of it and the time until it serves a read again
+#   examples/snapshot_bench.sh steady [ENTRIES]          # ENTRIES (default 10,000,000) writes
+#       over 100,000 keys: resident memory and disk of a node after every minute (they must
+#       level off), then the restart time after kill -9
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet --bin dister
@@ -23,6 +28,16 @@ start() {
 stop() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$D"; }
 trap stop EXIT INT TERM
 nodes=127.0.0.1:17171,127.0.0.1:17172,127.0.0.1:17173
+# kill -9 of node 3, then the time until it answers a read of a key written just before.
+restart_probe() {
+  $B --addr 127.0.0.1:17171 kv set restart-probe yes >/dev/null
+  sleep 1
+  kill -9 "${pids[3]}"; wait "${pids[3]}" 2>/dev/null || true
+  local t0; t0=$(date +%s%N)
+  start 3
+  until [ "$($B --addr 127.0.0.1:17173 kv get restart-probe --stale 2>/dev/null)" = yes ]; do sleep 0.01; done
+  echo "restart_to_read_ms=$(( ($(date +%s%N) - t0) / 1000000 ))"
+}
 case $mode in
   cost)
     SNAPSHOT_ENTRIES=${2:-10000}
@@ -31,19 +46,31 @@ case $mode in
     echo "snapshot_entries=$SNAPSHOT_ENTRIES"
     $B bench --nodes "$nodes" --clients 240 --secs 20 --keys 100000
     ;;
-  restart)
+  memory)
     for i in 1 2 3; do start "$i"; done
-    sleep 2
-    $B bench --nodes "$nodes" --clients 240 --secs "${2:-60}" --keys 1000000 --value-size 64
-    $B --addr 127.0.0.1:17173 status --json | grep -E '"commit_index"|"snapshot_index"|"snapshot_bytes"'
-    echo "node3 rss_kib=$(ps -o rss= -p "${pids[3]}") disk=$(du -sh "$D/n3" | cut -f1)"
-    $B --addr 127.0.0.1:17171 kv set restart-probe yes >/dev/null
-    sleep 1
-    kill -9 "${pids[3]}"; wait "${pids[3]}" 2>/dev/null || true
-    t0=$(date +%s%N)
-    start 3
-    until [ "$($B --addr 127.0.0.1:17173 kv get restart-probe --stale 2>/dev/null)" = yes ]; do sleep 0.01; done
-    echo "restart_to_read_ms=$(( ($(date +%s%N) - t0) / 1000000 ))"
+    sleep 3
+    idle=$(ps -o rss= -p "${pids[3]}")
+    $B bench --nodes "$nodes" --clients 240 --secs "${2:-100}" --keys 1000000 --key-size 16 --value-size 64
+    sleep 5
+    rss=$(ps -o rss= -p "${pids[3]}")
+    $B --addr 127.0.0.1:17173 snapshot save "$D/backup.snap" >/dev/null
+    keys=$($B snapshot status "$D/backup.snap" --json | sed -n 's/.*"keys": *\([0-9]*\).*/\1/p')
+    echo "node3 idle_rss_kib=$idle rss_kib=$rss keys=$keys disk=$(du -sh "$D/n3" | cut -f1)"
+    echo "bytes_per_key_beyond_key_and_value=$(( (rss - idle) * 1024 / keys - 80 ))"
+    restart_probe
     ;;
-  *) echo "usage: $0 cost [SNAPSHOT_ENTRIES] | restart [SECS]" >&2; exit 2 ;;
+  steady)
+    total=${2:-10000000}
+    for i in 1 2 3; do start "$i"; done
+    sleep 3
+    echo "start: rss_kib=$(ps -o rss= -p "${pids[3]}") disk_kib=$(du -sk "$D/n3" | cut -f1)"
+    while :; do
+      $B bench --nodes "$nodes" --clients 240 --secs 60 --keys 100000 --key-size 16 --value-size 64 | sed 's/^workload=[^ ]* clients=[0-9]* key_size=[0-9]* value_size=[0-9]* /  /'
+      commit=$($B --addr 127.0.0.1:17173 status --json | sed -n 's/.*"commit_index": *\([0-9]*\).*/\1/p')
+      echo "entries=$commit rss_kib=$(ps -o rss= -p "${pids[3]}") disk_kib=$(du -sk "$D/n3" | cut -f1) segments=$(ls "$D/n3" | grep -c '\.seg$')"
+      [ "$commit" -ge "$total" ] && break
+    done
+    restart_probe
+    ;;
+  *) echo "usage: $0 cost [SNAPSHOT_ENTRIES] | memory [SECS] | steady [ENTRIES]" >&2; exit 2 ;;
 esac

@@ -163,8 +163,12 @@ impl Conn {
         match self {
             Conn::Wire(c) => {
                 let key = match opts.keys {
-                    // Every client walks the whole key space, each from its own place.
-                    Some(n) => padded(format!("bench/{:x}/", (seq + me as u64 * 7_919) % n.max(1)), opts.key_size),
+                    // The clients walk the key space together, each taking every `clients`th
+                    // key: about `n` writes have written every key once.
+                    Some(n) => {
+                        let key = (seq * opts.clients as u64 + me as u64) % n.max(1);
+                        padded(format!("bench/{key:x}/"), opts.key_size)
+                    }
                     None => padded(format!("bench/{me:x}/{seq:x}/"), opts.key_size),
                 };
                 c.set(&key, value).await.map(|_| ()).map_err(|e| e.to_string())

@@ -95,6 +95,10 @@ pub struct Config {
     pub segment_bytes: u64,
     /// Entries applied between two snapshots of the state machines (0: never snapshot).
     pub snapshot_entries: u64,
+    /// Entries kept in the log behind each snapshot, so that a follower that lags by fewer
+    /// catches up from the log instead of by a snapshot transfer (etcd's
+    /// `--snapshot-catchup-entries`).
+    pub snapshot_catchup_entries: u64,
     /// How long a new connection has to complete its handshake.
     pub handshake_timeout_ms: u64,
     /// Seed for the node's random choices (election timeouts). `None` draws one at start;
@@ -158,6 +162,7 @@ impl Default for Config {
             segment_bytes: 64 * 1024 * 1024,
             // As etcd 3.6 and r-nacos.
             snapshot_entries: 10_000,
+            snapshot_catchup_entries: 5_000,
             handshake_timeout_ms: 5_000,
             seed: None,
             cluster_token: None,

@@ -31,8 +31,8 @@ use crate::messages::client::{
 };
 use crate::messages::kv::{GetKey, KV_NAMESPACE, KvCommand, KvOutput, ListKeys};
 use crate::messages::raft::{
-    AppendEntries, ForwardToLeader, GetLogState, PeerDisconnected, ReadSnapshotBytes, RequestVote, SnapshotNow,
-    WatchLeadership,
+    AppendEntries, ForwardToLeader, GetLogState, InstallSnapshot, PeerDisconnected, ReadSnapshotBytes, RequestVote,
+    SnapshotNow, WatchLeadership,
 };
 use crate::messages::registry::{
     Balance, Beat, GetRegistryStats, GetService, InstanceKey, ListServices, REGISTRY_NAMESPACE, RegistryCommand,
@@ -245,7 +245,7 @@ impl NodeBuilder {
             // heartbeat moved its commit index), so the log ends before the snapshot or still
             // holds an older term's entries there: it goes on from the snapshot.
             let reset = crate::storage::LogWrite::Reset(covered);
-            let batch = crate::storage::WriteBatch { writes: vec![reset.clone()] };
+            let batch = crate::storage::WriteBatch::of(vec![reset.clone()]);
             backend.submit(batch).await.map_err(|_| StorageError::Closed)??;
             crate::storage::replay(&mut recovered, reset).map_err(|reason| StorageError::Corrupt {
                 path: config.data_dir.clone(),
@@ -255,6 +255,13 @@ impl NodeBuilder {
         }
         // Applied, so committed, whenever the commit index was last written.
         recovered.hard_state.commit = recovered.hard_state.commit.max(covered.index);
+        // Only the log's tail is held in memory: what the snapshot covers, bar the entries
+        // kept for followers that lag, goes (the segments holding it go at the next
+        // compaction).
+        let keep_from = covered.index.saturating_sub(config.snapshot_catchup_entries);
+        if let Some(term) = recovered.term_at(keep_from) {
+            recovered.compact_to(crate::raft::LogId::new(term, keep_from));
+        }
         let snapshot_meta = snapshot.as_ref().map(|s| s.info.meta.clone());
         if config.force_new_cluster {
             force_new_cluster(&config, backend.as_mut(), &mut recovered, snapshot_meta.as_ref()).await?;
@@ -329,7 +336,8 @@ impl NodeBuilder {
                 // Election and LogStore address each other: create Election's context first.
                 let election_ctx = Context::<Election>::new();
                 let snapshots =
-                    Snapshots::new(snapshot_store, snapshot, config.snapshot_entries, members.at(0).as_ref().clone());
+                    Snapshots::new(snapshot_store, snapshot, config.snapshot_entries, members.at(0).as_ref().clone())
+                        .keeping(config.snapshot_catchup_entries);
                 let log_store =
                     LogStore::new(backend, recovered, subscribers, election_ctx.address().recipient(), snapshots)
                         .start();
@@ -415,7 +423,7 @@ async fn force_new_cluster(
     let term = recovered.hard_state.term.max(last.term) + 1;
     let entry = Arc::new(Entry { term, index: last.index + 1, payload: Payload::Config(alone.clone()) });
     let hard_state = HardState { term, voted_for: None, commit: entry.index };
-    let batch = WriteBatch { writes: vec![LogWrite::Entry(entry.clone()), LogWrite::HardState(hard_state)] };
+    let batch = WriteBatch::of(vec![LogWrite::Entry(entry.clone()), LogWrite::HardState(hard_state)]);
     backend.submit(batch).await.map_err(|_| NodeError::Threads("the log stopped while rewriting it".into()))??;
     tracing::warn!(
         id = config.id,
@@ -1015,6 +1023,7 @@ impl NodeHandle {
                 snapshot_index: l.snapshot.map(|s| s.last.index).unwrap_or(0),
                 snapshot_term: l.snapshot.map(|s| s.last.term).unwrap_or(0),
                 snapshot_bytes: l.snapshot.map(|s| s.bytes).unwrap_or(0),
+                snapshots_installed: l.installed,
             })
         }
         .boxed_local()
@@ -1040,6 +1049,10 @@ impl NodeHandle {
             Request::AppendEntries(r) => {
                 let fut = self.election.send(AppendEntries(r));
                 async move { answer(fut.await.map_err(mailbox), Response::AppendEntries) }.boxed_local()
+            }
+            Request::InstallSnapshot(r) => {
+                let fut = self.election.send(InstallSnapshot(r));
+                async move { answer(fut.await.map_err(mailbox), Response::InstallSnapshot) }.boxed_local()
             }
             Request::Vote(r) => {
                 let fut = self.election.send(RequestVote(r));

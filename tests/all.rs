@@ -29,6 +29,7 @@ mod t57_membership_process;
 mod t58_snapshots;
 mod t59_snapshot_cli;
 mod t60_sim;
+mod t61_compaction;
 mod t70_extension;
 mod t80_chaos;
 mod t82_registry_load;

@@ -599,6 +599,11 @@ impl Cluster {
                     self.send(i, from, Message::VoteReply { request, response });
                 }
             }
+            // The model's logs are never compacted, so no leader here sends a snapshot (t80
+            // drives installs through the real actors).
+            Do::StoreSnapshotChunk { .. } | Do::AnswerInstall { .. } => {
+                unreachable!("node {}: a snapshot transfer where no log is compacted", self.nodes[i].id)
+            }
             Do::AnswerAppend { token, response } => {
                 if let Some(Asker::Append { from, asked_term, epoch }) = self.nodes[i].askers.remove(&token) {
                     self.send(i, from, Message::AppendReply { asked_term, epoch, response });

@@ -82,9 +82,11 @@ fn layout_config(i: usize, seed: u64, layout: Layout, join: Option<usize>) -> Co
         cluster_token: Some(TOKEN.into()),
         request_timeout_ms: 1_000,
         handshake_timeout_ms: 1_000,
-        // Snapshots every few dozen entries, so crashes land before, during and after them
-        // and restarts restore them.
+        // Snapshots every few dozen entries, and the log compacted to a few entries behind
+        // them, so crashes land before, during and after snapshots, compactions and
+        // installs, restarts restore them, and a node that falls behind gets a snapshot.
         snapshot_entries: 20 + seed % 40,
+        snapshot_catchup_entries: seed % 3 * 8,
         ..Config::default()
     }
 }
@@ -206,6 +208,9 @@ struct Changes {
     promoted: usize,
     /// Runs whose members had all taken a snapshot by the end.
     snapshotted: usize,
+    /// Runs where a member had installed a snapshot from the leader (it had fallen behind
+    /// the compacted log).
+    installed: usize,
 }
 
 impl std::ops::AddAssign for Changes {
@@ -218,6 +223,7 @@ impl std::ops::AddAssign for Changes {
         self.transfers += o.transfers;
         self.promoted += o.promoted;
         self.snapshotted += o.snapshotted;
+        self.installed += o.installed;
     }
 }
 
@@ -462,9 +468,13 @@ struct Summary {
     digest: u64,
 }
 
+/// What the convergence check found: the lowest snapshot index and the installs, or why not.
+type Converged = Result<(u64, u64), String>;
+
 /// The current members' own copies (key/values and configuration), once they agree; answers
-/// the lowest snapshot index among them.
-async fn converged(hosts: &SharedHosts) -> Result<u64, String> {
+/// the lowest snapshot index among them, and how many snapshots they installed from a leader
+/// since they last started.
+async fn converged(hosts: &SharedHosts) -> Converged {
     let mut seen = Vec::new();
     for _ in 0..100 {
         seen.clear();
@@ -478,7 +488,7 @@ async fn converged(hosts: &SharedHosts) -> Result<u64, String> {
             return Err(format!("dead node {id} is still a member: {members:?}"));
         }
         let mut states = Vec::new();
-        let mut lowest_snapshot = u64::MAX;
+        let (mut lowest_snapshot, mut installed) = (u64::MAX, 0);
         for &id in &members {
             let node = host(host_of(id));
             match connect(&node).await {
@@ -486,6 +496,7 @@ async fn converged(hosts: &SharedHosts) -> Result<u64, String> {
                     let status = c.status().await;
                     if let (Ok(l), Ok(s)) = (c.list("", Consistency::Stale).await, &status) {
                         lowest_snapshot = lowest_snapshot.min(s.snapshot_index);
+                        installed += s.snapshots_installed;
                         let config: Vec<(u64, MemberRole)> = s.members.iter().map(|m| (m.id, m.role)).collect();
                         states.push((l, config));
                     }
@@ -495,7 +506,7 @@ async fn converged(hosts: &SharedHosts) -> Result<u64, String> {
             }
         }
         if states.len() == members.len() && states.windows(2).all(|w| w[0] == w[1]) {
-            return Ok(lowest_snapshot);
+            return Ok((lowest_snapshot, installed));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -542,7 +553,7 @@ fn run_seed(seed: u64, secs: u64, layout: Layout) -> Result<Summary, String> {
     // After the chaos and the operator's last change: wait for a healed cluster, read every
     // key linearizably (part of the history), and collect each member's own copy until they
     // agree.
-    let converged_ok: Arc<Mutex<Option<Result<u64, String>>>> = Arc::default();
+    let converged_ok: Arc<Mutex<Option<Converged>>> = Arc::default();
     {
         let (history, hosts, operated, out) = (history.clone(), hosts.clone(), operated.clone(), converged_ok.clone());
         sim.client("checker", async move {
@@ -611,7 +622,10 @@ fn run_seed(seed: u64, secs: u64, layout: Layout) -> Result<Summary, String> {
     }
     let mut changes = operated.changes;
     match converged_ok.lock().unwrap().take() {
-        Some(Ok(snapshot)) => changes.snapshotted = (snapshot > 0) as usize,
+        Some(Ok((snapshot, installed))) => {
+            changes.snapshotted = (snapshot > 0) as usize;
+            changes.installed = (installed > 0) as usize;
+        }
         Some(Err(e)) => return fail(e),
         None => return fail("the checker did not finish".into()),
     }
@@ -689,7 +703,17 @@ fn assert_changes_made(name: &str, c: Changes) {
     if std::env::var("DISTER_SEED").is_ok() {
         return;
     }
-    let made = [c.added, c.joined, c.removed, c.removed_leader, c.replaced, c.transfers, c.promoted, c.snapshotted];
+    let made = [
+        c.added,
+        c.joined,
+        c.removed,
+        c.removed_leader,
+        c.replaced,
+        c.transfers,
+        c.promoted,
+        c.snapshotted,
+        c.installed,
+    ];
     assert!(made.iter().all(|&n| n > 0), "{name}: some kind of change never completed: {c:?}");
 }
 

@@ -34,15 +34,17 @@ use crate::messages::client::{
     TransferLeadership,
 };
 use crate::messages::raft::{
-    AppendEntries, AppendFromLeader, AppendLocal, CommitTo, ForwardToLeader, HigherTermSeen, LeadershipChanged,
-    PeerDisconnected, PeerProgress, Replicate, RequestVote, SaveHardState, StopReplication, WatchLeadership,
+    AppendEntries, AppendFromLeader, AppendLocal, CommitTo, ForwardToLeader, HigherTermSeen, InstallFromLeader,
+    InstallSnapshot, LeadershipChanged, PeerDisconnected, PeerProgress, Replicate, RequestVote, SaveHardState,
+    StopReplication, WatchLeadership,
 };
 use crate::raft::core::{Action, Core, Input, Timing};
 use crate::raft::members::{MemberChange, MemberLog, Members};
 use crate::raft::{HardState, LogId, NodeId, Payload, Role};
 use crate::transport::TransportRef;
 use crate::wire::{
-    AppendEntriesResponse, AppendOutcome, MemberStatus, PeerStatus, Request, Response, VoteResponse, WriteReply,
+    AppendEntriesResponse, AppendOutcome, InstallOutcome, InstallSnapshotResponse, MemberStatus, PeerStatus, Request,
+    Response, VoteResponse, WriteReply,
 };
 
 /// The configuration in effect and the newest committed one, as the threads that admit
@@ -86,6 +88,7 @@ struct Answers {
     next: u64,
     votes: HashMap<u64, oneshot::Sender<VoteResponse>>,
     appends: HashMap<u64, oneshot::Sender<AppendEntriesResponse>>,
+    installs: HashMap<u64, oneshot::Sender<InstallSnapshotResponse>>,
     reads: HashMap<u64, oneshot::Sender<Result<u64, ApiError>>>,
 }
 
@@ -274,6 +277,17 @@ impl Election {
                 ctx.spawn(self.log_store.send(msg).into_actor(self).map(move |res, act, ctx| {
                     act.step(ctx, Input::AppendStored { ticket, result: res.ok() });
                 }));
+            }
+            Action::StoreSnapshotChunk { ticket, request } => {
+                let msg = InstallFromLeader { term: ticket.term, chunk: request };
+                ctx.spawn(self.log_store.send(msg).into_actor(self).map(move |res, act, ctx| {
+                    act.step(ctx, Input::InstallStored { ticket, result: res.ok() });
+                }));
+            }
+            Action::AnswerInstall { token, response } => {
+                if let Some(tx) = self.answers.installs.remove(&token) {
+                    let _ = tx.send(response);
+                }
             }
             Action::CommitTo(c) => self.log_store.do_send(CommitTo(c)),
             Action::SendVote { to, request } => {
@@ -538,6 +552,19 @@ impl Handler<AppendEntries> for Election {
         self.answers.appends.insert(token, tx);
         let stale = AppendEntriesResponse { term: request.term, outcome: AppendOutcome::StaleTerm };
         self.step(ctx, Input::AppendRequest { token, request });
+        Box::pin(async move { rx.await.unwrap_or(stale) })
+    }
+}
+
+impl Handler<InstallSnapshot> for Election {
+    type Result = ResponseFuture<InstallSnapshotResponse>;
+
+    fn handle(&mut self, InstallSnapshot(request): InstallSnapshot, ctx: &mut Context<Self>) -> Self::Result {
+        let token = self.answers.token();
+        let (tx, rx) = oneshot::channel();
+        self.answers.installs.insert(token, tx);
+        let stale = InstallSnapshotResponse { term: request.term, outcome: InstallOutcome::StaleTerm };
+        self.step(ctx, Input::InstallRequest { token, request });
         Box::pin(async move { rx.await.unwrap_or(stale) })
     }
 }

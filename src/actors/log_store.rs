@@ -2,8 +2,8 @@
 //! the commit index as last told, and the commit stream.
 //!
 //! Receives: `AppendLocal` (leader's entries), `AppendFromLeader` (follower side of
-//! AppendEntries), `SaveHardState`, `FetchEntries` (from replicators), `CommitTo`,
-//! `Subscribe`, `GetLogState`.
+//! AppendEntries), `InstallFromLeader` (follower side of InstallSnapshot), `SaveHardState`,
+//! `FetchEntries` (from replicators), `CommitTo`, `Subscribe`, `GetLogState`.
 //! Sends: `ApplyEntries` to the state machines, in index order; `EntriesApplied` to `Election`;
 //! `TakeSnapshot` and `RestoreSnapshot` to the state machines.
 //!
@@ -12,6 +12,14 @@
 //! that index (its mailbox keeps the order), and the views are written to the snapshot
 //! store off this thread while entries keep flowing. At start the newest snapshot is
 //! restored into the state machines and only the entries after it are replayed.
+//!
+//! Compaction: once a snapshot is durable, the log drops what lies more than
+//! `snapshot_catchup_entries` behind it, in memory at once and on disk (whole segments) once
+//! the hard state is carried past them. A follower that needs a dropped entry gets the
+//! snapshot instead (InstallSnapshot): its chunks are written to a temporary file off this
+//! thread, and only a whole snapshot that verifies is installed: made the newest, the state
+//! machines restored from it, the log reset (or compacted, if it holds the snapshot's last
+//! entry) and the commit index moved past it, all durable before the leader hears of it.
 //!
 //! Every reply that claims durability is sent only after the backend has made the batch (and
 //! every earlier one) durable; the backend completes batches in order, so replies go out in
@@ -29,13 +37,14 @@ use crate::error::{ApiError, StorageError};
 use crate::messages::apply::{ApplyEntries, ApplyOutput, EntriesApplied, Follow, StateMachineRef, Subscribe};
 use crate::messages::raft::{
     AppendFromLeader, AppendFromLeaderReply, AppendLocal, AppendResult, CommitTo, FetchEntries, FetchEntriesError,
-    FetchedEntries, GetLogState, LogState, ReadSnapshotBytes, SaveHardState, SnapshotNow, SnapshotStatus,
+    FetchedEntries, GetLogState, InstallFromLeader, InstallReply, LogState, ReadSnapshotBytes, SaveHardState,
+    SnapshotNow, SnapshotStatus,
 };
 use crate::raft::log::MemLog;
 use crate::raft::members::Members;
 use crate::raft::{Entry, HardState, LogId, Payload};
 use crate::snapshot::{RestoreSnapshot, SnapshotMeta, TakeSnapshot};
-use crate::storage::{LogBackend, LogWrite, Recovered, SnapshotStore, StoredSnapshot, WriteBatch};
+use crate::storage::{LogBackend, LogWrite, Receiving, Recovered, SnapshotStore, StoredSnapshot, WriteBatch};
 
 /// Lowers the calling thread's scheduling priority (nice 10) where the OS allows it; on
 /// failure the thread just keeps its priority.
@@ -74,6 +83,37 @@ pub struct LogStore {
     election: Recipient<EntriesApplied>,
     failed: Option<String>,
     snapshots: Snapshots,
+    /// A snapshot being received from the leader.
+    incoming: Option<Incoming>,
+    /// Disk work for `incoming` is under way (its chunks are handled one at a time).
+    receiving_busy: bool,
+    /// A received snapshot is being installed: no entry goes to the state machines, and no
+    /// snapshot is taken, until it is.
+    installing: bool,
+    /// Snapshots installed since start.
+    installed: u64,
+}
+
+/// A snapshot being received: which one, and the bytes so far.
+struct Incoming {
+    last: LogId,
+    size: u64,
+    /// `None` until the first bytes are written (or while disk work holds it).
+    receiving: Option<Receiving>,
+    written: u64,
+}
+
+type LogFuture<T> = ResponseActFuture<LogStore, Result<T, StorageError>>;
+
+/// Runs blocking disk work on tokio's blocking pool, or in place for a memory store.
+fn off_thread<T: Send + 'static>(
+    in_place: bool,
+    work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> LocalBoxFuture<'static, Result<T, StorageError>> {
+    if in_place {
+        return Box::pin(futures::future::ready(work()));
+    }
+    Box::pin(async move { tokio::task::spawn_blocking(work).await.unwrap_or(Err(StorageError::Closed)) })
 }
 
 /// What `LogStore` knows of snapshots.
@@ -83,6 +123,8 @@ pub struct Snapshots {
     latest: Option<StoredSnapshot>,
     /// Entries applied between two snapshots (0: never take one).
     every: u64,
+    /// Entries kept in the log behind the newest snapshot.
+    catchup: u64,
     /// The configuration in effect at the applied index, as a snapshot records it.
     members: Members,
     /// A snapshot is being taken.
@@ -101,7 +143,18 @@ impl Snapshots {
     /// applied entries; `members` is the configuration in effect at the first entry to be
     /// applied (the latest snapshot's, or the bootstrap one).
     pub fn new(store: SnapshotStore, latest: Option<StoredSnapshot>, every: u64, members: Members) -> Self {
-        Snapshots { store, latest, every, members, taking: false, failed_at: 0, waiters: Vec::new() }
+        let catchup = 0;
+        Snapshots { store, latest, every, catchup, members, taking: false, failed_at: 0, waiters: Vec::new() }
+    }
+
+    /// Keeps `entries` in the log behind each snapshot for followers that lag.
+    pub fn keeping(mut self, entries: u64) -> Self {
+        self.catchup = entries;
+        self
+    }
+
+    fn in_place(&self) -> bool {
+        matches!(self.store, SnapshotStore::Memory(_))
     }
 
     /// The last entry the newest snapshot covers (index 0 if there is none).
@@ -163,6 +216,10 @@ impl LogStore {
             election,
             failed: None,
             snapshots,
+            incoming: None,
+            receiving_busy: false,
+            installing: false,
+            installed: 0,
         }
     }
 
@@ -183,7 +240,7 @@ impl LogStore {
             writes.push(LogWrite::HardState(self.hard_state));
             self.commit_dirty = false;
         }
-        let rx = self.backend.submit(WriteBatch { writes });
+        let rx = self.backend.submit(WriteBatch::of(writes));
         rx.map(|r| r.unwrap_or(Err(StorageError::Closed)))
     }
 
@@ -238,7 +295,7 @@ impl LogStore {
     /// Sends newly committed entries to their state machines and followers, and reports the
     /// state machines' outputs.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
-        if self.applying || self.failed.is_some() || self.hard_state.commit <= self.dispatched {
+        if self.applying || self.installing || self.failed.is_some() || self.hard_state.commit <= self.dispatched {
             return;
         }
         // Bounded, so one batch never holds a state machine's thread for long.
@@ -330,7 +387,7 @@ impl LogStore {
             self.snapshots.answer_all(Err(e));
             return;
         }
-        if s.taking || self.applying || !(due || asked) {
+        if s.taking || self.applying || self.installing || !(due || asked) {
             return;
         }
         if self.applied <= self.snapshots.last().index {
@@ -402,8 +459,11 @@ impl LogStore {
                         bytes = info.size,
                         "snapshot taken"
                     );
-                    act.snapshots.latest = Some(stored);
+                    if stored.info.meta.last.index > act.snapshots.last().index {
+                        act.snapshots.latest = Some(stored);
+                    }
                     act.snapshots.answer_covered();
+                    act.compact(ctx);
                 }
                 Err(error) => {
                     // Not again before another `every` entries: a full disk must not be
@@ -420,16 +480,20 @@ impl LogStore {
 
     /// Restores `machine` from the snapshot, if that has `namespace`'s section: answers
     /// the index it restored to, once the state machine has, or why it could not.
+    /// With `replace`, a state machine the snapshot has no section for is restored empty
+    /// (an installed snapshot replaces whatever state it had).
     fn restore(
         &self,
         namespace: &str,
         machine: &StateMachineRef,
+        replace: bool,
     ) -> LocalBoxFuture<'static, Result<Option<u64>, String>> {
         let ready = |r| Box::pin(futures::future::ready(r)) as LocalBoxFuture<'static, Result<Option<u64>, String>>;
         let Some(stored) = &self.snapshots.latest else { return ready(Ok(None)) };
         let index = stored.info.meta.last.index;
         let data = match stored.section(namespace) {
             Ok(Some(data)) => data,
+            Ok(None) if replace => Box::new(std::io::empty()),
             Ok(None) => return ready(Ok(None)),
             Err(e) => return ready(Err(format!("cannot read the snapshot: {e}"))),
         };
@@ -442,6 +506,179 @@ impl LogStore {
                 Err(e) => Err(format!("state machine {namespace} unreachable for its snapshot: {e}")),
             }
         })
+    }
+
+    /// Drops the log up to `catchup` entries behind the newest snapshot: in memory at once,
+    /// on disk once the hard state is carried past the segments that go.
+    fn compact(&mut self, ctx: &mut Context<Self>) {
+        let to = self.snapshots.last().index.saturating_sub(self.snapshots.catchup);
+        if self.failed.is_some() || to <= self.log.base().index || to > self.applied {
+            return;
+        }
+        let base = self.log.compact_to(to);
+        self.commit_dirty = false;
+        let mut batch = WriteBatch::of(vec![LogWrite::HardState(self.hard_state)]);
+        batch.compact_to = Some(base);
+        tracing::debug!(to = base.index, "compacting the log");
+        let fut = self.backend.submit(batch).map(|r| r.unwrap_or(Err(StorageError::Closed)));
+        ctx.spawn(self.durable(fut, ()).map(|_, _, _| ()));
+    }
+
+    /// Installs a received snapshot that verified: it is the newest now; the log is reset
+    /// to it (or compacted, if it holds its last entry), the commit index moved past it and
+    /// both made durable; every state machine is restored from it. Answers once all that
+    /// is done.
+    fn install(&mut self, stored: StoredSnapshot) -> LogFuture<InstallReply> {
+        let last = stored.info.meta.last;
+        let members = stored.info.meta.members.clone();
+        tracing::info!(
+            index = last.index,
+            term = last.term,
+            bytes = stored.info.size,
+            "installing a snapshot from the leader"
+        );
+        self.snapshots.latest = Some(stored);
+        self.snapshots.members = members.clone();
+        let kept = self.log.term_at(last.index) == Some(last.term);
+        let mut writes = Vec::new();
+        let base = if kept {
+            self.log.compact_to(last.index.saturating_sub(self.snapshots.catchup).max(self.log.base().index))
+        } else {
+            // What the log held is older than the snapshot or diverges from it.
+            self.log.reset(last);
+            writes.push(LogWrite::Reset(last));
+            last
+        };
+        self.hard_state.commit = self.hard_state.commit.max(last.index);
+        self.commit_dirty = false;
+        writes.push(LogWrite::HardState(self.hard_state));
+        let mut batch = WriteBatch::of(writes);
+        batch.compact_to = Some(base);
+        let durable = self.backend.submit(batch).map(|r| r.unwrap_or(Err(StorageError::Closed)));
+        (self.dispatched, self.applied) = (last.index, last.index);
+        if !self.followers.is_empty() {
+            tracing::warn!(index = last.index, "followers of the commit stream miss the entries the snapshot covers");
+        }
+        let restores: Vec<_> = self.subscribers.iter().map(|(ns, m)| self.restore(ns, m, true)).collect();
+        let reply = InstallReply::Installed { snapshot: last, members: Some(members), kept, last: self.log.last() };
+        let done = async move {
+            let (durable, restored) = futures::join!(durable, futures::future::join_all(restores));
+            (durable, restored.into_iter().find_map(|r| r.err()))
+        };
+        Box::pin(done.into_actor(self).map(move |(durable, restore_error), act, ctx| {
+            if let Some(e) = restore_error {
+                act.restore_failed(e.clone());
+                return Err(StorageError::Corrupt { path: "snapshot".into(), offset: last.index, reason: e });
+            }
+            if let Err(e) = durable {
+                tracing::error!(error = %e, "log storage failed; this node stops acknowledging writes");
+                act.failed.get_or_insert_with(|| e.to_string());
+                return Err(e);
+            }
+            act.installing = false;
+            act.installed += 1;
+            act.snapshots.answer_covered();
+            act.dispatch(ctx);
+            act.maybe_snapshot(ctx);
+            Ok(reply)
+        }))
+    }
+
+    /// Takes one chunk of a snapshot the leader sends: written after the bytes already
+    /// held (a chunk sent again, or from elsewhere than where the bytes end, is answered
+    /// with where they end), and once the last is in, the whole is verified and installed.
+    fn take_chunk(&mut self, chunk: crate::wire::InstallSnapshotRequest) -> LogFuture<InstallReply> {
+        let ready = |r: InstallReply| Box::pin(actix::fut::ready(Ok(r))) as LogFuture<InstallReply>;
+        let (last, offset) = (chunk.last, chunk.offset);
+        let same = self.incoming.as_ref().is_some_and(|i| i.last == last && i.size == chunk.size);
+        if self.receiving_busy || self.installing {
+            // One piece of disk work at a time: the leader sends this again shortly.
+            return ready(InstallReply::Accepted(if same { offset } else { 0 }));
+        }
+        if last.index <= self.applied {
+            // This node has applied past it already: its own state is newer.
+            self.incoming = None;
+            return ready(InstallReply::Installed { snapshot: last, members: None, kept: true, last: self.log.last() });
+        }
+        if !same {
+            if offset != 0 {
+                return ready(InstallReply::Accepted(0));
+            }
+            self.incoming = Some(Incoming { last, size: chunk.size, receiving: None, written: 0 });
+        }
+        let Some(incoming) = self.incoming.as_mut() else { return ready(InstallReply::Accepted(0)) };
+        if offset > incoming.written {
+            return ready(InstallReply::Accepted(incoming.written));
+        }
+        let skip = ((incoming.written - offset) as usize).min(chunk.data.len());
+        let fresh = chunk.data.slice(skip..);
+        if incoming.written + fresh.len() as u64 > incoming.size {
+            tracing::warn!(index = last.index, "a snapshot chunk runs past the announced size; starting again");
+            self.incoming = None;
+            return ready(InstallReply::Accepted(0));
+        }
+        if fresh.is_empty() && incoming.receiving.is_some() {
+            return self.after_chunk(offset);
+        }
+        let receiving = incoming.receiving.take();
+        let store = self.snapshots.store.clone();
+        self.receiving_busy = true;
+        let work = off_thread(self.snapshots.in_place(), move || {
+            let mut receiving = match receiving {
+                Some(r) => r,
+                None => store.receive()?,
+            };
+            receiving.append(&fresh)?;
+            Ok(receiving)
+        });
+        Box::pin(work.into_actor(self).then(move |written, act, _| {
+            act.receiving_busy = false;
+            match (written, act.incoming.as_mut()) {
+                (Ok(receiving), Some(incoming)) => {
+                    incoming.written = receiving.written();
+                    incoming.receiving = Some(receiving);
+                    act.after_chunk(offset)
+                }
+                (written, _) => {
+                    if let Err(error) = written {
+                        tracing::warn!(index = last.index, %error, "cannot write a snapshot chunk; starting again");
+                    }
+                    act.incoming = None;
+                    ready(InstallReply::Accepted(0))
+                }
+            }
+        }))
+    }
+
+    /// A chunk from `offset` is written: ask for the next, or finish once all are in (if
+    /// no batch or snapshot is with the state machines; else the leader sends it again).
+    fn after_chunk(&mut self, offset: u64) -> LogFuture<InstallReply> {
+        let ready = |r: InstallReply| Box::pin(actix::fut::ready(Ok(r))) as LogFuture<InstallReply>;
+        let Some(incoming) = &self.incoming else { return ready(InstallReply::Accepted(0)) };
+        if incoming.written < incoming.size {
+            return ready(InstallReply::Accepted(incoming.written));
+        }
+        if self.applying || self.snapshots.taking {
+            return ready(InstallReply::Accepted(offset));
+        }
+        let Some(Incoming { last, receiving: Some(receiving), .. }) = self.incoming.take() else {
+            return ready(InstallReply::Accepted(0));
+        };
+        self.installing = true;
+        self.receiving_busy = true;
+        let work = off_thread(self.snapshots.in_place(), move || receiving.finish(last));
+        Box::pin(work.into_actor(self).then(move |finished, act, ctx| {
+            act.receiving_busy = false;
+            match finished {
+                Ok(stored) => act.install(stored),
+                Err(error) => {
+                    tracing::warn!(index = last.index, %error, "a received snapshot does not verify; starting again");
+                    act.installing = false;
+                    act.dispatch(ctx);
+                    ready(InstallReply::Accepted(0))
+                }
+            }
+        }))
     }
 
     /// A state machine that could not be restored would serve (and later snapshot) a state
@@ -465,7 +702,7 @@ impl Actor for LogStore {
         }
         // No entry goes to a state machine before every restore is done.
         self.applying = true;
-        let restores: Vec<_> = self.subscribers.iter().map(|(ns, m)| self.restore(ns, m)).collect();
+        let restores: Vec<_> = self.subscribers.iter().map(|(ns, m)| self.restore(ns, m, false)).collect();
         ctx.spawn(futures::future::join_all(restores).into_actor(self).map(|results, act, ctx| {
             if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
                 act.restore_failed(e);
@@ -572,6 +809,32 @@ impl Handler<AppendFromLeader> for LogStore {
     }
 }
 
+impl Handler<InstallFromLeader> for LogStore {
+    type Result = LogFuture<InstallReply>;
+
+    fn handle(&mut self, msg: InstallFromLeader, _: &mut Context<Self>) -> Self::Result {
+        if let Err(e) = self.check_failed() {
+            return Box::pin(actix::fut::ready(Err(e)));
+        }
+        if msg.term < self.hard_state.term {
+            return Box::pin(actix::fut::ready(Ok(InstallReply::StaleTerm(self.hard_state.term))));
+        }
+        if msg.term > self.hard_state.term {
+            // The term is durable before anything is answered in it.
+            self.hard_state.term = msg.term;
+            self.hard_state.voted_for = None;
+            self.commit_dirty = false;
+            let fut = self.submit(vec![LogWrite::HardState(self.hard_state)]);
+            let chunk = msg.chunk;
+            return Box::pin(self.durable(fut, ()).then(move |r, act, _| match r {
+                Ok(()) => act.take_chunk(chunk),
+                Err(e) => Box::pin(actix::fut::ready(Err(e))),
+            }));
+        }
+        self.take_chunk(msg.chunk)
+    }
+}
+
 impl Handler<SaveHardState> for LogStore {
     type Result = ResponseActFuture<Self, Result<LogId, StorageError>>;
 
@@ -624,7 +887,7 @@ impl Handler<Subscribe> for LogStore {
     fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
         // The snapshot's state (if it has this namespace), then what was committed after it,
         // then the stream.
-        let restore = self.restore(&msg.namespace, &msg.machine);
+        let restore = self.restore(&msg.namespace, &msg.machine, false);
         ctx.spawn(restore.into_actor(self).map(move |restored, act, _| {
             let restored = match restored {
                 Ok(restored) => restored,
@@ -699,6 +962,7 @@ impl Handler<GetLogState> for LogStore {
             applied: self.applied,
             first_index: self.log.first_index(),
             snapshot,
+            installed: self.installed,
         })
     }
 }

@@ -14,6 +14,13 @@
 //! term, and after every conflict), the replicator sends empty AppendEntries, one at a time,
 //! and entries only once one of them matched. A follower far behind, or with a long divergent
 //! suffix, then costs a few small round trips instead of a full batch per step back.
+//!
+//! Snapshots: when the follower needs an entry the log no longer holds (compacted), the
+//! replicator sends the newest snapshot instead (InstallSnapshot), in chunks of at most
+//! [`crate::node::SNAPSHOT_CHUNK`] read from `LogStore`, one in flight, resuming from where
+//! the follower says its bytes end; heartbeats go on meanwhile (empty appends after index 0,
+//! which match any log). Once the follower has installed it, entries flow from after it. A
+//! snapshot replaced by a newer one while it is sent is started again with the newer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,10 +32,11 @@ use crate::actors::log_store::LogStore;
 use crate::actors::peer_link::{Call, PeerLink};
 use crate::config::Config;
 use crate::messages::raft::{
-    FetchEntries, FetchEntriesError, HigherTermSeen, PeerProgress, Replicate, StopReplication,
+    FetchEntries, FetchEntriesError, GetLogState, HigherTermSeen, PeerProgress, ReadSnapshotBytes, Replicate,
+    StopReplication,
 };
-use crate::raft::NodeId;
-use crate::wire::{AppendEntriesRequest, AppendOutcome, Request, Response};
+use crate::raft::{LogId, NodeId};
+use crate::wire::{AppendEntriesRequest, AppendOutcome, InstallOutcome, InstallSnapshotRequest, Request, Response};
 
 /// Replicates the leader's log to one peer.
 pub struct Replicator {
@@ -62,6 +70,21 @@ pub struct Replicator {
     /// After a link error, wait before trying again.
     paused_until: Option<Instant>,
     stopped: bool,
+    /// Sending the snapshot: the peer needs entries the log no longer holds.
+    snapshot: Option<SnapshotSend>,
+    /// A heartbeat sent while the snapshot is is in flight.
+    beat_inflight: bool,
+}
+
+/// A snapshot on its way to the peer.
+#[derive(Debug, Default)]
+struct SnapshotSend {
+    /// Which (learned from `LogStore` first), and its size.
+    last: Option<(LogId, u64)>,
+    /// Where the next chunk starts.
+    offset: u64,
+    /// A read or a chunk is in flight.
+    busy: bool,
 }
 
 /// The addresses a replicator talks to.
@@ -111,6 +134,8 @@ impl Replicator {
             last_sent: Instant::now(),
             paused_until: None,
             stopped: false,
+            snapshot: None,
+            beat_inflight: false,
         }
     }
 
@@ -128,9 +153,16 @@ impl Replicator {
             }
             self.paused_until = None;
         }
-        let window_open = self.inflight < self.config.max_inflight_appends;
         let heartbeat_due = now.duration_since(self.last_sent) >= self.config.heartbeat_interval();
         let round_waits = self.round_wanted > self.round_sent;
+        if self.snapshot.is_some() {
+            if (heartbeat_due || round_waits) && !self.beat_inflight {
+                self.beat_during_snapshot(ctx);
+            }
+            self.pump_snapshot(ctx);
+            return;
+        }
+        let window_open = self.inflight < self.config.max_inflight_appends;
         let commit_news = self.commit > self.commit_sent;
         let entries = !self.probing && window_open && self.next_index <= self.last_index;
         let probe_due = self.probing && self.probe_inflight.is_none();
@@ -168,10 +200,10 @@ impl Replicator {
                     act.next_index = last + 1;
                     act.pump(ctx);
                 }
-                Ok(Err(e @ FetchEntriesError::Compacted(_))) => {
-                    // Snapshot transfer arrives with compaction; until then this cannot happen.
-                    tracing::error!(peer = act.peer, error = %e, "peer needs entries that are no longer in the log");
-                    act.paused_until = Some(Instant::now() + act.config.heartbeat_interval());
+                Ok(Err(FetchEntriesError::Compacted(index))) => {
+                    tracing::info!(peer = act.peer, index, "peer needs compacted entries; sending the snapshot");
+                    act.snapshot = Some(SnapshotSend::default());
+                    act.pump(ctx);
                 }
                 Err(e) => tracing::error!(peer = act.peer, error = %e, "log store unreachable"),
             }
@@ -262,6 +294,132 @@ impl Replicator {
             }
             act.pump(ctx);
         }));
+    }
+
+    /// Moves the snapshot transfer on: learns which snapshot to send, reads the next
+    /// chunk, sends it.
+    fn pump_snapshot(&mut self, ctx: &mut Context<Self>) {
+        let Some(send) = self.snapshot.as_mut() else { return };
+        if send.busy {
+            return;
+        }
+        send.busy = true;
+        let Some((last, size)) = send.last else {
+            ctx.spawn(self.log_store.send(GetLogState).into_actor(self).map(|state, act, ctx| {
+                let Some(send) = act.snapshot.as_mut() else { return };
+                send.busy = false;
+                match state.ok().and_then(|s| s.snapshot) {
+                    Some(s) => {
+                        (send.last, send.offset) = (Some((s.last, s.bytes)), 0);
+                        act.pump(ctx);
+                    }
+                    None => act.pause(),
+                }
+            }));
+            return;
+        };
+        let offset = send.offset;
+        let max = crate::node::SNAPSHOT_CHUNK.min(self.config.max_append_bytes);
+        let read = ReadSnapshotBytes { last, offset, max };
+        ctx.spawn(self.log_store.send(read).into_actor(self).map(move |data, act, ctx| {
+            if act.stopped {
+                return;
+            }
+            match data {
+                Ok(Ok(data)) => act.send_chunk(
+                    InstallSnapshotRequest { term: act.term, leader: act.leader, last, size, offset, data },
+                    ctx,
+                ),
+                _ => {
+                    // Replaced by a newer snapshot: send that one.
+                    act.snapshot = Some(SnapshotSend::default());
+                    act.pump(ctx);
+                }
+            }
+        }));
+    }
+
+    fn send_chunk(&mut self, req: InstallSnapshotRequest, ctx: &mut Context<Self>) {
+        let (last, end, round) = (req.last, req.offset + req.data.len() as u64, self.round_wanted);
+        self.round_sent = round;
+        self.last_sent = Instant::now();
+        // The last chunk waits for the install: verifying, and restoring the state machines.
+        let timeout = self.append_timeout().max(Duration::from_secs(10));
+        let call = Call { request: Request::InstallSnapshot(req), timeout };
+        ctx.spawn(self.link.send(call).into_actor(self).map(move |res, act, ctx| {
+            if act.stopped {
+                return;
+            }
+            let Some(send) = act.snapshot.as_mut() else { return };
+            send.busy = false;
+            match res {
+                Ok(Ok(Response::InstallSnapshot(resp))) if resp.term > act.term => {
+                    act.higher_term.do_send(HigherTermSeen { term: resp.term, peer: act.peer });
+                    act.stopped = true;
+                    ctx.stop();
+                    return;
+                }
+                Ok(Ok(Response::InstallSnapshot(resp))) => match resp.outcome {
+                    InstallOutcome::Accepted { next_offset } => {
+                        send.offset = next_offset;
+                        act.report(round, None);
+                        if next_offset != end {
+                            // Busy, or it holds other bytes than we thought: a moment later.
+                            act.pause();
+                        }
+                    }
+                    InstallOutcome::Installed => {
+                        tracing::info!(peer = act.peer, index = last.index, "peer installed the snapshot");
+                        act.snapshot = None;
+                        act.match_index = act.match_index.max(last.index);
+                        act.report(round, Some(act.match_index));
+                        act.restart(last.index + 1, None);
+                        act.probing = false;
+                    }
+                    InstallOutcome::StaleTerm => act.pause(),
+                },
+                _ => act.pause(),
+            }
+            act.pump(ctx);
+        }));
+    }
+
+    /// A heartbeat while the snapshot is sent: an empty append after index 0 matches any
+    /// log, so it only keeps the follower from standing and confirms read rounds.
+    fn beat_during_snapshot(&mut self, ctx: &mut Context<Self>) {
+        let round = self.round_wanted;
+        self.round_sent = round;
+        self.last_sent = Instant::now();
+        self.beat_inflight = true;
+        let req = AppendEntriesRequest {
+            term: self.term,
+            leader: self.leader,
+            prev: LogId::default(),
+            entries: Vec::new(),
+            leader_commit: self.commit,
+        };
+        let call = Call { request: Request::AppendEntries(req), timeout: self.append_timeout() };
+        ctx.spawn(self.link.send(call).into_actor(self).map(move |res, act, ctx| {
+            act.beat_inflight = false;
+            if act.stopped {
+                return;
+            }
+            if let Ok(Ok(Response::AppendEntries(resp))) = res {
+                if resp.term > act.term {
+                    act.higher_term.do_send(HigherTermSeen { term: resp.term, peer: act.peer });
+                    act.stopped = true;
+                    ctx.stop();
+                    return;
+                }
+                if matches!(resp.outcome, AppendOutcome::Heartbeat | AppendOutcome::Success { .. }) {
+                    act.report(round, None);
+                }
+            }
+        }));
+    }
+
+    fn pause(&mut self) {
+        self.paused_until = Some(Instant::now() + self.config.heartbeat_interval());
     }
 
     /// The follower's log holds everything up to `through` as the leader's does: if that

@@ -242,6 +242,9 @@ struct ServerArgs {
     /// Entries applied between two snapshots (0: never snapshot).
     #[arg(long, value_name = "N")]
     snapshot_entries: Option<u64>,
+    /// Entries kept in the log behind each snapshot for slow followers.
+    #[arg(long, value_name = "N")]
+    snapshot_catchup_entries: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -353,6 +356,9 @@ fn server_config(args: ServerArgs) -> anyhow::Result<Config> {
     }
     if let Some(n) = args.snapshot_entries {
         config.snapshot_entries = n;
+    }
+    if let Some(n) = args.snapshot_catchup_entries {
+        config.snapshot_catchup_entries = n;
     }
     if args.token.is_some() {
         config.cluster_token = args.token;

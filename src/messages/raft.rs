@@ -17,6 +17,11 @@ use crate::wire::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, Vote
 #[rtype(result = "AppendEntriesResponse")]
 pub struct AppendEntries(pub AppendEntriesRequest);
 
+/// A leader's InstallSnapshot chunk, for `Election`.
+#[derive(Debug, Message)]
+#[rtype(result = "crate::wire::InstallSnapshotResponse")]
+pub struct InstallSnapshot(pub crate::wire::InstallSnapshotRequest);
+
 /// A peer's vote request, for `Election`.
 #[derive(Debug, Message)]
 #[rtype(result = "VoteResponse")]
@@ -67,6 +72,42 @@ pub struct AppendFromLeaderReply {
     pub durable: bool,
     /// The log's last entry as of this request.
     pub last: LogId,
+}
+
+/// A chunk of the leader's snapshot on a follower, for `LogStore`: term check (a newer term
+/// made durable before the answer), then the bytes; once all are in and verify, the
+/// snapshot is installed (state machines restored, the log reset or compacted to it) and
+/// durable before the answer.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<InstallReply, StorageError>")]
+pub struct InstallFromLeader {
+    /// The leader's term.
+    pub term: u64,
+    /// The chunk.
+    pub chunk: crate::wire::InstallSnapshotRequest,
+}
+
+/// What a chunk did.
+#[derive(Debug, Clone)]
+pub enum InstallReply {
+    /// Bytes up to this offset are held (0: start again).
+    Accepted(u64),
+    /// The snapshot is installed; `members` is its configuration (`None`: this node had
+    /// applied past it already and kept its own state), `kept` says whether the log's
+    /// entries after it stayed (it held the snapshot's last entry), `last` is the log's
+    /// last entry now.
+    Installed {
+        /// The snapshot's last entry.
+        snapshot: LogId,
+        /// Its configuration, if it was installed.
+        members: Option<crate::raft::members::Members>,
+        /// Whether the entries after it stayed.
+        kept: bool,
+        /// The log's last entry.
+        last: LogId,
+    },
+    /// The log's hard state has a later term than the request.
+    StaleTerm(u64),
 }
 
 /// Make term and vote durable, for `LogStore`; answered once they are (and every earlier
@@ -140,6 +181,8 @@ pub struct LogState {
     pub first_index: u64,
     /// The newest snapshot, if one was taken.
     pub snapshot: Option<SnapshotStatus>,
+    /// Snapshots installed from a leader since start.
+    pub installed: u64,
 }
 
 /// Take a snapshot now, unless the newest covers every applied entry (`snapshot save`).

@@ -31,8 +31,11 @@ use super::members::{MemberChange, MemberLog, Members, PROMOTE_MAX_LAG};
 use super::vote::{Candidacy, VoterState, should_grant_pre_vote, should_grant_vote};
 use super::{Entry, HardState, LogId, NodeId, Payload, Role};
 use crate::error::{ApiError, StorageError};
-use crate::messages::raft::{AppendFromLeaderReply, AppendResult};
-use crate::wire::{AppendEntriesRequest, AppendEntriesResponse, AppendOutcome, VoteRequest, VoteResponse};
+use crate::messages::raft::{AppendFromLeaderReply, AppendResult, InstallReply};
+use crate::wire::{
+    AppendEntriesRequest, AppendEntriesResponse, AppendOutcome, InstallOutcome, InstallSnapshotRequest,
+    InstallSnapshotResponse, VoteRequest, VoteResponse,
+};
 
 /// The rules the core decides with. Always [`Rules::RAFT`] in a node; the property tests swap
 /// in broken rules to prove that their checks catch them.
@@ -95,6 +98,20 @@ pub enum Input {
         ticket: AppendTicket,
         /// What `LogStore` answered (`None`: it could not be reached).
         result: Option<Result<AppendFromLeaderReply, StorageError>>,
+    },
+    /// A chunk of the leader's snapshot; answer with [`Action::AnswerInstall`] and `token`.
+    InstallRequest {
+        /// Names the answer.
+        token: u64,
+        /// The request.
+        request: InstallSnapshotRequest,
+    },
+    /// `LogStore` handled an [`Action::StoreSnapshotChunk`].
+    InstallStored {
+        /// The ticket of that action.
+        ticket: InstallTicket,
+        /// What `LogStore` answered (`None`: it could not be reached).
+        result: Option<Result<InstallReply, StorageError>>,
     },
     /// `LogStore` handled an [`Action::SaveHardState`]; `Ok` carries its last entry.
     HardStateSaved {
@@ -176,6 +193,20 @@ pub enum Action {
         prev: LogId,
         /// The entries.
         entries: Vec<Arc<Entry>>,
+    },
+    /// Hand a chunk of the leader's snapshot to the log; report with [`Input::InstallStored`].
+    StoreSnapshotChunk {
+        /// Return it with the result.
+        ticket: InstallTicket,
+        /// The chunk.
+        request: InstallSnapshotRequest,
+    },
+    /// Answer an InstallSnapshot.
+    AnswerInstall {
+        /// The request's token.
+        token: u64,
+        /// The answer.
+        response: InstallSnapshotResponse,
     },
     /// The commit index moved: apply up to it.
     CommitTo(u64),
@@ -294,16 +325,37 @@ pub struct AppendTicket {
     pub end: u64,
 }
 
-/// An append from a leader, as its configurations are followed.
+/// Travels with an [`Action::StoreSnapshotChunk`] and back with its result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InstallTicket {
+    /// The answer's token.
+    pub token: u64,
+    /// Orders `LogStore`'s answers.
+    pub seq: u64,
+    /// The leader's term.
+    pub term: u64,
+}
+
+/// An append (or a snapshot chunk) from a leader, as its configurations are followed.
 #[derive(Debug)]
 struct AppendToFollow {
-    /// The request's `prev` index: following it changes no configuration at or below.
+    /// The request's `prev` index: following it changes no configuration at or below (0
+    /// for a chunk that may complete a snapshot, which replaces them all).
     prev_index: u64,
     /// The configurations its entries carry, by index.
     configs: Vec<(u64, Arc<Members>)>,
-    /// Once stored: the log's last entry right after `LogStore` applied it, if it matched
-    /// (`None`: it changed nothing).
-    stored: Option<Option<(AppendTicket, LogId)>>,
+    /// Once stored: what it did to the log (`None`: nothing).
+    stored: Option<Option<Stored>>,
+}
+
+/// What a stored append or chunk did to the log.
+#[derive(Debug)]
+enum Stored {
+    /// An append matched; the log's last entry right after `LogStore` applied it.
+    Append(AppendTicket, LogId),
+    /// A snapshot was installed: its configuration replaces every one up to its last entry,
+    /// and those after it too unless the log `kept` its entries after it.
+    Install { snapshot: LogId, members: Arc<Members>, kept: bool },
 }
 
 /// A campaign due while appends were unfollowed: it starts once they are followed, if the
@@ -488,6 +540,8 @@ impl Core {
             Input::VoteResponse { from, request, response } => self.on_vote_response(now, from, request, response),
             Input::AppendRequest { token, request } => self.on_append_request(now, token, request),
             Input::AppendStored { ticket, result } => self.on_append_stored(now, ticket, result),
+            Input::InstallRequest { token, request } => self.on_install_request(now, token, request),
+            Input::InstallStored { ticket, result } => self.on_install_stored(now, ticket, result),
             Input::HardStateSaved { ticket, result } => self.on_hard_state_saved(now, ticket, result),
             Input::LocalAppended { term, result } => self.on_local_appended(now, term, result),
             Input::Flush => self.flush(),
@@ -1278,11 +1332,12 @@ impl Core {
         self.votes_to_answer.push(VoteToAnswer { seq, token, response });
     }
 
-    fn on_append_request(&mut self, now: Instant, token: u64, req: AppendEntriesRequest) {
-        if req.term < self.term {
-            let response = AppendEntriesResponse { term: self.term, outcome: AppendOutcome::StaleTerm };
-            self.actions.push(Action::AnswerAppend { token, response });
-            return;
+    /// The common part of taking an append or a snapshot chunk from `leader` of `term`:
+    /// refused (`false`, to be answered as stale) if the term is old or too many wait for
+    /// `LogStore`; otherwise the leader is followed and its contact recorded.
+    fn hear_leader(&mut self, now: Instant, term: u64, leader: NodeId) -> bool {
+        if term < self.term {
+            return false;
         }
         if self.appends_to_follow.len() >= MAX_APPENDS_TO_FOLLOW {
             // `LogStore` is not answering: refuse as unstored, the leader retries later.
@@ -1291,18 +1346,25 @@ impl Core {
                 pending = self.appends_to_follow.len(),
                 "appends wait for the disk; refusing one"
             );
-            let response = AppendEntriesResponse { term: self.term, outcome: AppendOutcome::StaleTerm };
-            self.actions.push(Action::AnswerAppend { token, response });
-            return;
+            return false;
         }
-        if req.term > self.term || self.role != Role::Follower || self.leader != Some(req.leader) {
+        if term > self.term || self.role != Role::Follower || self.leader != Some(leader) {
             // A newer term is made durable by `LogStore` in the same batch as the entries.
-            self.become_follower(now, req.term, Some(req.leader));
+            self.become_follower(now, term, Some(leader));
         }
         self.last_leader_contact = Some(now);
         self.reset_deadline(now);
         // A leader is live: only a handover it asked for still stands.
         self.campaign_due = self.campaign_due.filter(|c| c.transfer);
+        true
+    }
+
+    fn on_append_request(&mut self, now: Instant, token: u64, req: AppendEntriesRequest) {
+        if !self.hear_leader(now, req.term, req.leader) {
+            let response = AppendEntriesResponse { term: self.term, outcome: AppendOutcome::StaleTerm };
+            self.actions.push(Action::AnswerAppend { token, response });
+            return;
+        }
         self.seq += 1;
         let configs: Vec<(u64, Arc<Members>)> = req
             .entries
@@ -1343,7 +1405,9 @@ impl Core {
         result: Option<Result<AppendFromLeaderReply, StorageError>>,
     ) {
         let matched = match &result {
-            Some(Ok(AppendFromLeaderReply { result: AppendResult::Matched(_), last, .. })) => Some((ticket, *last)),
+            Some(Ok(AppendFromLeaderReply { result: AppendResult::Matched(_), last, .. })) => {
+                Some(Stored::Append(ticket, *last))
+            }
             _ => None,
         };
         if let Some(a) = self.appends_to_follow.get_mut(&ticket.seq) {
@@ -1397,15 +1461,79 @@ impl Core {
         self.actions.push(Action::AnswerAppend { token: ticket.token, response });
     }
 
+    fn on_install_request(&mut self, now: Instant, token: u64, req: InstallSnapshotRequest) {
+        if !self.hear_leader(now, req.term, req.leader) {
+            let response = InstallSnapshotResponse { term: self.term, outcome: InstallOutcome::StaleTerm };
+            self.actions.push(Action::AnswerInstall { token, response });
+            return;
+        }
+        self.seq += 1;
+        // A chunk that may complete the snapshot replaces every configuration once stored.
+        let completes = req.offset.saturating_add(req.data.len() as u64) >= req.size;
+        let prev_index = if completes { 0 } else { u64::MAX };
+        self.appends_to_follow.insert(self.seq, AppendToFollow { prev_index, configs: Vec::new(), stored: None });
+        let ticket = InstallTicket { token, seq: self.seq, term: req.term };
+        self.actions.push(Action::StoreSnapshotChunk { ticket, request: req });
+    }
+
+    fn on_install_stored(
+        &mut self,
+        now: Instant,
+        ticket: InstallTicket,
+        result: Option<Result<InstallReply, StorageError>>,
+    ) {
+        let installed = match &result {
+            Some(Ok(InstallReply::Installed { snapshot, members: Some(members), kept, .. })) => {
+                Some(Stored::Install { snapshot: *snapshot, members: Arc::new(members.clone()), kept: *kept })
+            }
+            _ => None,
+        };
+        if let Some(a) = self.appends_to_follow.get_mut(&ticket.seq) {
+            a.stored = Some(installed);
+        }
+        if let Some(Ok(InstallReply::Installed { snapshot, last, .. })) = &result {
+            self.update_last_log(ticket.seq, *last);
+            // A snapshot holds committed entries only.
+            self.commit = self.commit.max(snapshot.index);
+        }
+        self.follow_stored_appends(now);
+        let stale = InstallSnapshotResponse { term: self.term, outcome: InstallOutcome::StaleTerm };
+        let response = match result {
+            None => stale,
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "cannot store a snapshot from the leader");
+                self.storage_failed = true;
+                stale
+            }
+            // As for appends: an answer from an older term must not count for its leader.
+            Some(Ok(_)) if self.term != ticket.term => stale,
+            Some(Ok(InstallReply::Accepted(next_offset))) => {
+                InstallSnapshotResponse { term: self.term, outcome: InstallOutcome::Accepted { next_offset } }
+            }
+            Some(Ok(InstallReply::Installed { .. })) => {
+                InstallSnapshotResponse { term: self.term, outcome: InstallOutcome::Installed }
+            }
+            Some(Ok(InstallReply::StaleTerm(t))) => {
+                InstallSnapshotResponse { term: t.max(self.term), outcome: InstallOutcome::StaleTerm }
+            }
+        };
+        self.actions.push(Action::AnswerInstall { token: ticket.token, response });
+        self.start_due_campaign(now);
+    }
+
     /// Follows the configurations of every stored append whose predecessors are followed
     /// too, in the order `LogStore` applied them.
     fn follow_stored_appends(&mut self, now: Instant) {
         let before = (self.configs.latest_index(), self.configs.latest().clone());
         while let Some(entry) = self.appends_to_follow.first_entry() {
-            let Some(matched) = entry.get().stored else { break };
-            let configs = entry.remove().configs;
-            if let Some((ticket, last)) = matched {
-                self.follow_configs(ticket, last, configs);
+            if entry.get().stored.is_none() {
+                break;
+            }
+            let AppendToFollow { configs, stored, .. } = entry.remove();
+            let Some(stored) = stored.flatten() else { continue };
+            match stored {
+                Stored::Append(ticket, last) => self.follow_configs(ticket, last, configs),
+                Stored::Install { snapshot, members, kept } => self.configs.install(snapshot.index, members, kept),
             }
         }
         if (self.configs.latest_index(), self.configs.latest().clone()) != before {

@@ -99,6 +99,24 @@ impl MemLog {
         self.entries.push_back(entry);
     }
 
+    /// Drops the entries up to and including `index` (which must be held, or be the base):
+    /// it becomes the base. Answers the new base.
+    pub fn compact_to(&mut self, index: u64) -> LogId {
+        if let Some(term) = self.term_at(index)
+            && index > self.base.index
+        {
+            self.entries.drain(..(index - self.base.index) as usize);
+            self.base = LogId::new(term, index);
+        }
+        self.base
+    }
+
+    /// Drops every entry: the log goes on after `base` (an installed snapshot's last entry).
+    pub fn reset(&mut self, base: LogId) {
+        self.entries.clear();
+        self.base = base;
+    }
+
     /// Drops every entry from `index` on.
     pub fn truncate_from(&mut self, index: u64) {
         let keep = index.saturating_sub(self.first_index()) as usize;
@@ -241,6 +259,17 @@ mod tests {
         assert_eq!(l.slice(2, 10, 1).len(), 1);
         assert_eq!(l.slice(5, 10, 10).len(), 0);
         assert_eq!(l.slice(2, 0, usize::MAX).len(), 0);
+    }
+
+    #[test]
+    fn compaction_moves_the_base_and_keeps_indexes() {
+        let mut l = log(&[1, 1, 2, 2, 3]);
+        assert_eq!(l.compact_to(3), LogId::new(2, 3));
+        assert_eq!((l.first_index(), l.last(), l.get(4).map(|e| e.index)), (4, LogId::new(3, 5), Some(4)));
+        assert_eq!(l.compact_to(2), LogId::new(2, 3), "compaction never goes back");
+        assert_eq!(l.compact_to(9), LogId::new(2, 3), "nor past what is held");
+        l.reset(LogId::new(4, 10));
+        assert_eq!((l.first_index(), l.last(), l.term_at(10)), (11, LogId::new(4, 10), Some(4)));
     }
 
     #[test]

@@ -298,6 +298,19 @@ impl MemberLog {
         true
     }
 
+    /// A snapshot whose configuration at its last entry `index` is `members` was installed:
+    /// every configuration up to `index` is replaced by it, and every later one too unless
+    /// the log `kept` its entries after `index`. One at or below the committed base is
+    /// known already and changes nothing.
+    pub fn install(&mut self, index: u64, members: Arc<Members>, kept: bool) {
+        if index <= self.base_index {
+            return;
+        }
+        self.entries = if kept { self.entries.split_off(&(index + 1)) } else { BTreeMap::new() };
+        self.base = members;
+        self.base_index = index;
+    }
+
     /// Whether a configuration after `commit` is in the log: a change is under way.
     pub fn pending(&self, commit: u64) -> bool {
         self.latest_index() > commit
@@ -371,5 +384,14 @@ mod tests {
         assert_eq!(log.latest_index(), 9);
         log.remove_range(7, 9);
         assert_eq!(log.latest_index(), 6);
+        // A snapshot at 10 replaces what the log held up to it; a later one stays if the
+        // log kept its entries after the snapshot.
+        log.insert(12, Arc::new(base.clone()));
+        log.install(10, Arc::new(four.clone()), true);
+        assert_eq!((&**log.at(10), log.latest_index(), &**log.latest()), (&four, 12, &base));
+        log.install(11, Arc::new(four.clone()), false);
+        assert_eq!((&**log.latest(), log.latest_index()), (&four, 11));
+        log.install(5, Arc::new(base.clone()), false);
+        assert_eq!(**log.latest(), four, "an older snapshot changes nothing");
     }
 }

@@ -10,6 +10,14 @@
 //! [u32 LE payload length][u32 LE crc32 of payload][payload = postcard(Record)]
 //! ```
 //!
+//! A segment the writer starts opens with a start record naming the log's last entry at that
+//! point, and is started only before a batch that appends after it (never one that cuts a
+//! suffix), so the segment's records need nothing before it. Compaction
+//! ([`WriteBatch::compact_to`]) deletes the oldest segments once every entry they hold is at
+//! or below the compaction point and the segment after them opens with a start record; that
+//! record then gives the log its base. The current segment is never deleted, and the batch
+//! that asks for compaction carries the hard state into it first.
+//!
 //! Recovery reads every segment in order and replays each record with [`super::replay`]. A bad
 //! record at the end of the last segment is a torn write and is cut: fewer than 8 bytes left, a
 //! length running past the end of the file, or a checksum or decode failure of a record that
@@ -46,6 +54,8 @@ enum Record {
     Entry(Entry),
     HardState(HardState),
     Reset(LogId),
+    /// Opens a segment: the log's last entry when it was started.
+    Start(LogId),
 }
 
 /// The same record by reference, to encode without cloning entries; the variants must stay in
@@ -55,16 +65,40 @@ enum RecordRef<'a> {
     Entry(&'a Entry),
     HardState(&'a HardState),
     Reset(LogId),
+    Start(LogId),
 }
 
-impl From<Record> for LogWrite {
-    fn from(r: Record) -> Self {
-        match r {
-            Record::Entry(e) => LogWrite::Entry(Arc::new(e)),
-            Record::HardState(hs) => LogWrite::HardState(hs),
-            Record::Reset(base) => LogWrite::Reset(base),
+/// What the writer knows of one segment, for compaction.
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    seq: u64,
+    /// Highest index any of its records names.
+    max_index: u64,
+    /// It opens with a start record: the log can begin there.
+    starts: bool,
+}
+
+/// Replays one record read back from disk.
+fn replay_record(state: &mut Recovered, record: Record) -> Result<(), String> {
+    let write = match record {
+        Record::Entry(e) => LogWrite::Entry(Arc::new(e)),
+        Record::HardState(hs) => LogWrite::HardState(hs),
+        Record::Reset(base) => LogWrite::Reset(base),
+        Record::Start(prev) => {
+            if state.entries.is_empty() && state.base == LogId::default() {
+                // The first segment left after compaction: the log begins after `prev`.
+                state.base = prev;
+            } else if state.last() != prev {
+                let last = state.last();
+                return Err(format!(
+                    "segment starts after entry {}/{} but the log before it ends at {}/{}",
+                    prev.index, prev.term, last.index, last.term
+                ));
+            }
+            return Ok(());
         }
-    }
+    };
+    replay(state, write)
 }
 
 /// The file-backed log. Appends and fsyncs happen on a dedicated writer thread; dropping the
@@ -81,14 +115,16 @@ impl FileLog {
     /// thread. New segments are started once the current one holds `segment_bytes`.
     pub fn open(dir: &Path, segment_bytes: u64) -> Result<(FileLog, Recovered), StorageError> {
         fs::create_dir_all(dir).map_err(io_err("create dir", dir))?;
-        let segments = list_segments(dir)?;
+        let seqs = list_segments(dir)?;
         let mut recovered = Recovered::default();
+        let mut segments = Vec::with_capacity(seqs.len());
         let mut tail = None;
-        for (i, &seq) in segments.iter().enumerate() {
+        for (i, &seq) in seqs.iter().enumerate() {
             let path = segment_path(dir, seq);
             let data = fs::read(&path).map_err(io_err("read", &path))?;
-            let last = i + 1 == segments.len();
-            let end = scan(&path, &data, last, &mut recovered)?;
+            let last = i + 1 == seqs.len();
+            let (end, segment) = scan(&path, seq, &data, last, &mut recovered)?;
+            segments.push(segment);
             if end < data.len() {
                 cut_tail(&path, end as u64)?;
             }
@@ -96,16 +132,17 @@ impl FileLog {
                 tail = Some((seq, end as u64));
             }
         }
+        let last = recovered.last();
         let writer = match tail {
             Some((seq, len)) => {
                 let path = segment_path(dir, seq);
                 let file = OpenOptions::new().append(true).open(&path);
                 let file = file.map_err(io_err("open", &path))?;
-                Writer::new(dir, segment_bytes, seq, file, len)
+                Writer::new(dir, segment_bytes, file, len, segments, last)
             }
-            None => Writer::create(dir, segment_bytes, 1)?,
+            None => Writer::create(dir, segment_bytes, 1, Vec::new(), last)?,
         };
-        let (segments, entries) = (segments.len(), recovered.entries.len());
+        let (segments, entries) = (seqs.len(), recovered.entries.len());
         tracing::debug!(dir = %dir.display(), segments, entries, "log recovered");
         Ok((FileLog::start(writer)?, recovered))
     }
@@ -148,31 +185,106 @@ impl Drop for FileLog {
     }
 }
 
-/// The writer thread's state: the segment being appended to.
+/// The writer thread's state: the segment being appended to, and what it knows of all.
 struct Writer {
     dir: PathBuf,
     segment_bytes: u64,
-    seq: u64,
     path: PathBuf,
     file: File,
     /// Bytes already in the current segment.
     len: u64,
+    /// Bytes of the current segment's start record (0 for a segment reopened at start).
+    opening: u64,
+    /// Every segment on disk, oldest first; the last is the current one.
+    segments: Vec<Segment>,
+    /// The log's last entry after every record written so far.
+    last: LogId,
     buf: Vec<u8>,
 }
 
 impl Writer {
-    fn new(dir: &Path, segment_bytes: u64, seq: u64, file: File, len: u64) -> Writer {
+    /// A writer appending to `file`, the last of `segments`.
+    fn new(dir: &Path, segment_bytes: u64, file: File, len: u64, segments: Vec<Segment>, last: LogId) -> Writer {
+        let seq = segments.last().map_or(1, |s| s.seq);
         let path = segment_path(dir, seq);
         let (dir, buf) = (dir.into(), Vec::new());
-        Writer { dir, segment_bytes, seq, path, file, len, buf }
+        Writer { dir, segment_bytes, path, file, len, opening: 0, segments, last, buf }
     }
 
-    /// Creates segment `seq` and makes its directory entry durable.
-    fn create(dir: &Path, segment_bytes: u64, seq: u64) -> Result<Writer, StorageError> {
+    /// Creates segment `seq` after `segments` and makes its directory entry durable; its
+    /// first record (written with the next flush) is the start record.
+    fn create(
+        dir: &Path,
+        segment_bytes: u64,
+        seq: u64,
+        mut segments: Vec<Segment>,
+        last: LogId,
+    ) -> Result<Writer, StorageError> {
         let path = segment_path(dir, seq);
         let file = OpenOptions::new().append(true).create_new(true).open(&path).map_err(io_err("create", &path))?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync dir", dir))?;
-        Ok(Writer::new(dir, segment_bytes, seq, file, 0))
+        sync_dir(dir)?;
+        segments.push(Segment { seq, max_index: last.index, starts: true });
+        let mut writer = Writer::new(dir, segment_bytes, file, 0, segments, last);
+        writer.encode(&RecordRef::Start(last))?;
+        writer.opening = writer.buf.len() as u64;
+        Ok(writer)
+    }
+
+    fn seq(&self) -> u64 {
+        self.segments.last().map_or(1, |s| s.seq)
+    }
+
+    /// Appends one record to the buffer, and follows what it does to the log.
+    fn encode(&mut self, record: &RecordRef<'_>) -> Result<(), StorageError> {
+        encode(record, &mut self.buf).map_err(|reason| StorageError::Io {
+            op: "encode",
+            path: self.path.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, reason),
+        })?;
+        match record {
+            RecordRef::Entry(e) => self.last = e.log_id(),
+            RecordRef::Reset(base) => self.last = *base,
+            RecordRef::HardState(_) | RecordRef::Start(_) => return Ok(()),
+        }
+        if let Some(current) = self.segments.last_mut() {
+            current.max_index = current.max_index.max(self.last.index);
+        }
+        Ok(())
+    }
+
+    /// A segment may start before `batch` only if the batch appends after the last entry:
+    /// one that cuts a suffix needs the segment before it.
+    fn may_start_before(&self, batch: &WriteBatch) -> bool {
+        batch.writes.iter().find_map(|w| match w {
+            LogWrite::Entry(e) => Some(e.index == self.last.index + 1),
+            LogWrite::Reset(_) => Some(true),
+            LogWrite::HardState(_) => None,
+        }) != Some(false)
+    }
+
+    /// Deletes the oldest segments whose entries are all at or below `to`, as long as the
+    /// segment after them opens with a start record (the current one always stays).
+    fn compact(&mut self, to: u64) -> Result<(), StorageError> {
+        let mut keep_from = 0;
+        for (i, s) in self.segments.iter().enumerate().skip(1) {
+            if self.segments[i - 1].max_index > to {
+                break;
+            }
+            if s.starts {
+                keep_from = i;
+            }
+        }
+        if keep_from == 0 {
+            return Ok(());
+        }
+        for s in self.segments.drain(..keep_from) {
+            let path = segment_path(&self.dir, s.seq);
+            fs::remove_file(&path).map_err(io_err("remove", &path))?;
+        }
+        sync_dir(&self.dir)?;
+        let (segments, first) = (keep_from, self.segments[0].seq);
+        tracing::debug!(dir = %self.dir.display(), to, segments, first, "log segments compacted away");
+        Ok(())
     }
 
     fn run(mut self, rx: mpsc::Receiver<(WriteBatch, Done)>) {
@@ -203,25 +315,31 @@ impl Writer {
     /// Writes a group of batches with one write and one fdatasync (more only where a segment
     /// rolls over in the middle of the group).
     fn commit(&mut self, group: &[(WriteBatch, Done)]) -> Result<(), StorageError> {
-        self.buf.clear();
         if self.buf.capacity() > KEEP_BUF {
             self.buf = Vec::new();
         }
         for (batch, _) in group.iter().filter(|(b, _)| !b.is_empty()) {
             let at = self.len + self.buf.len() as u64;
-            if at > 0 && at >= self.segment_bytes {
+            if at > self.opening && at >= self.segment_bytes && self.may_start_before(batch) {
                 self.flush()?;
-                *self = Writer::create(&self.dir, self.segment_bytes, self.seq + 1)?;
+                let (next, segments) = (self.seq() + 1, std::mem::take(&mut self.segments));
+                *self = Writer::create(&self.dir, self.segment_bytes, next, segments, self.last)?;
             }
             for write in &batch.writes {
-                encode(write, &mut self.buf).map_err(|reason| StorageError::Io {
-                    op: "encode",
-                    path: self.path.clone(),
-                    source: io::Error::new(io::ErrorKind::InvalidInput, reason),
-                })?;
+                let record = match write {
+                    LogWrite::Entry(e) => RecordRef::Entry(e),
+                    LogWrite::HardState(hs) => RecordRef::HardState(hs),
+                    LogWrite::Reset(base) => RecordRef::Reset(*base),
+                };
+                self.encode(&record)?;
             }
         }
-        self.flush()
+        self.flush()?;
+        // Only once the batch asking for it (with the hard state) is durable.
+        match group.iter().filter_map(|(b, _)| b.compact_to).map(|id| id.index).max() {
+            Some(to) => self.compact(to),
+            None => Ok(()),
+        }
     }
 
     fn flush(&mut self) -> Result<(), StorageError> {
@@ -236,13 +354,8 @@ impl Writer {
     }
 }
 
-fn encode(write: &LogWrite, buf: &mut Vec<u8>) -> Result<(), String> {
-    let record = match write {
-        LogWrite::Entry(e) => RecordRef::Entry(e),
-        LogWrite::HardState(hs) => RecordRef::HardState(hs),
-        LogWrite::Reset(base) => RecordRef::Reset(*base),
-    };
-    let payload = postcard::to_allocvec(&record).map_err(|e| e.to_string())?;
+fn encode(record: &RecordRef<'_>, buf: &mut Vec<u8>) -> Result<(), String> {
+    let payload = postcard::to_allocvec(record).map_err(|e| e.to_string())?;
     if payload.len() > MAX_RECORD {
         return Err(format!("record of {} bytes is over the limit of {MAX_RECORD}", payload.len()));
     }
@@ -293,26 +406,36 @@ fn read_record(rest: &[u8]) -> Result<(Record, usize), Bad> {
     }
 }
 
-/// Replays one segment; returns where its good records end. Only the last segment may end
-/// before its data does (a torn tail, which the caller cuts).
-fn scan(path: &Path, data: &[u8], last: bool, state: &mut Recovered) -> Result<usize, StorageError> {
+/// Replays segment `seq`; returns where its good records end, and what compaction needs to
+/// know of it. Only the last segment may end before its data does (a torn tail, which the
+/// caller cuts).
+fn scan(
+    path: &Path,
+    seq: u64,
+    data: &[u8],
+    last: bool,
+    state: &mut Recovered,
+) -> Result<(usize, Segment), StorageError> {
     let corrupt = |offset: usize, reason| StorageError::Corrupt { path: path.into(), offset: offset as u64, reason };
+    let mut segment = Segment { seq, max_index: 0, starts: false };
     let mut off = 0;
     while off < data.len() {
         match read_record(&data[off..]) {
             Ok((record, size)) => {
-                replay(state, record.into()).map_err(|reason| corrupt(off, reason))?;
+                segment.starts |= off == 0 && matches!(record, Record::Start(_));
+                replay_record(state, record).map_err(|reason| corrupt(off, reason))?;
+                segment.max_index = segment.max_index.max(state.last().index);
                 off += size;
             }
             Err(Bad { reason, torn: true }) if last => {
                 let (path, dropped) = (path.display(), data.len() - off);
                 tracing::warn!(path = %path, offset = off, dropped, reason, "cutting a torn write off the log tail");
-                return Ok(off);
+                return Ok((off, segment));
             }
             Err(Bad { reason, .. }) => return Err(corrupt(off, reason)),
         }
     }
-    Ok(off)
+    Ok((off, segment))
 }
 
 fn cut_tail(path: &Path, end: u64) -> Result<(), StorageError> {
@@ -342,6 +465,10 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, StorageError> {
     Ok(seqs)
 }
 
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync dir", dir))
+}
+
 pub(super) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageError {
     move |source| StorageError::Io { op, path: path.into(), source }
 }
@@ -361,7 +488,7 @@ mod tests {
     }
 
     fn batch(writes: Vec<LogWrite>) -> WriteBatch {
-        WriteBatch { writes }
+        WriteBatch::of(writes)
     }
 
     fn write(log: &mut FileLog, writes: Vec<LogWrite>) {
@@ -461,7 +588,8 @@ mod tests {
         }
         drop(log);
         let seg = segments(dir.path()).remove(0);
-        let fifth = offsets(&seg)[4] as u64;
+        // The segment opens with its start record.
+        let fifth = offsets(&seg)[5] as u64;
         let file = OpenOptions::new().write(true).open(&seg).expect("open");
         file.set_len(fs::metadata(&seg).expect("stat").len() - 3).expect("truncate");
         drop(file);
@@ -503,7 +631,7 @@ mod tests {
         }
         drop(log);
         let seg = segments(dir.path()).remove(0);
-        let second = offsets(&seg)[1];
+        let second = offsets(&seg)[2];
         let mut data = fs::read(&seg).expect("read");
         data[second + HEADER + 2] ^= 0x40;
         fs::write(&seg, &data).expect("write");
@@ -544,12 +672,102 @@ mod tests {
         let end = data.len() - 1;
         data[end] ^= 0x01;
         fs::write(&segs[0], &data).expect("write");
-        assert_eq!(corrupt_at(dir.path(), 1), (segs[0].clone(), 0));
+        assert_eq!(corrupt_at(dir.path(), 1), (segs[0].clone(), offsets(&segs[0])[1] as u64));
 
         let mut first = Vec::new();
-        encode(&e(1, 1), &mut first).expect("encode");
+        let LogWrite::Entry(one) = e(1, 1) else { unreachable!() };
+        encode(&RecordRef::Entry(&one), &mut first).expect("encode");
         fs::write(&segs[0], first).expect("write");
         fs::remove_file(&segs[1]).expect("rm");
+        assert_eq!(corrupt_at(dir.path(), 1), (segs[2].clone(), 0));
+    }
+
+    fn compact(log: &mut FileLog, to: LogId, hs: HardState) {
+        let mut batch = batch(vec![LogWrite::HardState(hs)]);
+        batch.compact_to = Some(to);
+        block_on(log.submit(batch)).expect("answered").expect("durable");
+    }
+
+    /// Compaction deletes whole segments at or below the point, the hard state survives
+    /// them, and the log reopens from the first segment kept, with absolute indexes.
+    #[test]
+    fn compaction_deletes_old_segments_and_the_log_reopens_after_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = open(dir.path(), 64);
+        let hs = HardState { term: 1, voted_for: Some(1), commit: 15 };
+        write(&mut log, vec![LogWrite::HardState(hs)]);
+        for i in 1..=20 {
+            write(&mut log, vec![e(1, i)]);
+        }
+        let before = segments(dir.path()).len();
+        compact(&mut log, LogId::new(1, 12), hs);
+        let after = segments(dir.path()).len();
+        assert!(after < before, "{before} segments before, {after} after");
+        drop(log);
+        let (mut log, r) = open(dir.path(), 64);
+        assert_eq!(r.hard_state, hs, "the hard state went with the segments");
+        assert!(r.base.index > 0 && r.base.index <= 12, "base {:?}", r.base);
+        assert_eq!(r.last(), LogId::new(1, 20));
+        assert_eq!(r.term_at(r.base.index), Some(1));
+        write(&mut log, vec![e(2, 21)]);
+        compact(&mut log, LogId::new(1, 20), hs);
+        drop(log);
+        let r = open(dir.path(), 64).1;
+        assert_eq!(r.last(), LogId::new(2, 21));
+        assert!(r.base.index <= 20);
+    }
+
+    /// Compaction never goes past an entry it does not cover, nor deletes the current
+    /// segment, and a segment is never started by a batch that cuts a suffix (it would need
+    /// the segment before it to be read right).
+    #[test]
+    fn compaction_keeps_what_is_not_covered_and_cuts_stay_with_their_segment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = open(dir.path(), 32);
+        for i in 1..=6 {
+            write(&mut log, vec![e(1, i)]);
+        }
+        let n = segments(dir.path()).len();
+        write(&mut log, vec![e(2, 5)]);
+        assert_eq!(segments(dir.path()).len(), n, "a cutting batch started a segment");
+        write(&mut log, vec![e(2, 6)]);
+        assert_eq!(segments(dir.path()).len(), n + 1);
+        let hs = HardState { term: 2, voted_for: None, commit: 6 };
+        compact(&mut log, LogId::new(1, 3), hs);
+        drop(log);
+        let r = open(dir.path(), 32).1;
+        assert!(r.base.index <= 3);
+        assert_eq!(r.entries.last().map(|e| e.log_id()), Some(LogId::new(2, 6)));
+        assert_eq!(r.term_at(5), Some(2));
+        // Everything, at once: only the current segment is left.
+        let (mut log, _) = open(dir.path(), 32);
+        compact(&mut log, LogId::new(2, 6), hs);
+        drop(log);
+        assert_eq!(segments(dir.path()).len(), 1);
+        let r = open(dir.path(), 32).1;
+        assert_eq!((r.hard_state, r.last()), (hs, LogId::new(2, 6)));
+    }
+
+    /// A start record that does not follow the segment before it is damage (a segment in
+    /// the middle is missing), even where the entries would line up.
+    #[test]
+    fn a_start_record_that_does_not_follow_is_corruption() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = open(dir.path(), 1);
+        write(&mut log, vec![e(1, 1)]);
+        write(&mut log, vec![LogWrite::HardState(HardState::default())]);
+        write(&mut log, vec![e(1, 2)]);
+        drop(log);
+        let segs = segments(dir.path());
+        assert_eq!(segs.len(), 3);
+        fs::remove_file(&segs[1]).expect("rm");
+        open(dir.path(), 1);
+        let mut data = fs::read(&segs[2]).expect("read");
+        let mut start = Vec::new();
+        encode(&RecordRef::Start(LogId::new(2, 1)), &mut start).expect("encode");
+        let first = offsets(&segs[2])[1];
+        start.extend_from_slice(&data.split_off(first));
+        fs::write(&segs[2], start).expect("write");
         assert_eq!(corrupt_at(dir.path(), 1), (segs[2].clone(), 0));
     }
 
@@ -595,7 +813,8 @@ mod tests {
         fs::write(&path, b"").expect("create");
         // A read-only handle makes the first write fail.
         let file = File::open(&path).expect("open read-only");
-        let mut log = FileLog::start(Writer::new(dir.path(), SEG, 1, file, 0)).expect("start");
+        let segments = vec![Segment { seq: 1, max_index: 0, starts: false }];
+        let mut log = FileLog::start(Writer::new(dir.path(), SEG, file, 0, segments, LogId::default())).expect("start");
         let a = log.submit(batch(vec![e(1, 1)]));
         let b = log.submit(batch(vec![e(1, 2)]));
         let c = log.submit(batch(vec![]));

@@ -37,6 +37,9 @@ impl Inner {
                 reason,
             })?;
         }
+        if let Some(to) = batch.compact_to {
+            self.durable.compact_to(to);
+        }
         Ok(())
     }
 
@@ -134,8 +137,8 @@ mod tests {
     fn appending_at_an_earlier_index_cuts_the_suffix() {
         let mut m = MemoryStorage::new();
         let hs = HardState { term: 2, voted_for: Some(1), commit: 1 };
-        drop(m.submit(WriteBatch { writes: vec![e(1, 1), e(1, 2), e(1, 3), LogWrite::HardState(hs)] }));
-        drop(m.submit(WriteBatch { writes: vec![e(2, 2)] }));
+        drop(m.submit(WriteBatch::of(vec![e(1, 1), e(1, 2), e(1, 3), LogWrite::HardState(hs)])));
+        drop(m.submit(WriteBatch::of(vec![e(2, 2)])));
         let r = m.recover();
         assert_eq!(r.hard_state, hs);
         assert_eq!(r.entries.iter().map(|e| (e.term, e.index)).collect::<Vec<_>>(), vec![(1, 1), (2, 2)]);
@@ -144,25 +147,27 @@ mod tests {
     #[test]
     fn a_gap_is_refused() {
         let mut m = MemoryStorage::new();
-        let mut rx = m.submit(WriteBatch { writes: vec![e(1, 2)] });
+        let mut rx = m.submit(WriteBatch::of(vec![e(1, 2)]));
         assert!(matches!(rx.try_recv(), Ok(Some(Err(StorageError::Corrupt { .. })))));
     }
 
-    /// A reset to an entry the log holds keeps what follows it; to one it does not hold,
-    /// drops everything; either way the log goes on after it, and nothing at or below it
-    /// may be appended again.
+    /// Compaction drops what it covers and keeps the rest; a reset drops everything; either
+    /// way the log goes on after the new base, and nothing at or below it may be appended
+    /// again.
     #[test]
-    fn a_reset_moves_the_base() {
+    fn compaction_and_reset_move_the_base() {
         let mut m = MemoryStorage::new();
         let reset = |term, index| LogWrite::Reset(crate::raft::LogId::new(term, index));
-        drop(m.submit(WriteBatch { writes: vec![e(1, 1), e(1, 2), e(1, 3), reset(1, 2)] }));
+        let mut batch = WriteBatch::of(vec![e(1, 1), e(1, 2), e(1, 3)]);
+        batch.compact_to = Some(crate::raft::LogId::new(1, 2));
+        drop(m.submit(batch));
         let r = m.recover();
         assert_eq!((r.base.index, r.entries.iter().map(|e| e.index).collect::<Vec<_>>()), (2, vec![3]));
         // A snapshot at 10 that the log does not hold: a restored backup, or an install.
-        drop(m.submit(WriteBatch { writes: vec![reset(3, 10), e(3, 11)] }));
+        drop(m.submit(WriteBatch::of(vec![reset(3, 10), e(3, 11)])));
         let r = m.recover();
         assert_eq!((r.base, r.last().index, r.entries.len()), (crate::raft::LogId::new(3, 10), 11, 1));
-        let mut rx = m.submit(WriteBatch { writes: vec![e(3, 10)] });
+        let mut rx = m.submit(WriteBatch::of(vec![e(3, 10)]));
         assert!(
             matches!(rx.try_recv(), Ok(Some(Err(StorageError::Corrupt { .. })))),
             "an entry the snapshot covers was appended"
@@ -177,9 +182,9 @@ mod tests {
         let local = tokio::task::LocalSet::new();
         local.block_on(&rt, async {
             let mut m = MemoryStorage::with_sync_delay(Duration::from_millis(5));
-            let first = m.submit(WriteBatch { writes: vec![e(1, 1)] });
+            let first = m.submit(WriteBatch::of(vec![e(1, 1)]));
             assert_eq!(first.await.unwrap().map_err(|e| e.to_string()), Ok(()));
-            let mut second = m.submit(WriteBatch { writes: vec![e(1, 2)] });
+            let mut second = m.submit(WriteBatch::of(vec![e(1, 2)]));
             assert_eq!(m.pending(), 1);
             let r = m.recover();
             assert_eq!(r.entries.len(), 1, "the unsynced entry survived the crash");

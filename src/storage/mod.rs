@@ -3,10 +3,12 @@
 //! The log is a stream of records: entries and hard states. Appending an entry with index `i`
 //! implicitly drops every entry `>= i` held before (that is how a divergent suffix is cut), so
 //! the files are append-only and a crash can never leave a half-done truncation. The last hard
-//! state record wins. A reset record says a snapshot now covers the log up to an entry: what
-//! it covers is dropped, and the log goes on after it (a restored backup starts this way).
-//! Compaction (a later step) drops whole segments below a snapshot after rewriting the
-//! current hard state forward.
+//! state record wins. A reset record says a snapshot now covers the log up to an entry the
+//! log does not hold: everything held is dropped, and the log goes on after that entry (a
+//! restored backup or an installed snapshot starts this way). Compaction
+//! ([`WriteBatch::compact_to`]) drops the entries up to a point a snapshot covers: the file
+//! backend deletes whole segments below it once the batch (which carries the current hard
+//! state forward) is durable.
 //!
 //! [`LogBackend::submit`] queues a [`WriteBatch`]; batches become durable in the order they were
 //! submitted, and the returned receiver resolves once the batch (and every batch before it) is on
@@ -27,7 +29,7 @@ use crate::raft::{Entry, HardState, LogId};
 
 pub use file::FileLog;
 pub use memory::MemoryStorage;
-pub use snapshots::{SnapshotStore, StoredSnapshot};
+pub use snapshots::{Receiving, SnapshotStore, StoredSnapshot};
 
 /// One record of the log stream.
 #[derive(Clone, Debug)]
@@ -36,8 +38,8 @@ pub enum LogWrite {
     Entry(Arc<Entry>),
     /// Replace the hard state.
     HardState(HardState),
-    /// A snapshot covers the log up to and including this entry: entries up to it are
-    /// dropped; those after it stay if the log held this very entry, else all go.
+    /// A snapshot covers the log up to and including this entry, which the log does not
+    /// hold (or holds with another term): every entry goes, and the log goes on after it.
     Reset(LogId),
 }
 
@@ -47,9 +49,19 @@ pub enum LogWrite {
 pub struct WriteBatch {
     /// The records, in order.
     pub writes: Vec<LogWrite>,
+    /// Once the batch is durable, the entries up to and including this one (which the log
+    /// holds, and a durable snapshot covers) may go. The batch should carry the current hard
+    /// state: records before it may be deleted with the entries. A backend may keep more
+    /// (the file backend deletes whole segments only).
+    pub compact_to: Option<LogId>,
 }
 
 impl WriteBatch {
+    /// A batch of `writes`.
+    pub fn of(writes: Vec<LogWrite>) -> Self {
+        WriteBatch { writes, compact_to: None }
+    }
+
     /// True if the batch writes nothing.
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty()
@@ -80,6 +92,15 @@ impl Recovered {
         }
         let offset = index.checked_sub(self.base.index + 1)?;
         self.entries.get(usize::try_from(offset).ok()?).map(|e| e.term)
+    }
+
+    /// Drops the entries up to and including `to`, if held with its term: `to` becomes the
+    /// base. Anything else changes nothing.
+    pub fn compact_to(&mut self, to: LogId) {
+        if to.index > self.base.index && self.term_at(to.index) == Some(to.term) {
+            self.entries.drain(..(to.index - self.base.index) as usize);
+            self.base = to;
+        }
     }
 }
 
@@ -138,12 +159,7 @@ pub fn replay(state: &mut Recovered, write: LogWrite) -> Result<(), String> {
             state.entries.push(e);
         }
         LogWrite::Reset(base) => {
-            if state.term_at(base.index) == Some(base.term) {
-                let covered = (base.index - state.base.index) as usize;
-                state.entries.drain(..covered.min(state.entries.len()));
-            } else {
-                state.entries.clear();
-            }
+            state.entries.clear();
             state.base = base;
         }
     }

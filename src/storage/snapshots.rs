@@ -128,13 +128,27 @@ impl SnapshotStore {
                 let info = written?;
                 fs::rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
                 sync_dir(dir)?;
-                for (old, _) in list(dir)?.into_iter().filter(|(p, _)| *p != path) {
-                    fs::remove_file(&old).map_err(io_err("remove", &old))?;
-                }
-                sync_dir(dir)?;
+                remove_older(dir, &path, meta.last.index)?;
                 Ok(StoredSnapshot { info, source: Source::File(path) })
             }
         }
+    }
+
+    /// Starts receiving a snapshot sent by a leader (InstallSnapshot): bytes go to a
+    /// temporary file (in memory for the memory store) until [`Receiving::finish`] verifies
+    /// them and makes the snapshot the newest. Blocks on the disk.
+    pub fn receive(&self) -> Result<Receiving, StorageError> {
+        let sink = match self {
+            SnapshotStore::Memory(mem) => Sink::Memory(Vec::new(), mem.clone()),
+            SnapshotStore::Dir(dir) => {
+                fs::create_dir_all(dir).map_err(io_err("create dir", dir))?;
+                // A leftover of an earlier transfer goes with it, and at start (`latest`).
+                let tmp = dir.join(format!("receiving{TMP_SUFFIX}"));
+                let file = File::create(&tmp).map_err(io_err("create", &tmp))?;
+                Sink::File { file, tmp, dir: dir.clone() }
+            }
+        };
+        Ok(Receiving { sink, written: 0 })
     }
 
     /// The newest snapshot that verifies whole, if any. Leftover temporary files (a crash
@@ -199,6 +213,96 @@ impl io::Write for Paced<'_> {
     }
 }
 
+/// A snapshot being received from a leader, chunk by chunk.
+#[derive(Debug)]
+pub struct Receiving {
+    sink: Sink,
+    written: u64,
+}
+
+#[derive(Debug)]
+enum Sink {
+    Memory(Vec<u8>, MemorySnapshots),
+    File { file: File, tmp: PathBuf, dir: PathBuf },
+}
+
+impl Receiving {
+    /// Bytes received so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends the next bytes (not yet durable). Blocks on the disk.
+    pub fn append(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        match &mut self.sink {
+            Sink::Memory(buf, _) => buf.extend_from_slice(bytes),
+            Sink::File { file, tmp, .. } => {
+                io::Write::write_all(file, bytes).map_err(io_err("write", tmp))?;
+            }
+        }
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Verifies what was received as a whole snapshot of `last` and makes it the newest:
+    /// fsync, rename, fsync of the directory, older snapshots deleted. Anything else (a
+    /// damaged or different snapshot) is refused and the bytes are dropped. Blocks on the
+    /// disk.
+    pub fn finish(self, last: crate::raft::LogId) -> Result<StoredSnapshot, StorageError> {
+        let wrong = |path: &Path, info: &SnapshotInfo| StorageError::Snapshot {
+            path: path.into(),
+            source: snapshot::SnapshotError::Corrupt(format!(
+                "received the snapshot of {}/{} where {}/{} was announced",
+                info.meta.last.index, info.meta.last.term, last.index, last.term
+            )),
+        };
+        match self.sink {
+            Sink::Memory(buf, mem) => {
+                let bytes = Bytes::from(buf);
+                let info = SnapshotInfo::read(&bytes[..], bytes.len() as u64)
+                    .map_err(|e| StorageError::Snapshot { path: "memory".into(), source: e })?;
+                if info.meta.last != last {
+                    return Err(wrong(Path::new("memory"), &info));
+                }
+                mem.set(bytes.clone());
+                Ok(StoredSnapshot { info, source: Source::Bytes(bytes) })
+            }
+            Sink::File { file, tmp, dir } => {
+                let done = (|| {
+                    file.sync_all().map_err(io_err("fsync", &tmp))?;
+                    drop(file);
+                    let info = verify(&tmp)?;
+                    if info.meta.last != last {
+                        return Err(wrong(&tmp, &info));
+                    }
+                    Ok(info)
+                })();
+                let info = match done {
+                    Ok(info) => info,
+                    Err(e) => {
+                        let _ = fs::remove_file(&tmp);
+                        return Err(e);
+                    }
+                };
+                let path = dir.join(format!("{:020}-{:020}{SUFFIX}", last.index, last.term));
+                fs::rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
+                remove_older(&dir, &path, last.index)?;
+                Ok(StoredSnapshot { info, source: Source::File(path) })
+            }
+        }
+    }
+}
+
+/// Makes the rename of `newest` durable, then deletes the snapshots below `index` (never a
+/// newer one: a snapshot written while another was installed must not remove it).
+fn remove_older(dir: &Path, newest: &Path, index: u64) -> Result<(), StorageError> {
+    sync_dir(dir)?;
+    for (old, _) in list(dir)?.into_iter().filter(|(p, (i, _))| p != newest && *i < index) {
+        fs::remove_file(&old).map_err(io_err("remove", &old))?;
+    }
+    sync_dir(dir)
+}
+
 /// Builds a data directory from a saved snapshot (`dister snapshot restore`, etcd's
 /// `snapshot restore`): the snapshot, its configuration replaced by `members` (a new
 /// cluster), and a log that starts right after it. `file` is verified whole first and
@@ -231,7 +335,7 @@ pub fn restore(
     let (mut log, _) = super::FileLog::open(data_dir, segment_bytes)?;
     let hard_state = crate::raft::HardState { term: last.term, voted_for: None, commit: last.index };
     let writes = vec![super::LogWrite::Reset(last), super::LogWrite::HardState(hard_state)];
-    let done = super::LogBackend::submit(&mut log, super::WriteBatch { writes });
+    let done = super::LogBackend::submit(&mut log, super::WriteBatch::of(writes));
     futures::executor::block_on(done).map_err(|_| StorageError::Closed)??;
     Ok(saved.info)
 }

@@ -55,6 +55,50 @@ pub enum AppendOutcome {
     Heartbeat,
 }
 
+/// InstallSnapshot (§7): one chunk of the leader's newest snapshot, for a follower whose
+/// next entry the leader's log no longer holds. Chunks go one at a time, in order; the
+/// follower installs the snapshot once it holds every byte and the whole verifies.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InstallSnapshotRequest {
+    /// The leader's term.
+    pub term: u64,
+    /// The leader.
+    pub leader: NodeId,
+    /// The last entry the snapshot covers: names the transfer.
+    pub last: LogId,
+    /// The snapshot's whole size in bytes.
+    pub size: u64,
+    /// Where `data` starts in it.
+    pub offset: u64,
+    /// The chunk.
+    pub data: Bytes,
+}
+
+/// The follower's answer to an InstallSnapshot chunk.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InstallSnapshotResponse {
+    /// The follower's term.
+    pub term: u64,
+    /// What happened.
+    pub outcome: InstallOutcome,
+}
+
+/// Result of an InstallSnapshot chunk on the follower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstallOutcome {
+    /// The follower holds the snapshot's bytes up to `next_offset`: send from there (0
+    /// starts the transfer again).
+    Accepted {
+        /// Where the next chunk starts.
+        next_offset: u64,
+    },
+    /// The snapshot is installed and durable: the follower's log goes on after its last
+    /// entry.
+    Installed,
+    /// The request's term is stale, or the follower could not store the chunk.
+    StaleTerm,
+}
+
 /// RequestVote (§5.2), or a pre-vote (thesis §9.6) that changes no state.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct VoteRequest {
@@ -217,6 +261,8 @@ pub struct StatusInfo {
     pub snapshot_term: u64,
     /// Its size in bytes.
     pub snapshot_bytes: u64,
+    /// Snapshots installed from a leader since this node started.
+    pub snapshots_installed: u64,
 }
 
 /// Everything a connection may ask.
@@ -226,6 +272,8 @@ pub enum Request {
     AppendEntries(AppendEntriesRequest),
     /// Raft election (peers only).
     Vote(VoteRequest),
+    /// Raft snapshot transfer (peers only).
+    InstallSnapshot(InstallSnapshotRequest),
     /// A follower asks the leader for a read index (peers only).
     ReadIndex,
     /// A follower forwards a client's write to the leader (peers only); not forwarded again.
@@ -306,6 +354,7 @@ impl Request {
             self,
             Request::AppendEntries(_)
                 | Request::Vote(_)
+                | Request::InstallSnapshot(_)
                 | Request::ReadIndex
                 | Request::Forward(_)
                 | Request::TimeoutNow { .. }
@@ -320,6 +369,8 @@ pub enum Response {
     AppendEntries(AppendEntriesResponse),
     /// To a vote.
     Vote(VoteResponse),
+    /// To InstallSnapshot.
+    InstallSnapshot(InstallSnapshotResponse),
     /// To ReadIndex.
     ReadIndex(u64),
     /// To a write.

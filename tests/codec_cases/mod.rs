@@ -11,8 +11,9 @@ use dister::raft::members::{MemberChange, MemberRole, Members};
 use dister::raft::{Entry, LogId, Payload, Role};
 use dister::wire::codec::encode_frame;
 use dister::wire::{
-    AppendEntriesRequest, AppendEntriesResponse, AppendOutcome, Consistency, Frame, Hello, MAGIC, MemberStatus,
-    PROTOCOL_VERSION, PeerStatus, Request, Response, StatusInfo, VoteRequest, VoteResponse, Welcome, Write, WriteReply,
+    AppendEntriesRequest, AppendEntriesResponse, AppendOutcome, Consistency, Frame, Hello, InstallOutcome,
+    InstallSnapshotRequest, InstallSnapshotResponse, MAGIC, MemberStatus, PROTOCOL_VERSION, PeerStatus, Request,
+    Response, StatusInfo, VoteRequest, VoteResponse, Welcome, Write, WriteReply,
 };
 use proptest::collection::vec;
 use proptest::option;
@@ -99,6 +100,16 @@ fn request() -> impl Strategy<Value = Request> {
         Just(Request::Status),
         (member_change(), any::<bool>()).prop_map(|(change, forwarded)| Request::ChangeMembers { change, forwarded }),
         Just(Request::TakeSnapshot),
+        (any::<u64>(), any::<u64>(), log_id(), any::<u64>(), any::<u64>(), data()).prop_map(
+            |(term, leader, last, size, offset, data)| Request::InstallSnapshot(InstallSnapshotRequest {
+                term,
+                leader,
+                last,
+                size,
+                offset,
+                data
+            })
+        ),
         (log_id(), any::<u64>(), any::<u32>()).prop_map(|(last, offset, max)| Request::ReadSnapshot {
             last,
             offset,
@@ -113,6 +124,14 @@ fn outcome() -> impl Strategy<Value = AppendOutcome> {
         any::<u64>().prop_map(|next_index| AppendOutcome::Conflict { next_index }),
         Just(AppendOutcome::StaleTerm),
         Just(AppendOutcome::Heartbeat),
+    ]
+}
+
+fn install_outcome() -> impl Strategy<Value = InstallOutcome> {
+    prop_oneof![
+        any::<u64>().prop_map(|next_offset| InstallOutcome::Accepted { next_offset }),
+        Just(InstallOutcome::Installed),
+        Just(InstallOutcome::StaleTerm),
     ]
 }
 
@@ -152,14 +171,14 @@ fn status() -> impl Strategy<Value = StatusInfo> {
         (any::<u64>(), text(), role, any::<u64>(), option::of(any::<u64>())),
         (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), vec(peer, 0..3)),
         (vec(member, 0..3), any::<u64>(), any::<bool>()),
-        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
     )
         .prop_map(
             |(
                 (id, group, role, term, leader),
                 (commit_index, applied_index, last_log_index, last_log_term, peers),
                 (members, members_index, members_pending),
-                (first_log_index, snapshot_index, snapshot_term, snapshot_bytes),
+                (first_log_index, snapshot_index, snapshot_term, snapshot_bytes, snapshots_installed),
             )| {
                 StatusInfo {
                     id,
@@ -180,6 +199,7 @@ fn status() -> impl Strategy<Value = StatusInfo> {
                     snapshot_index,
                     snapshot_term,
                     snapshot_bytes,
+                    snapshots_installed,
                 }
             },
         )
@@ -201,6 +221,8 @@ fn response() -> impl Strategy<Value = Response> {
         any::<u64>().prop_map(Response::HandedTo),
         (log_id(), any::<u64>()).prop_map(|(last, bytes)| Response::Snapshot { last, bytes }),
         data().prop_map(Response::SnapshotBytes),
+        (any::<u64>(), install_outcome())
+            .prop_map(|(term, outcome)| Response::InstallSnapshot(InstallSnapshotResponse { term, outcome })),
     ]
 }
 
@@ -250,6 +272,7 @@ pub fn variant(f: &Frame) -> &'static str {
             Request::TransferLeadership { .. } => "request/transfer-leadership",
             Request::TakeSnapshot => "request/take-snapshot",
             Request::ReadSnapshot { .. } => "request/read-snapshot",
+            Request::InstallSnapshot(_) => "request/install-snapshot",
         },
         Frame::Response(_, r) => match r {
             Response::AppendEntries(_) => "response/append-entries",
@@ -264,6 +287,7 @@ pub fn variant(f: &Frame) -> &'static str {
             Response::HandedTo(_) => "response/handed-to",
             Response::Snapshot { .. } => "response/snapshot",
             Response::SnapshotBytes(_) => "response/snapshot-bytes",
+            Response::InstallSnapshot(_) => "response/install-snapshot",
             Response::Error(e) => match e {
                 ApiError::NoLeader { .. } => "response/error/no-leader",
                 ApiError::NotLeader { .. } => "response/error/not-leader",
@@ -283,7 +307,7 @@ pub fn variant(f: &Frame) -> &'static str {
 }
 
 /// Every name [`variant`] can return.
-pub const VARIANTS: usize = 3 + 15 + 12 + 12;
+pub const VARIANTS: usize = 3 + 16 + 13 + 12;
 
 /// Encodes frames back to back, as one connection would carry them.
 pub fn encode_all(frames: &[Frame]) -> Vec<u8> {
