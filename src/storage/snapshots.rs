@@ -438,6 +438,41 @@ mod tests {
         assert_eq!(store.latest().unwrap().unwrap().info.meta.last.index, 20);
     }
 
+    /// A snapshot received in chunks becomes the newest only whole and verified: a damaged
+    /// one, or another than announced, is refused and leaves nothing behind.
+    #[test]
+    fn a_received_snapshot_is_installed_only_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = SnapshotStore::Dir(dir.path().join("source"));
+        let sent = source.save(&meta(30), view("thirty")).unwrap();
+        let bytes = sent.read_at(0, usize::MAX).unwrap();
+        let store = SnapshotStore::Dir(dir.path().join("snapshots"));
+        store.save(&meta(10), view("ten")).unwrap();
+        let receive = |data: &[u8]| {
+            let mut r = store.receive().unwrap();
+            for chunk in data.chunks(7) {
+                r.append(chunk).unwrap();
+            }
+            assert_eq!(r.written(), data.len() as u64);
+            r
+        };
+        let tmp = dir.path().join("snapshots").join(format!("receiving{TMP_SUFFIX}"));
+        let mut damaged = bytes.to_vec();
+        damaged[bytes.len() / 2] ^= 1;
+        assert!(matches!(receive(&damaged).finish(LogId::new(2, 30)), Err(StorageError::Snapshot { .. })));
+        assert!(!tmp.exists());
+        assert!(receive(&bytes[..bytes.len() - 1]).finish(LogId::new(2, 30)).is_err(), "a truncated one");
+        assert!(receive(&bytes).finish(LogId::new(3, 30)).is_err(), "another than announced");
+        assert_eq!(store.latest().unwrap().unwrap().info.meta.last.index, 10, "a refused one replaced the newest");
+        let installed = receive(&bytes).finish(LogId::new(2, 30)).unwrap();
+        assert_eq!(section_text(&installed), "thirty");
+        assert_eq!(store.latest().unwrap().unwrap().info.meta.last.index, 30);
+        assert_eq!(list(&dir.path().join("snapshots")).unwrap().len(), 1, "the older one stayed");
+        // A snapshot written later at a lower index never removes a newer one.
+        store.save(&meta(20), view("twenty")).unwrap();
+        assert_eq!(store.latest().unwrap().unwrap().info.meta.last.index, 30);
+    }
+
     #[test]
     fn the_memory_store_keeps_the_newest() {
         let store = SnapshotStore::Memory(MemorySnapshots::default());
