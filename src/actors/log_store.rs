@@ -240,8 +240,12 @@ impl LogStore {
             writes.push(LogWrite::HardState(self.hard_state));
             self.commit_dirty = false;
         }
-        let rx = self.backend.submit(WriteBatch::of(writes));
-        rx.map(|r| r.unwrap_or(Err(StorageError::Closed)))
+        self.submit_batch(WriteBatch::of(writes))
+    }
+
+    /// Queues `batch` as it is; the future resolves once it is durable.
+    fn submit_batch(&mut self, batch: WriteBatch) -> impl Future<Output = Result<(), StorageError>> + 'static {
+        self.backend.submit(batch).map(|r| r.unwrap_or(Err(StorageError::Closed)))
     }
 
     fn check_failed(&self) -> Result<(), StorageError> {
@@ -426,7 +430,7 @@ impl LogStore {
             views.into_iter().collect::<Result<Vec<_>, String>>()
         });
         let store = self.snapshots.store.clone();
-        let in_place = matches!(store, SnapshotStore::Memory(_));
+        let in_place = self.snapshots.in_place();
         let taken = views.then(move |views, act, _| {
             let written = async move {
                 let views = views?;
@@ -520,7 +524,7 @@ impl LogStore {
         let mut batch = WriteBatch::of(vec![LogWrite::HardState(self.hard_state)]);
         batch.compact_to = Some(base);
         tracing::debug!(to = base.index, "compacting the log");
-        let fut = self.backend.submit(batch).map(|r| r.unwrap_or(Err(StorageError::Closed)));
+        let fut = self.submit_batch(batch);
         ctx.spawn(self.durable(fut, ()).map(|_, _, _| ()));
     }
 
@@ -554,7 +558,7 @@ impl LogStore {
         writes.push(LogWrite::HardState(self.hard_state));
         let mut batch = WriteBatch::of(writes);
         batch.compact_to = Some(base);
-        let durable = self.backend.submit(batch).map(|r| r.unwrap_or(Err(StorageError::Closed)));
+        let durable = self.submit_batch(batch);
         (self.dispatched, self.applied) = (last.index, last.index);
         if !self.followers.is_empty() {
             tracing::warn!(index = last.index, "followers of the commit stream miss the entries the snapshot covers");
@@ -941,13 +945,8 @@ impl Handler<ReadSnapshotBytes> for LogStore {
                 return Box::pin(async move { Err(e) });
             }
         };
-        let read = move || stored.read_at(msg.offset, msg.max).map_err(|e| ApiError::Unavailable(e.to_string()));
-        match self.snapshots.store {
-            SnapshotStore::Memory(_) => Box::pin(futures::future::ready(read())),
-            SnapshotStore::Dir(_) => Box::pin(async move {
-                tokio::task::spawn_blocking(read).await.unwrap_or_else(|e| Err(ApiError::Unavailable(e.to_string())))
-            }),
-        }
+        let read = off_thread(self.snapshots.in_place(), move || stored.read_at(msg.offset, msg.max));
+        Box::pin(read.map(|r| r.map_err(|e| ApiError::Unavailable(e.to_string()))))
     }
 }
 

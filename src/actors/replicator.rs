@@ -240,10 +240,7 @@ impl Replicator {
             }
             match res {
                 Ok(Ok(Response::AppendEntries(resp))) => {
-                    if resp.term > act.term {
-                        act.higher_term.do_send(HigherTermSeen { term: resp.term, peer: act.peer });
-                        act.stopped = true;
-                        ctx.stop();
+                    if act.outranked(resp.term, ctx) {
                         return;
                     }
                     match resp.outcome {
@@ -353,15 +350,12 @@ impl Replicator {
             let Some(send) = act.snapshot.as_mut() else { return };
             send.busy = false;
             match res {
-                Ok(Ok(Response::InstallSnapshot(resp))) if resp.term > act.term => {
-                    act.higher_term.do_send(HigherTermSeen { term: resp.term, peer: act.peer });
-                    act.stopped = true;
-                    ctx.stop();
-                    return;
-                }
+                Ok(Ok(Response::InstallSnapshot(resp))) if act.outranked(resp.term, ctx) => return,
                 Ok(Ok(Response::InstallSnapshot(resp))) => match resp.outcome {
                     InstallOutcome::Accepted { next_offset } => {
-                        send.offset = next_offset;
+                        if let Some(send) = act.snapshot.as_mut() {
+                            send.offset = next_offset;
+                        }
                         act.report(round, None);
                         if next_offset != end {
                             // Busy, or it holds other bytes than we thought: a moment later.
@@ -405,10 +399,7 @@ impl Replicator {
                 return;
             }
             if let Ok(Ok(Response::AppendEntries(resp))) = res {
-                if resp.term > act.term {
-                    act.higher_term.do_send(HigherTermSeen { term: resp.term, peer: act.peer });
-                    act.stopped = true;
-                    ctx.stop();
+                if act.outranked(resp.term, ctx) {
                     return;
                 }
                 if matches!(resp.outcome, AppendOutcome::Heartbeat | AppendOutcome::Success { .. }) {
@@ -416,6 +407,17 @@ impl Replicator {
                 }
             }
         }));
+    }
+
+    /// The peer answered with a later term: `Election` hears of it and this replicator stops.
+    fn outranked(&mut self, term: u64, ctx: &mut Context<Self>) -> bool {
+        if term <= self.term {
+            return false;
+        }
+        self.higher_term.do_send(HigherTermSeen { term, peer: self.peer });
+        self.stopped = true;
+        ctx.stop();
+        true
     }
 
     fn pause(&mut self) {

@@ -465,7 +465,7 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, StorageError> {
     Ok(seqs)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+pub(super) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync dir", dir))
 }
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use super::file::io_err;
+use super::file::{io_err, sync_dir};
 use crate::error::StorageError;
 use crate::raft::members::Members;
 use crate::snapshot::{self, SectionReader, SnapshotInfo, SnapshotMeta, SnapshotView};
@@ -381,10 +381,6 @@ fn list(dir: &Path) -> Result<Vec<Listed>, StorageError> {
     }
     out.sort_by_key(|(_, id)| *id);
     Ok(out)
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync dir", dir))
 }
 
 #[cfg(test)]
