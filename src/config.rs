@@ -116,7 +116,8 @@ pub struct Config {
     pub ephemeral_unhealthy_after_ms: u64,
     /// An ephemeral instance silent this long is removed.
     pub ephemeral_remove_after_ms: u64,
-    /// Allow `script` health checks (they run commands on the leader's machine).
+    /// Allow `script` and `custom` health checks (they run commands on the leader's machine);
+    /// without it, nodes checked so are refused when they are set.
     pub allow_script_checks: bool,
     /// Most health probes the leader runs at once; the others wait for a free slot.
     pub check_concurrency: usize,

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{Auth, Presented, http_allowed};
 use crate::error::ApiError;
-use crate::messages::registry::{InstanceKey, Service, Strategy};
+use crate::messages::registry::{InstanceKey, Strategy};
 use crate::nacos::NacosApi;
 use crate::node::NodeHandle;
 use crate::raft::members::{MemberChange, MemberRole};
@@ -454,18 +454,10 @@ async fn service_set(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, pa
         Ok(b) => b,
         Err(r) => return r,
     };
-    // dister takes an array; one object is taken as an array of one.
-    let services: Vec<Service> = match parse::<Value>(&body, "a JSON array of services") {
-        Ok(Value::Array(a)) => match serde_json::from_value(Value::Array(a)) {
-            Ok(s) => s,
-            Err(e) => return bad(format!("bad service: {e}")),
-        },
-        Ok(obj @ Value::Object(_)) => match serde_json::from_value(obj) {
-            Ok(s) => vec![s],
-            Err(e) => return bad(format!("bad service: {e}")),
-        },
-        Ok(other) => return bad(format!("the body must be a JSON array of services, not {other}")),
-        Err(m) => return bad(m),
+    // dister's files as they are: an array (or one service), numbers as strings or numbers.
+    let services = match crate::registry::input::parse_services(&body) {
+        Ok(s) => s,
+        Err(e) => return bad(format!("bad service: {e}")),
     };
     match node.set_services(services).await {
         Ok(w) => ok(json!({ "index": w.index })),

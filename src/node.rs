@@ -564,14 +564,14 @@ fn mailbox(e: MailboxError) -> ApiError {
 
 /// Refuses a built-in command that is malformed before it reaches the log, so a bad request
 /// costs an error, not a log entry every node must apply.
-fn validate(write: &Write) -> Result<(), ApiError> {
+fn validate(write: &Write, config: &Config) -> Result<(), ApiError> {
     let checked = match write.namespace.as_str() {
         KV_NAMESPACE => {
-            serde_json::from_slice::<KvCommand>(&write.data).map_err(|e| e.to_string()).and_then(|c| c.validate())
+            serde_json::from_slice::<KvCommand>(&write.data).map_err(|e| e.to_string()).and_then(|c| c.check(config))
         }
-        REGISTRY_NAMESPACE => {
-            serde_json::from_slice::<RegistryCommand>(&write.data).map_err(|e| e.to_string()).and_then(|c| c.validate())
-        }
+        REGISTRY_NAMESPACE => serde_json::from_slice::<RegistryCommand>(&write.data)
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.check(config)),
         _ => Ok(()),
     };
     checked.map_err(|e| ApiError::BadRequest(format!("{} command: {e}", write.namespace)))
@@ -579,18 +579,19 @@ fn validate(write: &Write) -> Result<(), ApiError> {
 
 /// A built-in command that can say whether it is well formed before it is encoded.
 trait Command: serde::Serialize {
-    fn check(&self) -> Result<(), String>;
+    /// Whether it is well formed, and allowed by this node's `config`.
+    fn check(&self, config: &Config) -> Result<(), String>;
 }
 
 impl Command for KvCommand {
-    fn check(&self) -> Result<(), String> {
+    fn check(&self, _: &Config) -> Result<(), String> {
         self.validate()
     }
 }
 
 impl Command for RegistryCommand {
-    fn check(&self) -> Result<(), String> {
-        self.validate()
+    fn check(&self, config: &Config) -> Result<(), String> {
+        self.validate(config.allow_script_checks)
     }
 }
 
@@ -689,7 +690,7 @@ impl NodeHandle {
         forwarded: bool,
         checked: bool,
     ) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        if !checked && let Err(e) = validate(&write) {
+        if !checked && let Err(e) = validate(&write, &self.config) {
             return async move { Err(e) }.boxed_local();
         }
         let max = self.config.max_request_bytes;
@@ -745,7 +746,7 @@ impl NodeHandle {
         namespace: &str,
         command: &T,
     ) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        if let Err(e) = command.check() {
+        if let Err(e) = command.check(&self.config) {
             let e = ApiError::BadRequest(format!("{namespace} command: {e}"));
             return async move { Err(e) }.boxed_local();
         }

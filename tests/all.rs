@@ -30,6 +30,7 @@ mod t58_snapshots;
 mod t59_snapshot_cli;
 mod t60_sim;
 mod t61_compaction;
+mod t62_dister_services;
 mod t70_extension;
 mod t80_chaos;
 mod t82_registry_load;

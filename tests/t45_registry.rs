@@ -274,8 +274,8 @@ async fn balance_follows_weights_and_skips_unavailable_instances() {
 }
 
 /// A script check runs its command and follows its exit status, where the config allows
-/// scripts; where it does not, a script-checked instance never turns healthy (it would run
-/// code on the leader's machine).
+/// scripts; where it does not, a script-checked instance is refused when it is set (it would
+/// run code on the leader's machine), and nothing is written.
 #[actix_rt::test]
 async fn script_checks_follow_exit_status_only_where_allowed() {
     let dir = tempfile::tempdir().unwrap();
@@ -307,13 +307,16 @@ async fn script_checks_follow_exit_status_only_where_allowed() {
     let refused = Cluster::start_with(1, fast);
     refused.wait_leader(Duration::from_secs(1)).await;
     let c = refused.client(0).await;
-    c.set_services(vec![Service {
-        name: "job".into(),
-        kind: "script".into(),
-        nodes: vec![node(1)],
-        extra: Default::default(),
-    }])
-    .await
-    .unwrap();
-    wait_health(&c, "job", 1, Health::Unhealthy, Duration::from_secs(3)).await;
+    let e = c
+        .set_services(vec![Service {
+            name: "job".into(),
+            kind: "script".into(),
+            nodes: vec![node(1)],
+            extra: Default::default(),
+        }])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("service \"job\", node 127.0.0.1:1") && e.contains("allow_script_checks is off"), "{e}");
+    assert_eq!(c.get_service("job", Consistency::Linearizable).await.unwrap(), None, "nothing was written");
 }

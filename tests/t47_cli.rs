@@ -112,3 +112,92 @@ async fn commands_print_results_and_exit_with_the_right_codes() {
     expect(&o, 1);
     assert!(stderr(&o).contains("cannot reach"), "{}", stderr(&o));
 }
+
+/// dister's own command names work as in dister, as aliases of today's commands with the
+/// same output and exit codes.
+///
+/// 1. `addkv`, `getkv`, `kvs`, `delkv K1,K2` against a 3-node cluster, through a follower.
+/// 2. `addservice` with the example dister file, `services`, `getservice`, `balance`,
+///    `delservice N1,N2`.
+/// 3. `nodes` lists the members; `addnode ADDR` adds a node started to wait (asking it its
+///    id); `delnode ADDR` removes it; an address that is no member is exit 1.
+/// 4. Missing arguments are exit 2, a missing key or service exit 1.
+#[actix_rt::test]
+async fn dister_command_names_work_as_in_dister() {
+    let mut cluster = Cluster::start_with(3, |c| c.allow_script_checks = true);
+    let leader = cluster.wait_leader(Duration::from_secs(2)).await;
+    let addr = cluster.addr((leader + 1) % 3);
+    let addr = addr.as_str();
+
+    expect(&dister(addr, &["addkv", "colour", "blue"], None), 0);
+    expect(&dister(addr, &["addkv", "size", "xl"], None), 0);
+    let o = dister(addr, &["getkv", "colour"], None);
+    expect(&o, 0);
+    assert_eq!(stdout(&o), stdout(&dister(addr, &["kv", "get", "colour"], None)));
+    assert_eq!(stdout(&o), "blue\n");
+    expect(&dister(addr, &["getkv", "nope"], None), 1);
+    let o = dister(addr, &["kvs"], None);
+    assert_eq!(stdout(&o), "colour\tblue\nsize\txl\n");
+    let o = dister(addr, &["delkv", "colour,size,nope"], None);
+    expect(&o, 0);
+    assert_eq!(stdout(&o), "2\n");
+    assert_eq!(stdout(&dister(addr, &["kvs"], None)), "");
+
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/dister_services.json");
+    let o = dister(addr, &["addservice", example], None);
+    expect(&o, 0);
+    assert_eq!(stdout(&o), "5\n");
+    let o = dister(addr, &["services"], None);
+    expect(&o, 0);
+    let all: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 5);
+    let o = dister(addr, &["getservice", "db1"], None);
+    expect(&o, 0);
+    let db1: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        (&db1["type"], &db1["node"][0]["port"], &db1["node"][0]["user"]),
+        (&serde_json::json!("mysql"), &serde_json::json!(3306), &serde_json::json!("root"))
+    );
+    assert!(db1["node"][0].get("status").is_some(), "{db1}");
+    expect(&dister(addr, &["getservice", "nope"], None), 1);
+    // The custom node printing 1 turns healthy (5 s interval, first probe at once).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = dister(addr, &["balance", "taskmanager"], None);
+        if o.status.code() == Some(0) {
+            assert_eq!(stdout(&o), "127.0.0.100:0\n");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "balance: {}", stderr(&o));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let o = dister(addr, &["delservice", "db1,pg1"], None);
+    expect(&o, 0);
+    expect(&dister(addr, &["getservice", "db1"], None), 1);
+    expect(&dister(addr, &["getservice", "memcache"], None), 0);
+
+    let o = dister(addr, &["nodes"], None);
+    expect(&o, 0);
+    assert_eq!(stdout(&o), stdout(&dister(addr, &["member", "list"], None)));
+    assert_eq!(stdout(&o).lines().count(), 3);
+    let fresh = cluster.add_node(|_| {});
+    let fresh_addr = cluster.addr(fresh);
+    let o = dister(addr, &["addnode", &fresh_addr], None);
+    expect(&o, 0);
+    assert!(stdout(&o).starts_with(&format!("added {} ({fresh_addr})", fresh + 1)), "{}", stdout(&o));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !stdout(&dister(addr, &["nodes"], None)).contains(&format!("{fresh_addr}\tvoter")) {
+        assert!(std::time::Instant::now() < deadline, "{} not promoted", fresh_addr);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let o = dister(addr, &["delnode", &fresh_addr], None);
+    expect(&o, 0);
+    assert!(!stdout(&dister(addr, &["nodes"], None)).contains(&fresh_addr));
+    let o = dister(addr, &["delnode", "127.0.0.1:1"], None);
+    expect(&o, 1);
+    assert!(stderr(&o).contains("no member at 127.0.0.1:1"), "{}", stderr(&o));
+
+    for args in [&["getkv"][..], &["addkv", "k"], &["delkv"], &["addnode"], &["delnode", "a:b:c"]] {
+        expect(&dister(addr, args, None), 2);
+    }
+}

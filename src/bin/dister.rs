@@ -14,8 +14,9 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use dister::bench::{self, BenchOptions};
 use dister::config::parse_host_port;
-use dister::messages::registry::{InstanceKey, Service, Strategy};
+use dister::messages::registry::{InstanceKey, Strategy};
 use dister::raft::members::MemberChange;
+use dister::registry::input::parse_services;
 use dister::wire::{MemberStatus, StatusInfo};
 use dister::{ApiError, Client, ClientError, Config, Consistency, Node, PeerConfig};
 
@@ -78,6 +79,95 @@ enum Command {
     /// directory.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// dister's `nodes`: every member (as `member list`).
+    Nodes,
+    /// dister's `kvs`: every key and value (as `kv list`).
+    Kvs,
+    /// dister's `getkv KEY` (as `kv get`).
+    Getkv {
+        /// The key.
+        key: String,
+    },
+    /// dister's `addkv KEY VALUE` (as `kv set`).
+    Addkv {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// dister's `delkv KEY,...` (as `kv del`).
+    Delkv {
+        /// The keys, comma separated.
+        #[arg(required = true, value_delimiter = ',')]
+        keys: Vec<String>,
+    },
+    /// dister's `services`: every service (as `service get`).
+    Services,
+    /// dister's `getservice NAME` (as `service get NAME`).
+    Getservice {
+        /// The service.
+        name: String,
+    },
+    /// dister's `addservice FILE`: services from a file, dister's or this project's (as
+    /// `service set`).
+    Addservice {
+        /// The file, or `-`.
+        file: String,
+    },
+    /// dister's `delservice NAME,...` (as `service del`).
+    Delservice {
+        /// The services, comma separated.
+        #[arg(required = true, value_delimiter = ',')]
+        names: Vec<String>,
+    },
+    /// dister's `addnode ADDR,...`: add each node (started with `--no-bootstrap`), asking it
+    /// its id; it becomes a voter once caught up (as `member add`). ADDR is HOST:PORT, or a
+    /// HOST on the default port 7070.
+    Addnode {
+        /// The nodes, comma separated.
+        #[arg(required = true, value_delimiter = ',')]
+        addrs: Vec<String>,
+    },
+    /// dister's `delnode ADDR,...`: remove the members at these addresses (as `member
+    /// remove`).
+    Delnode {
+        /// The members' addresses, comma separated.
+        #[arg(required = true, value_delimiter = ',')]
+        addrs: Vec<String>,
+    },
+}
+
+/// The port dister's `addnode` and `delnode` take for an address given without one.
+const DEFAULT_PORT: u16 = 7070;
+
+impl Command {
+    /// dister's command names, as the commands they stand for (the others as they are).
+    fn canonical(self) -> Command {
+        match self {
+            Command::Nodes => Command::Member(MemberCommand::List { json: false }),
+            Command::Kvs => Command::Kv(KvCommand::List { prefix: None, stale: false }),
+            Command::Getkv { key } => Command::Kv(KvCommand::Get { key, stale: false }),
+            Command::Addkv { key, value } => Command::Kv(KvCommand::Set { key, value }),
+            Command::Delkv { keys } => Command::Kv(KvCommand::Del { keys }),
+            Command::Services => Command::Service(ServiceCommand::Get { name: None, stale: false }),
+            Command::Getservice { name } => Command::Service(ServiceCommand::Get { name: Some(name), stale: false }),
+            Command::Addservice { file } => Command::Service(ServiceCommand::Set { file }),
+            Command::Delservice { names } => Command::Service(ServiceCommand::Del { names }),
+            other => other,
+        }
+    }
+}
+
+/// A node address as dister's `addnode` takes it: HOST:PORT, or HOST on [`DEFAULT_PORT`].
+fn node_addr(addr: &str) -> Result<String, String> {
+    let addr = addr.trim();
+    if parse_host_port(addr).is_ok() {
+        return Ok(addr.to_string());
+    }
+    if addr.is_empty() || addr.contains(':') && !addr.starts_with('[') {
+        return Err(format!("{addr:?} is not HOST:PORT or HOST"));
+    }
+    Ok(format!("{addr}:{DEFAULT_PORT}"))
 }
 
 #[derive(Subcommand, Debug)]
@@ -485,13 +575,8 @@ async fn run_client(addr: &str, group: &str, token: Option<&str>, command: Comma
             } else {
                 std::fs::read_to_string(&file).map_err(|e| Failure::Other(anyhow::anyhow!("{file}: {e}")))?
             };
-            let value: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| Failure::Other(anyhow::anyhow!("{file}: not JSON: {e}")))?;
-            let services: Vec<Service> = match value {
-                serde_json::Value::Array(_) => serde_json::from_value(value),
-                other => serde_json::from_value(other).map(|s| vec![s]),
-            }
-            .map_err(|e| Failure::Other(anyhow::anyhow!("{file}: bad service: {e}")))?;
+            let services =
+                parse_services(text.as_bytes()).map_err(|e| Failure::Other(anyhow::anyhow!("{file}: {e}")))?;
             let n = services.len();
             retry(|| client.set_services(services.clone())).await?;
             let _ = writeln!(out, "{n}");
@@ -576,7 +661,40 @@ async fn run_client(addr: &str, group: &str, token: Option<&str>, command: Comma
                 file.display()
             );
         }
+        Command::Addnode { addrs } => {
+            for addr in addrs {
+                let addr = node_addr(&addr).map_err(Failure::Usage)?;
+                // The node knows its own id: ask it, as dister's addnode needs only the address.
+                let node = Client::connect_with_token(&addr, group, token)
+                    .await
+                    .map_err(|e| Failure::Other(anyhow::anyhow!("cannot reach {addr}: {e}")))?;
+                let id = node.status().await?.id;
+                let change = MemberChange::Add { id, addr: addr.clone(), promote: true };
+                let reply = retry(|| client.change_members(change.clone())).await?;
+                let _ = writeln!(out, "added {id} ({addr}) at index {}", reply.index);
+            }
+        }
+        Command::Delnode { addrs } => {
+            for addr in addrs {
+                let addr = node_addr(&addr).map_err(Failure::Usage)?;
+                let members = member_list(&client, group, token).await?;
+                let Some(id) = members.iter().find(|m| m.addr == addr).map(|m| m.id) else {
+                    return Err(Failure::NotFound(format!("no member at {addr}")));
+                };
+                let reply = retry(|| client.change_members(MemberChange::Remove { id })).await?;
+                let _ = writeln!(out, "removed {id} ({addr}) at index {}", reply.index);
+            }
+        }
         Command::Server(_) | Command::Bench(_) | Command::Snapshot(_) => unreachable!("handled in main"),
+        Command::Nodes
+        | Command::Kvs
+        | Command::Getkv { .. }
+        | Command::Addkv { .. }
+        | Command::Delkv { .. }
+        | Command::Services
+        | Command::Getservice { .. }
+        | Command::Addservice { .. }
+        | Command::Delservice { .. } => unreachable!("made canonical in main"),
     }
     Ok(out)
 }
@@ -768,15 +886,17 @@ fn main() -> ExitCode {
         }
         command => {
             init_logging("warn");
+            let command = command.canonical();
             // Arguments are checked before any connection, so a bad one is always exit 2.
             let checked = match &command {
                 Command::Instance(InstanceCommand::Beat { addr, .. })
-                | Command::Member(MemberCommand::Add { addr, .. }) => Some(addr),
+                | Command::Member(MemberCommand::Add { addr, .. }) => parse_host_port(addr).err(),
+                Command::Addnode { addrs } | Command::Delnode { addrs } => {
+                    addrs.iter().find_map(|a| node_addr(a).err())
+                }
                 _ => None,
             };
-            if let Some(addr) = checked
-                && let Err(e) = parse_host_port(addr)
-            {
+            if let Some(e) = checked {
                 eprintln!("error: {e}");
                 return ExitCode::from(2);
             }

@@ -30,18 +30,59 @@ pub enum Health {
     Unhealthy,
 }
 
-/// How the leader checks an instance.
+/// How the leader checks an instance. A node names its own (`check`), or takes its
+/// service's: dister's service types `tcp`, `web`, `custom`, `mysql` and `pgsql` are checks
+/// ([`CheckKind::of_type`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckKind {
     /// Connect to host:port.
     Tcp,
-    /// GET `url` (default `http://host:port/`); healthy on 2xx.
+    /// GET `url` (default `http://host:port/`); healthy on 2xx. dister's `web` checks are
+    /// these with a `url` and healthy on 200 only.
+    #[serde(alias = "web")]
     Http,
     /// Run `script` with `sh -c`; healthy on exit 0 (only where the config allows scripts).
     Script,
+    /// dister's `custom`: run `script` with `sh -c`; healthy when it exits 0 and prints `1`
+    /// (surrounding white space aside). Only where the config allows scripts.
+    Custom,
+    /// Log in to MySQL or MariaDB at host:port with `user`, `pass` and `database`, and ping.
+    Mysql,
+    /// Log in to PostgreSQL at host:port with `user`, `pass` and `database`, and ping.
+    Pgsql,
     /// Healthy while the instance beats at least every `ttl_ms`.
     Ttl,
+}
+
+impl CheckKind {
+    /// The check a service of dister's type `kind` gives its nodes (any case), if any: other
+    /// types are labels, their nodes unchecked.
+    pub fn of_type(kind: &str) -> Option<CheckKind> {
+        [("tcp", CheckKind::Tcp), ("web", CheckKind::Http), ("custom", CheckKind::Custom)]
+            .into_iter()
+            .chain([("mysql", CheckKind::Mysql), ("pgsql", CheckKind::Pgsql)])
+            .find(|(name, _)| kind.eq_ignore_ascii_case(name))
+            .map(|(_, check)| check)
+    }
+
+    /// Whether it runs a command on the leader's machine.
+    pub fn runs_scripts(self) -> bool {
+        matches!(self, CheckKind::Script | CheckKind::Custom)
+    }
+
+    /// Its name, as written in a service file.
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http => "http",
+            CheckKind::Script => "script",
+            CheckKind::Custom => "custom",
+            CheckKind::Mysql => "mysql",
+            CheckKind::Pgsql => "pgsql",
+            CheckKind::Ttl => "ttl",
+        }
+    }
 }
 
 /// One instance of a service.
@@ -49,7 +90,8 @@ pub enum CheckKind {
 pub struct ServiceNode {
     /// Host name or address.
     pub host: String,
-    /// Port.
+    /// Port (0, or absent: none, for a node checked by a script alone).
+    #[serde(default)]
     pub port: u16,
     /// Weight for balancing (dister calls it priority; Nacos' weights are fractional);
     /// 0 takes no traffic. Whole weights are written as integers, as dister's clients read them.
@@ -58,8 +100,10 @@ pub struct ServiceNode {
     /// Whether the instance takes traffic.
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// Health status, as the leader's checks last found it.
-    #[serde(default)]
+    /// Health status, as the leader's checks last found it. Written with dister's `status`
+    /// beside it (1 healthy, 0 not); a `status` read back in is ignored, as health is the
+    /// checks' to decide.
+    #[serde(flatten, with = "health_and_status")]
     pub health: Health,
     /// Free-form metadata.
     #[serde(default)]
@@ -77,8 +121,8 @@ pub struct ServiceNode {
     /// Command for a `script` check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub script: Option<String>,
-    /// How often to check (default: the node's `check_interval_ms`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// How often to check (default: the node's `check_interval_ms`); dister's `interval`.
+    #[serde(default, alias = "interval", skip_serializing_if = "Option::is_none")]
     pub interval_ms: Option<u64>,
     /// How long a probe may take before it counts as failed (default: the interval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -130,9 +174,10 @@ impl ServiceNode {
         format!("{}:{}", self.host, self.port)
     }
 
-    /// How this instance is checked: its own check, or beats for an ephemeral one.
-    pub fn effective_check(&self) -> Option<CheckKind> {
-        if self.ephemeral { Some(CheckKind::Ttl) } else { self.check }
+    /// How this instance is checked, in a service of type `kind`: by beats if it is
+    /// ephemeral, else by its own check, else by the one its service's type names.
+    pub fn effective_check(&self, kind: &str) -> Option<CheckKind> {
+        if self.ephemeral { Some(CheckKind::Ttl) } else { self.check.or_else(|| CheckKind::of_type(kind)) }
     }
 
     /// Whether it may take traffic: enabled, healthy, with weight.
@@ -140,23 +185,66 @@ impl ServiceNode {
         self.enabled && self.health == Health::Healthy && self.weight > 0.0
     }
 
-    /// The same instance, with the same way of being checked (so its health carries over
-    /// when its service is set again, and a probe started for one still speaks for the other).
-    pub fn same_checking(&self, other: &ServiceNode) -> bool {
-        (self.host.as_str(), self.port, self.effective_check(), &self.url, &self.script)
-            == (other.host.as_str(), other.port, other.effective_check(), &other.url, &other.script)
+    /// The same thing to check as `other`: address, URL, script and the fields a database
+    /// check reads (so its health carries over when its service is set again).
+    fn same_target(&self, other: &ServiceNode) -> bool {
+        (self.host.as_str(), self.port, &self.url, &self.script, &self.extra)
+            == (other.host.as_str(), other.port, &other.url, &other.script, &other.extra)
     }
 
-    /// The health a (re-)registered instance starts with: kept from `before` if it is the
-    /// same instance checked the same way; else healthy if nothing checks it or it lives by
-    /// beats (registering is a sign of life), unknown until its first probe otherwise.
-    pub fn initial_health(&self, before: Option<&ServiceNode>) -> Health {
-        match (before, self.effective_check()) {
-            // Nothing checks it, or it lives by beats and (re-)registering is a beat.
-            (_, None | Some(CheckKind::Ttl)) => Health::Healthy,
-            (Some(b), _) if b.same_checking(self) => b.health,
+    /// The health a (re-)registered instance checked by `check` starts with: kept from
+    /// `before` (the instance as it was, and its check) if the same thing is checked the same
+    /// way; else healthy if nothing checks it or it lives by beats (registering is a sign of
+    /// life), unknown until its first probe otherwise.
+    pub fn initial_health(
+        &self,
+        check: Option<CheckKind>,
+        before: Option<(&ServiceNode, Option<CheckKind>)>,
+    ) -> Health {
+        match (check, before) {
+            (None | Some(CheckKind::Ttl), _) => Health::Healthy,
+            (Some(c), Some((b, was))) if was == Some(c) && b.same_target(self) => b.health,
             _ => Health::Unknown,
         }
+    }
+
+    /// A text field of the instance's own extra fields (`user`, `database`, ...), a number
+    /// given for it as its digits.
+    pub fn extra_text(&self, field: &str) -> Option<String> {
+        match self.extra.get(field)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// `health` as written: `health` and dister's `status` (1 healthy, 0 not), side by side.
+mod health_and_status {
+    use serde::ser::SerializeMap;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Health;
+
+    pub fn serialize<S: Serializer>(health: &Health, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(2))?;
+        map.serialize_entry("health", health)?;
+        map.serialize_entry("status", &u8::from(*health == Health::Healthy))?;
+        map.end()
+    }
+
+    /// Takes `health` and `status` out of the instance's fields, so neither lands among its
+    /// extra ones; `status` is dropped.
+    #[derive(Deserialize)]
+    struct Read {
+        #[serde(default)]
+        health: Health,
+        #[serde(default, rename = "status")]
+        _status: serde::de::IgnoredAny,
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Health, D::Error> {
+        Read::deserialize(d).map(|r| r.health)
     }
 }
 
@@ -291,91 +379,113 @@ impl CheckOutcome {
 /// The JSON names of a service's own fields.
 const SERVICE_FIELDS: [&str; 3] = ["name", "type", "node"];
 
-/// The JSON names of an instance's own fields (`priority` is `weight`'s alias).
-const NODE_FIELDS: [&str; 14] = [
+/// The JSON names of an instance's own fields (`priority` is `weight`'s alias, `interval`
+/// `interval_ms`'s; `status` is written beside `health`).
+const NODE_FIELDS: [&str; 16] = [
     "host",
     "port",
     "weight",
     "priority",
     "enabled",
     "health",
+    "status",
     "metadata",
     "ephemeral",
     "check",
     "url",
     "script",
+    "interval",
     "interval_ms",
     "timeout_ms",
     "ttl_ms",
 ];
 
+/// Refuses an instance of service `service` (of type `kind`) that its check could not run
+/// on, naming both.
+fn validate_node(service: &str, kind: &str, n: &ServiceNode, scripts_allowed: bool) -> Result<(), String> {
+    let fail = |why: String| Err(format!("service {service:?}, node {}: {why}", n.addr()));
+    if n.host.is_empty() {
+        return Err(format!("service {service:?}: a node needs a host (or, checked by web, a url)"));
+    }
+    let check = n.effective_check(kind);
+    if let Some(c) = check {
+        if c.runs_scripts() && n.script.as_deref().is_none_or(|s| s.trim().is_empty()) {
+            return fail(format!("a {} check needs a script", c.name()));
+        }
+        if c.runs_scripts() && !scripts_allowed {
+            return fail(format!(
+                "a {} check runs its script on the leader's machine, and allow_script_checks is off",
+                c.name()
+            ));
+        }
+        if matches!(c, CheckKind::Mysql | CheckKind::Pgsql) && n.extra_text("user").is_none_or(|u| u.is_empty()) {
+            return fail(format!("a {} check needs a user", c.name()));
+        }
+        // dister's web nodes are given by their url; a node with its own http check may
+        // leave it to default to http://host:port/.
+        if n.check.is_none() && c == CheckKind::Http && n.url.is_none() {
+            return fail("a web check needs a url".into());
+        }
+    }
+    if n.port == 0 && !check.is_some_and(CheckKind::runs_scripts) {
+        return fail("a port (1 to 65535) is needed".into());
+    }
+    if let Some(url) = &n.url
+        && !url.starts_with("http://")
+    {
+        return fail(format!("check url {url:?} must start with http://"));
+    }
+    if !(0.0..=MAX_WEIGHT).contains(&n.weight) {
+        return fail(format!("weight must be 0 to {MAX_WEIGHT}"));
+    }
+    if n.ttl_ms == Some(0) || n.interval_ms == Some(0) || n.timeout_ms == Some(0) {
+        return fail("ttl_ms, interval and timeout_ms must be above 0".into());
+    }
+    // An extra field named like a real one would be written twice and refused when
+    // applied, on every node: refuse it here.
+    if let Some(k) = n.extra.keys().find(|k| NODE_FIELDS.contains(&k.as_str())) {
+        return fail(format!("extra field {k:?} is one of the node's own"));
+    }
+    Ok(())
+}
+
+fn validate_service_fields(s: &Service) -> Result<(), String> {
+    if s.name.is_empty() {
+        return Err("a service name must not be empty".into());
+    }
+    match s.extra.keys().find(|k| SERVICE_FIELDS.contains(&k.as_str())) {
+        Some(k) => Err(format!("service {:?}: extra field {k:?} is one of the service's own", s.name)),
+        None => Ok(()),
+    }
+}
+
 impl RegistryCommand {
-    /// Refuses services without a name, instances without a host, and empty commands.
-    pub fn validate(&self) -> Result<(), String> {
-        let node_ok = |n: &ServiceNode| {
-            if n.host.is_empty() {
-                return Err("an instance needs a host".to_string());
-            }
-            if n.check == Some(CheckKind::Script) && n.script.as_deref().is_none_or(str::is_empty) {
-                return Err(format!("instance {} has a script check but no script", n.addr()));
-            }
-            if let Some(url) = &n.url
-                && !url.starts_with("http://")
-            {
-                return Err(format!("instance {}: check url {url:?} must start with http://", n.addr()));
-            }
-            if !(0.0..=MAX_WEIGHT).contains(&n.weight) {
-                return Err(format!("instance {}: weight must be 0 to {MAX_WEIGHT}", n.addr()));
-            }
-            if n.ttl_ms == Some(0) || n.interval_ms == Some(0) || n.timeout_ms == Some(0) {
-                return Err(format!("instance {}: ttl_ms, interval_ms and timeout_ms must be above 0", n.addr()));
-            }
-            // An extra field named like a real one would be written twice and refused when
-            // applied, on every node: refuse it here.
-            if let Some(k) = n.extra.keys().find(|k| NODE_FIELDS.contains(&k.as_str())) {
-                return Err(format!("instance {}: extra field {k:?} is one of the instance's own", n.addr()));
-            }
-            Ok(())
-        };
+    /// Refuses services without a name, instances their checks could not run on (script
+    /// checks among them, unless `scripts_allowed`), and empty commands.
+    pub fn validate(&self, scripts_allowed: bool) -> Result<(), String> {
         match self {
             RegistryCommand::Set(services) if services.is_empty() => Err("no service given".into()),
             RegistryCommand::Set(services) => {
                 for s in services {
-                    if s.name.is_empty() {
-                        return Err("a service name must not be empty".into());
-                    }
-                    if let Some(k) = s.extra.keys().find(|k| SERVICE_FIELDS.contains(&k.as_str())) {
-                        return Err(format!("service {:?}: extra field {k:?} is one of the service's own", s.name));
-                    }
-                    s.nodes.iter().try_for_each(node_ok)?;
+                    validate_service_fields(s)?;
+                    s.nodes.iter().try_for_each(|n| validate_node(&s.name, &s.kind, n, scripts_allowed))?;
                     let mut seen = std::collections::BTreeSet::new();
                     if let Some(dup) = s.nodes.iter().find(|n| !seen.insert((n.host.as_str(), n.port))) {
-                        return Err(format!("service {:?} lists instance {} twice", s.name, dup.addr()));
+                        return Err(format!("service {:?} lists node {} twice", s.name, dup.addr()));
                     }
                 }
                 Ok(())
             }
             RegistryCommand::Remove(names) if names.is_empty() => Err("no service name given".into()),
-            RegistryCommand::Register { service, node, .. } => {
-                if service.is_empty() {
-                    return Err("a service name must not be empty".into());
-                }
-                node_ok(node)
+            RegistryCommand::Register { service, .. } if service.is_empty() => {
+                Err("a service name must not be empty".into())
             }
+            // The node's own check, or the type it would create its service with.
+            RegistryCommand::Register { service, kind, node } => validate_node(service, kind, node, scripts_allowed),
             RegistryCommand::Deregister(k) | RegistryCommand::SetHealth { key: k, .. } if k.service.is_empty() => {
                 Err("a service name must not be empty".into())
             }
-            RegistryCommand::Define { service, .. } if service.name.is_empty() => {
-                Err("a service name must not be empty".into())
-            }
-            RegistryCommand::Define { service, .. } => {
-                match service.extra.keys().find(|k| SERVICE_FIELDS.contains(&k.as_str())) {
-                    Some(k) => {
-                        Err(format!("service {:?}: extra field {k:?} is one of the service's own", service.name))
-                    }
-                    None => Ok(()),
-                }
-            }
+            RegistryCommand::Define { service, .. } => validate_service_fields(service),
             RegistryCommand::Drop(name) if name.is_empty() => Err("a service name must not be empty".into()),
             RegistryCommand::Checked(outcomes) if outcomes.is_empty() => Err("no check outcome given".into()),
             _ => Ok(()),

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod db;
 pub mod faults;
 pub mod procs;
 pub mod sim;

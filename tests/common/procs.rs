@@ -22,17 +22,31 @@ pub struct Procs {
     founders: usize,
     /// Arguments of the nodes added later, by index.
     added: BTreeMap<usize, Vec<String>>,
+    /// `RUST_LOG` of every node.
+    log_filter: String,
     dir: tempfile::TempDir,
 }
 
 impl Procs {
     /// Starts `n` nodes, each with its HTTP API on.
     pub fn start(n: usize) -> Procs {
+        Procs::start_logging(n, "info")
+    }
+
+    /// Starts `n` nodes, each with its HTTP API on, logging what `filter` (`RUST_LOG`) asks.
+    pub fn start_logging(n: usize, filter: &str) -> Procs {
         let dir = tempfile::tempdir().unwrap();
         let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", super::free_port())).collect();
         let http: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", super::free_port())).collect();
-        let mut p =
-            Procs { children: (0..n).map(|_| None).collect(), addrs, http, founders: n, added: BTreeMap::new(), dir };
+        let mut p = Procs {
+            children: (0..n).map(|_| None).collect(),
+            addrs,
+            http,
+            founders: n,
+            added: BTreeMap::new(),
+            log_filter: filter.to_string(),
+            dir,
+        };
         for i in 0..n {
             p.spawn(i);
         }
@@ -77,7 +91,7 @@ impl Procs {
     pub fn spawn_with(&mut self, i: usize, extra: &[&str]) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log(i)).unwrap();
         let mut cmd = self.command(i);
-        cmd.args(extra).stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info");
+        cmd.args(extra).stdout(Stdio::null()).stderr(log).env("RUST_LOG", &self.log_filter);
         self.children[i] = Some(cmd.spawn().expect("spawn dister"));
     }
 
@@ -180,6 +194,11 @@ impl Procs {
     /// The last lines of every node's log.
     pub fn logs(&self) -> String {
         dump(self.dir.path())
+    }
+
+    /// Every node's whole log, one after another.
+    pub fn whole_logs(&self) -> String {
+        (0..self.addrs.len()).map(|i| std::fs::read_to_string(self.log(i)).unwrap_or_default()).collect()
     }
 }
 
