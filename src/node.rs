@@ -562,36 +562,42 @@ fn mailbox(e: MailboxError) -> ApiError {
     ApiError::Unavailable(format!("actor stopped: {e}"))
 }
 
-/// Refuses a built-in command that is malformed before it reaches the log, so a bad request
-/// costs an error, not a log entry every node must apply.
-fn validate(write: &Write, config: &Config) -> Result<(), ApiError> {
-    let checked = match write.namespace.as_str() {
+/// Readies a built-in command received as bytes for the log ([`Command::prepare`]): a
+/// malformed one is refused, so a bad request costs an error, not a log entry every node must
+/// apply. A registry command is written as prepared (its instances given their checks).
+fn prepare(write: Write, config: &Config) -> Result<Write, ApiError> {
+    let refused = |e: String| ApiError::BadRequest(format!("{} command: {e}", write.namespace));
+    match write.namespace.as_str() {
         KV_NAMESPACE => {
-            serde_json::from_slice::<KvCommand>(&write.data).map_err(|e| e.to_string()).and_then(|c| c.check(config))
+            let mut c: KvCommand = serde_json::from_slice(&write.data).map_err(|e| refused(e.to_string()))?;
+            Command::prepare(&mut c, config).map_err(refused)?;
+            Ok(write)
         }
-        REGISTRY_NAMESPACE => serde_json::from_slice::<RegistryCommand>(&write.data)
-            .map_err(|e| e.to_string())
-            .and_then(|c| c.check(config)),
-        _ => Ok(()),
-    };
-    checked.map_err(|e| ApiError::BadRequest(format!("{} command: {e}", write.namespace)))
+        REGISTRY_NAMESPACE => {
+            let mut c: RegistryCommand = serde_json::from_slice(&write.data).map_err(|e| refused(e.to_string()))?;
+            Command::prepare(&mut c, config).map_err(refused)?;
+            Ok(Write { data: encode(&c)?, ..write })
+        }
+        _ => Ok(write),
+    }
 }
 
-/// A built-in command that can say whether it is well formed before it is encoded.
+/// A built-in command that can ready itself for the log before it is encoded.
 trait Command: serde::Serialize {
-    /// Whether it is well formed, and allowed by this node's `config`.
-    fn check(&self, config: &Config) -> Result<(), String>;
+    /// Completes what the log must hold (defaults that depend on the request, not on the
+    /// state), then refuses the command if it is malformed or this node's `config` forbids it.
+    fn prepare(&mut self, config: &Config) -> Result<(), String>;
 }
 
 impl Command for KvCommand {
-    fn check(&self, _: &Config) -> Result<(), String> {
+    fn prepare(&mut self, _: &Config) -> Result<(), String> {
         self.validate()
     }
 }
 
 impl Command for RegistryCommand {
-    fn check(&self, config: &Config) -> Result<(), String> {
-        self.validate(config.allow_script_checks)
+    fn prepare(&mut self, config: &Config) -> Result<(), String> {
+        RegistryCommand::prepare(self, config.allow_script_checks)
     }
 }
 
@@ -690,9 +696,14 @@ impl NodeHandle {
         forwarded: bool,
         checked: bool,
     ) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        if !checked && let Err(e) = validate(&write, &self.config) {
-            return async move { Err(e) }.boxed_local();
-        }
+        let write = if checked {
+            write
+        } else {
+            match prepare(write, &self.config) {
+                Ok(w) => w,
+                Err(e) => return async move { Err(e) }.boxed_local(),
+            }
+        };
         let max = self.config.max_request_bytes;
         if write.data.len() + write.namespace.len() > max {
             let len = write.data.len();
@@ -744,13 +755,13 @@ impl NodeHandle {
     fn write_command<T: Command>(
         &self,
         namespace: &str,
-        command: &T,
+        mut command: T,
     ) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        if let Err(e) = command.check(&self.config) {
+        if let Err(e) = command.prepare(&self.config) {
             let e = ApiError::BadRequest(format!("{namespace} command: {e}"));
             return async move { Err(e) }.boxed_local();
         }
-        match encode(command) {
+        match encode(&command) {
             Ok(data) => self.write_checked(Write { namespace: namespace.into(), data }, true),
             Err(e) => async move { Err(e) }.boxed_local(),
         }
@@ -758,12 +769,12 @@ impl NodeHandle {
 
     /// Sets every pair in one entry.
     pub fn set(&self, pairs: Vec<(String, String)>) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        self.write_command(KV_NAMESPACE, &KvCommand::Set(pairs))
+        self.write_command(KV_NAMESPACE, KvCommand::Set(pairs))
     }
 
     /// Deletes every key in one entry; answers how many existed.
     pub fn delete(&self, keys: Vec<String>) -> LocalBoxFuture<'static, Result<usize, ApiError>> {
-        let fut = self.write_command(KV_NAMESPACE, &KvCommand::Delete(keys));
+        let fut = self.write_command(KV_NAMESPACE, KvCommand::Delete(keys));
         async move {
             let reply = fut.await?;
             let out: KvOutput = serde_json::from_slice(&reply.output).map_err(|e| ApiError::Apply(e.to_string()))?;
@@ -878,12 +889,12 @@ impl NodeHandle {
 
     /// Creates or replaces services.
     pub fn set_services(&self, services: Vec<Service>) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        self.write_command(REGISTRY_NAMESPACE, &RegistryCommand::Set(services))
+        self.write_command(REGISTRY_NAMESPACE, RegistryCommand::Set(services))
     }
 
     /// Removes services by name.
     pub fn remove_services(&self, names: Vec<String>) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        self.write_command(REGISTRY_NAMESPACE, &RegistryCommand::Remove(names))
+        self.write_command(REGISTRY_NAMESPACE, RegistryCommand::Remove(names))
     }
 
     /// Creates or updates one instance (and its service, if new).
@@ -893,7 +904,7 @@ impl NodeHandle {
         kind: String,
         node: ServiceNode,
     ) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        self.write_command(REGISTRY_NAMESPACE, &RegistryCommand::Register { service, kind, node })
+        self.write_command(REGISTRY_NAMESPACE, RegistryCommand::Register { service, kind, node })
     }
 
     /// Creates a service (refused if it exists, with `create`) or updates its own fields,
@@ -904,17 +915,17 @@ impl NodeHandle {
         create: bool,
         update: bool,
     ) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        self.write_command(REGISTRY_NAMESPACE, &RegistryCommand::Define { service, create, update })
+        self.write_command(REGISTRY_NAMESPACE, RegistryCommand::Define { service, create, update })
     }
 
     /// Removes a service that has no instance (refused otherwise).
     pub fn drop_service(&self, name: String) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        self.write_command(REGISTRY_NAMESPACE, &RegistryCommand::Drop(name))
+        self.write_command(REGISTRY_NAMESPACE, RegistryCommand::Drop(name))
     }
 
     /// Removes one instance.
     pub fn deregister_instance(&self, key: InstanceKey) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        self.write_command(REGISTRY_NAMESPACE, &RegistryCommand::Deregister(key))
+        self.write_command(REGISTRY_NAMESPACE, RegistryCommand::Deregister(key))
     }
 
     /// One available instance of `name`, picked from this node's copy of the registry.

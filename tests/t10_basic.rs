@@ -137,7 +137,7 @@ async fn service_registry_replicates() {
     let leader = cluster.wait_leader(Duration::from_secs(2)).await;
     let c = cluster.client((leader + 1) % 3).await;
     let set = r#"{"Set":[
-        {"name":"db","type":"mysql","node":[{"host":"127.0.0.1","port":3306,"priority":2,"owner":"team-a"}]},
+        {"name":"db","type":"mysql","node":[{"host":"127.0.0.1","port":3306,"priority":2,"user":"app","owner":"team-a"}]},
         {"name":"web","type":"http","node":[{"host":"127.0.0.2","port":80},{"host":"127.0.0.3","port":80,"enabled":false}]}
     ]}"#;
     retry(Duration::from_secs(5), || c.write("registry", set.into())).await.unwrap();

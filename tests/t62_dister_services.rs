@@ -31,7 +31,7 @@ async fn call(method: &str, url: &str, body: Option<String>) -> (u16, Value) {
     (resp.status().as_u16(), v)
 }
 
-/// `(health, status)` of each node of `service`, by node index, as `http` lists them.
+/// `(health, status)` of each node of `service`, in order, as `http` lists them.
 async fn states(http: &str, service: &str) -> Vec<(String, u64)> {
     let (code, v) = call("GET", &format!("http://{http}/service?name={service}"), None).await;
     if code != 200 {
@@ -123,6 +123,7 @@ async fn dister_files_are_taken_as_they_are_and_their_types_check_every_node() {
     assert_eq!((&node["port"], &node["weight"], &node["interval_ms"]), (&json!(3306), &json!(100), &json!(2000)));
     assert_eq!((&node["user"], &node["pass"], &node["database"]), (&json!("root"), &json!("123456"), &json!("test")));
     assert!(node["status"] == 0 || node["status"] == 1, "{node}");
+    assert_eq!(node["check"], "mysql", "the type's check is written into the node");
     let (_, sites) = call("GET", &format!("http://{http}/service?name=sites"), None).await;
     assert_eq!(
         (&sites["data"]["node"][1]["host"], &sites["data"]["node"][1]["port"]),
@@ -130,8 +131,13 @@ async fn dister_files_are_taken_as_they_are_and_their_types_check_every_node() {
     );
 
     // Pointed at live servers.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let live = listener.local_addr().unwrap().port();
+    let accepting = actix_rt::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            drop(s);
+        }
+    });
     let (web, web2) = (web_server().await, web_server().await);
     let dir = tempfile::tempdir().unwrap();
     let flag = dir.path().join("up");
@@ -141,7 +147,9 @@ async fn dister_files_are_taken_as_they_are_and_their_types_check_every_node() {
     services.retain(|s| ["memcache", "sites", "taskmanager"].contains(&s["name"].as_str().unwrap()));
     for s in services.iter_mut() {
         for n in s["node"].as_array_mut().unwrap() {
+            // Quick checks, with time to answer on a loaded machine.
             n["interval"] = json!("200");
+            n["timeout_ms"] = json!("2000");
         }
     }
     services[0]["node"][0]["port"] = json!(live.to_string());
@@ -151,7 +159,7 @@ async fn dister_files_are_taken_as_they_are_and_their_types_check_every_node() {
     services[2]["node"][1]["script"] = json!(format!("test -e {} && echo ' 1 ' || echo 0", flag.display()));
     services.push(json!({"name": "mixed", "type": "tcp", "node": [
         {"host": "127.0.0.1", "port": closed_port().to_string(), "check": "http",
-         "url": format!("http://127.0.0.1:{web}/health.php"), "interval": "200"}]}));
+         "url": format!("http://127.0.0.1:{web}/health.php"), "interval": "200", "timeout_ms": "2000"}]}));
     let r = call("POST", &format!("http://{http}/service"), Some(file.to_string())).await;
     assert_eq!(r.0, 200, "{r:?}");
 
@@ -169,7 +177,8 @@ async fn dister_files_are_taken_as_they_are_and_their_types_check_every_node() {
         assert_eq!(b["data"]["url"], json!(format!("http://127.0.0.1:{web}/health.php")), "{b}");
     }
 
-    drop(listener);
+    accepting.abort();
+    let _ = accepting.await;
     wait_states(&http, "memcache", &["unhealthy", "unhealthy"], within).await;
     let (code, b) = call("GET", &format!("http://{http}/balance?name=memcache"), None).await;
     assert_eq!(code, 404, "no node has status 1: {b}");
@@ -223,7 +232,7 @@ async fn bad_dister_files_are_refused_naming_the_service_and_node() {
 /// 2. Set four services from a dister file: each database with the right password and with a
 ///    wrong one (interval 1.5 s).
 /// 3. The right passwords are status 1, the wrong ones 0 (judged unhealthy, not just unknown).
-/// 4. Stop MariaDB: its node turns 0 within two intervals. The same for PostgreSQL.
+/// 4. Kill MariaDB (SIGKILL): its node turns 0 within two intervals. The same for PostgreSQL.
 /// 5. No node's log holds either password, though they logged the failed checks.
 #[actix_rt::test]
 async fn database_checks_follow_real_mariadb_and_postgresql() {
@@ -252,12 +261,16 @@ async fn database_checks_follow_real_mariadb_and_postgresql() {
         wait_states(&http, service, &[want], within).await;
     }
 
-    mariadb.stop();
-    let took = wait_states(&http, "db", &["unhealthy"], within).await;
+    let killed = Instant::now();
+    mariadb.kill();
+    wait_states(&http, "db", &["unhealthy"], within).await;
+    let took = killed.elapsed();
     assert!(took <= 2 * interval, "a stopped MariaDB took {took:?} to turn 0 (interval {interval:?})");
     wait_states(&http, "pg", &["healthy"], within).await;
-    postgres.stop();
-    let took = wait_states(&http, "pg", &["unhealthy"], within).await;
+    let killed = Instant::now();
+    postgres.kill();
+    wait_states(&http, "pg", &["unhealthy"], within).await;
+    let took = killed.elapsed();
     assert!(took <= 2 * interval, "a stopped PostgreSQL took {took:?} to turn 0 (interval {interval:?})");
 
     let logs = p.whole_logs();

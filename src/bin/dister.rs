@@ -502,6 +502,19 @@ enum Failure {
     Other(anyhow::Error),
 }
 
+impl Failure {
+    /// The same failure, saying first what was `done` before it (a command over several
+    /// items stops at the first that fails).
+    fn after(self, done: &str) -> Failure {
+        match self {
+            _ if done.is_empty() => self,
+            Failure::NotFound(m) => Failure::NotFound(format!("{done}{m}")),
+            Failure::Usage(m) => Failure::Usage(format!("{done}{m}")),
+            Failure::Other(e) => Failure::Other(anyhow::anyhow!("{done}{e:#}")),
+        }
+    }
+}
+
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         Failure::Other(e.into())
@@ -663,26 +676,14 @@ async fn run_client(addr: &str, group: &str, token: Option<&str>, command: Comma
         }
         Command::Addnode { addrs } => {
             for addr in addrs {
-                let addr = node_addr(&addr).map_err(Failure::Usage)?;
-                // The node knows its own id: ask it, as dister's addnode needs only the address.
-                let node = Client::connect_with_token(&addr, group, token)
-                    .await
-                    .map_err(|e| Failure::Other(anyhow::anyhow!("cannot reach {addr}: {e}")))?;
-                let id = node.status().await?.id;
-                let change = MemberChange::Add { id, addr: addr.clone(), promote: true };
-                let reply = retry(|| client.change_members(change.clone())).await?;
-                let _ = writeln!(out, "added {id} ({addr}) at index {}", reply.index);
+                let line = add_node(&client, group, token, &addr).await.map_err(|e| e.after(&out))?;
+                out.push_str(&line);
             }
         }
         Command::Delnode { addrs } => {
             for addr in addrs {
-                let addr = node_addr(&addr).map_err(Failure::Usage)?;
-                let members = member_list(&client, group, token).await?;
-                let Some(id) = members.iter().find(|m| m.addr == addr).map(|m| m.id) else {
-                    return Err(Failure::NotFound(format!("no member at {addr}")));
-                };
-                let reply = retry(|| client.change_members(MemberChange::Remove { id })).await?;
-                let _ = writeln!(out, "removed {id} ({addr}) at index {}", reply.index);
+                let line = remove_node(&client, group, token, &addr).await.map_err(|e| e.after(&out))?;
+                out.push_str(&line);
             }
         }
         Command::Server(_) | Command::Bench(_) | Command::Snapshot(_) => unreachable!("handled in main"),
@@ -697,6 +698,30 @@ async fn run_client(addr: &str, group: &str, token: Option<&str>, command: Comma
         | Command::Delservice { .. } => unreachable!("made canonical in main"),
     }
     Ok(out)
+}
+
+/// dister's `addnode` for one address: the node there is asked its id, then added (a learner,
+/// promoted once caught up).
+async fn add_node(client: &Client, group: &str, token: Option<&str>, addr: &str) -> Result<String, Failure> {
+    let addr = node_addr(addr).map_err(Failure::Usage)?;
+    let node = Client::connect_with_token(&addr, group, token)
+        .await
+        .map_err(|e| Failure::Other(anyhow::anyhow!("cannot reach {addr}: {e}")))?;
+    let id = node.status().await?.id;
+    let change = MemberChange::Add { id, addr: addr.clone(), promote: true };
+    let reply = retry(|| client.change_members(change.clone())).await?;
+    Ok(format!("added {id} ({addr}) at index {}\n", reply.index))
+}
+
+/// dister's `delnode` for one address: the member there is removed.
+async fn remove_node(client: &Client, group: &str, token: Option<&str>, addr: &str) -> Result<String, Failure> {
+    let addr = node_addr(addr).map_err(Failure::Usage)?;
+    let members = member_list(client, group, token).await?;
+    let Some(id) = members.iter().find(|m| m.addr == addr).map(|m| m.id) else {
+        return Err(Failure::NotFound(format!("no member at {addr}")));
+    };
+    let reply = retry(|| client.change_members(MemberChange::Remove { id })).await?;
+    Ok(format!("removed {id} ({addr}) at index {}\n", reply.index))
 }
 
 /// The members as the leader sees them (its match indexes and reachability), or as the node

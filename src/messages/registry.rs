@@ -30,18 +30,18 @@ pub enum Health {
     Unhealthy,
 }
 
-/// How the leader checks an instance. A node names its own (`check`), or takes its
-/// service's: dister's service types `tcp`, `web`, `custom`, `mysql` and `pgsql` are checks
-/// ([`CheckKind::of_type`]).
+/// How the leader checks an instance. A node names its own (`check`), or, written without one
+/// into a service of one of dister's types (`tcp`, `web`, `custom`, `mysql`, `pgsql`), is
+/// given that type's check where the write is received ([`Service::resolve_checks`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckKind {
     /// Connect to host:port.
     Tcp,
-    /// GET `url` (default `http://host:port/`); healthy on 2xx. dister's `web` checks are
-    /// these with a `url` and healthy on 200 only.
-    #[serde(alias = "web")]
+    /// GET `url` (default `http://host:port/`); healthy on 2xx.
     Http,
+    /// dister's `web`: GET `url` (which it must have); healthy on 200 only.
+    Web,
     /// Run `script` with `sh -c`; healthy on exit 0 (only where the config allows scripts).
     Script,
     /// dister's `custom`: run `script` with `sh -c`; healthy when it exits 0 and prints `1`
@@ -59,7 +59,7 @@ impl CheckKind {
     /// The check a service of dister's type `kind` gives its nodes (any case), if any: other
     /// types are labels, their nodes unchecked.
     pub fn of_type(kind: &str) -> Option<CheckKind> {
-        [("tcp", CheckKind::Tcp), ("web", CheckKind::Http), ("custom", CheckKind::Custom)]
+        [("tcp", CheckKind::Tcp), ("web", CheckKind::Web), ("custom", CheckKind::Custom)]
             .into_iter()
             .chain([("mysql", CheckKind::Mysql), ("pgsql", CheckKind::Pgsql)])
             .find(|(name, _)| kind.eq_ignore_ascii_case(name))
@@ -76,6 +76,7 @@ impl CheckKind {
         match self {
             CheckKind::Tcp => "tcp",
             CheckKind::Http => "http",
+            CheckKind::Web => "web",
             CheckKind::Script => "script",
             CheckKind::Custom => "custom",
             CheckKind::Mysql => "mysql",
@@ -121,8 +122,9 @@ pub struct ServiceNode {
     /// Command for a `script` check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub script: Option<String>,
-    /// How often to check (default: the node's `check_interval_ms`); dister's `interval`.
-    #[serde(default, alias = "interval", skip_serializing_if = "Option::is_none")]
+    /// How often to check (default: the node's `check_interval_ms`); dister's `interval`,
+    /// read as this from service files ([`crate::registry::input`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval_ms: Option<u64>,
     /// How long a probe may take before it counts as failed (default: the interval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -174,10 +176,12 @@ impl ServiceNode {
         format!("{}:{}", self.host, self.port)
     }
 
-    /// How this instance is checked, in a service of type `kind`: by beats if it is
-    /// ephemeral, else by its own check, else by the one its service's type names.
-    pub fn effective_check(&self, kind: &str) -> Option<CheckKind> {
-        if self.ephemeral { Some(CheckKind::Ttl) } else { self.check.or_else(|| CheckKind::of_type(kind)) }
+    /// How this instance is checked: its own check, or beats for an ephemeral one. Its
+    /// service's type plays no part once it is in the log: the check it names was written
+    /// into the instance where the write was received ([`Service::resolve_checks`]), so an
+    /// entry means on replay what it meant when it was written.
+    pub fn effective_check(&self) -> Option<CheckKind> {
+        if self.ephemeral { Some(CheckKind::Ttl) } else { self.check }
     }
 
     /// Whether it may take traffic: enabled, healthy, with weight.
@@ -185,26 +189,30 @@ impl ServiceNode {
         self.enabled && self.health == Health::Healthy && self.weight > 0.0
     }
 
-    /// The same thing to check as `other`: address, URL, script and the fields a database
-    /// check reads (so its health carries over when its service is set again).
-    fn same_target(&self, other: &ServiceNode) -> bool {
-        (self.host.as_str(), self.port, &self.url, &self.script, &self.extra)
-            == (other.host.as_str(), other.port, &other.url, &other.script, &other.extra)
+    /// The same instance, with the same way of being checked (so its health carries over
+    /// when its service is set again, and a probe started for one still speaks for the other).
+    pub fn same_checking(&self, other: &ServiceNode) -> bool {
+        (self.host.as_str(), self.port, self.effective_check(), &self.url, &self.script)
+            == (other.host.as_str(), other.port, other.effective_check(), &other.url, &other.script)
     }
 
-    /// The health a (re-)registered instance checked by `check` starts with: kept from
-    /// `before` (the instance as it was, and its check) if the same thing is checked the same
-    /// way; else healthy if nothing checks it or it lives by beats (registering is a sign of
-    /// life), unknown until its first probe otherwise.
-    pub fn initial_health(
-        &self,
-        check: Option<CheckKind>,
-        before: Option<(&ServiceNode, Option<CheckKind>)>,
-    ) -> Health {
-        match (check, before) {
-            (None | Some(CheckKind::Ttl), _) => Health::Healthy,
-            (Some(c), Some((b, was))) if was == Some(c) && b.same_target(self) => b.health,
+    /// The health a (re-)registered instance starts with: kept from `before` if it is the
+    /// same instance checked the same way; else healthy if nothing checks it or it lives by
+    /// beats (registering is a sign of life), unknown until its first probe otherwise.
+    pub fn initial_health(&self, before: Option<&ServiceNode>) -> Health {
+        match (before, self.effective_check()) {
+            // Nothing checks it, or it lives by beats and (re-)registering is a beat.
+            (_, None | Some(CheckKind::Ttl)) => Health::Healthy,
+            (Some(b), _) if b.same_checking(self) => b.health,
             _ => Health::Unknown,
+        }
+    }
+
+    /// Gives a persistent instance without a check of its own the check of dister's service
+    /// type `kind`, if it names one.
+    fn resolve_check(&mut self, kind: &str) {
+        if !self.ephemeral && self.check.is_none() {
+            self.check = CheckKind::of_type(kind);
         }
     }
 
@@ -280,6 +288,15 @@ impl Service {
     /// A service with no instance and no other field.
     pub fn new(name: impl Into<String>, kind: impl Into<String>) -> Self {
         Service { name: name.into(), kind: kind.into(), nodes: Vec::new(), extra: BTreeMap::new() }
+    }
+
+    /// As in dister, the service's type checks every node that names no check itself: each
+    /// such node is given the check its type names (`tcp`, `web`, `custom`, `mysql`,
+    /// `pgsql`; other types are labels). Done before the write reaches the log.
+    pub fn resolve_checks(&mut self) {
+        for n in &mut self.nodes {
+            n.resolve_check(&self.kind);
+        }
     }
 }
 
@@ -379,9 +396,9 @@ impl CheckOutcome {
 /// The JSON names of a service's own fields.
 const SERVICE_FIELDS: [&str; 3] = ["name", "type", "node"];
 
-/// The JSON names of an instance's own fields (`priority` is `weight`'s alias, `interval`
-/// `interval_ms`'s; `status` is written beside `health`).
-const NODE_FIELDS: [&str; 16] = [
+/// The JSON names of an instance's own fields (`priority` is `weight`'s alias; `status` is
+/// written beside `health`).
+const NODE_FIELDS: [&str; 15] = [
     "host",
     "port",
     "weight",
@@ -394,20 +411,18 @@ const NODE_FIELDS: [&str; 16] = [
     "check",
     "url",
     "script",
-    "interval",
     "interval_ms",
     "timeout_ms",
     "ttl_ms",
 ];
 
-/// Refuses an instance of service `service` (of type `kind`) that its check could not run
-/// on, naming both.
-fn validate_node(service: &str, kind: &str, n: &ServiceNode, scripts_allowed: bool) -> Result<(), String> {
+/// Refuses an instance of service `service` that its check could not run on, naming both.
+fn validate_node(service: &str, n: &ServiceNode, scripts_allowed: bool) -> Result<(), String> {
     let fail = |why: String| Err(format!("service {service:?}, node {}: {why}", n.addr()));
     if n.host.is_empty() {
         return Err(format!("service {service:?}: a node needs a host (or, checked by web, a url)"));
     }
-    let check = n.effective_check(kind);
+    let check = n.effective_check();
     if let Some(c) = check {
         if c.runs_scripts() && n.script.as_deref().is_none_or(|s| s.trim().is_empty()) {
             return fail(format!("a {} check needs a script", c.name()));
@@ -418,12 +433,17 @@ fn validate_node(service: &str, kind: &str, n: &ServiceNode, scripts_allowed: bo
                 c.name()
             ));
         }
-        if matches!(c, CheckKind::Mysql | CheckKind::Pgsql) && n.extra_text("user").is_none_or(|u| u.is_empty()) {
-            return fail(format!("a {} check needs a user", c.name()));
+        if matches!(c, CheckKind::Mysql | CheckKind::Pgsql) {
+            if n.extra_text("user").is_none_or(|u| u.is_empty()) {
+                return fail(format!("a {} check needs a user", c.name()));
+            }
+            if n.host.starts_with('/') {
+                return fail(format!("a {} check connects over TCP: host must not be a socket path", c.name()));
+            }
         }
-        // dister's web nodes are given by their url; a node with its own http check may
-        // leave it to default to http://host:port/.
-        if n.check.is_none() && c == CheckKind::Http && n.url.is_none() {
+        // dister's web nodes are given by their url; an http check defaults to
+        // http://host:port/.
+        if c == CheckKind::Web && n.url.is_none() {
             return fail("a web check needs a url".into());
         }
     }
@@ -460,6 +480,17 @@ fn validate_service_fields(s: &Service) -> Result<(), String> {
 }
 
 impl RegistryCommand {
+    /// Readies a command received from a client for the log: gives the instances it writes
+    /// their service type's check ([`Service::resolve_checks`]), then validates it.
+    pub fn prepare(&mut self, scripts_allowed: bool) -> Result<(), String> {
+        match self {
+            RegistryCommand::Set(services) => services.iter_mut().for_each(Service::resolve_checks),
+            RegistryCommand::Register { kind, node, .. } => node.resolve_check(kind),
+            _ => {}
+        }
+        self.validate(scripts_allowed)
+    }
+
     /// Refuses services without a name, instances their checks could not run on (script
     /// checks among them, unless `scripts_allowed`), and empty commands.
     pub fn validate(&self, scripts_allowed: bool) -> Result<(), String> {
@@ -468,7 +499,7 @@ impl RegistryCommand {
             RegistryCommand::Set(services) => {
                 for s in services {
                     validate_service_fields(s)?;
-                    s.nodes.iter().try_for_each(|n| validate_node(&s.name, &s.kind, n, scripts_allowed))?;
+                    s.nodes.iter().try_for_each(|n| validate_node(&s.name, n, scripts_allowed))?;
                     let mut seen = std::collections::BTreeSet::new();
                     if let Some(dup) = s.nodes.iter().find(|n| !seen.insert((n.host.as_str(), n.port))) {
                         return Err(format!("service {:?} lists node {} twice", s.name, dup.addr()));
@@ -480,8 +511,7 @@ impl RegistryCommand {
             RegistryCommand::Register { service, .. } if service.is_empty() => {
                 Err("a service name must not be empty".into())
             }
-            // The node's own check, or the type it would create its service with.
-            RegistryCommand::Register { service, kind, node } => validate_node(service, kind, node, scripts_allowed),
+            RegistryCommand::Register { service, node, .. } => validate_node(service, node, scripts_allowed),
             RegistryCommand::Deregister(k) | RegistryCommand::SetHealth { key: k, .. } if k.service.is_empty() => {
                 Err("a service name must not be empty".into())
             }

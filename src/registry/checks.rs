@@ -139,23 +139,16 @@ impl HealthChecks {
             probes_done: 0,
             outcomes_written: 0,
         };
-        for (key, node, check) in registry.checked_instances() {
+        for (key, node) in registry.instances() {
             let spread = checks.settings.interval(node).mul_f64(rng.random_range(0.0..1.0));
-            checks.track(key, node, check, now, now + spread);
+            checks.track(key, node, now, now + spread);
         }
         checks
     }
 
     /// Follows `node` afresh (first probe at `probe_at`, silence counted from `now`).
-    fn track(
-        &mut self,
-        key: InstanceKey,
-        node: &ServiceNode,
-        check: Option<CheckKind>,
-        now: Instant,
-        probe_at: Instant,
-    ) {
-        let Some(kind) = check else {
+    fn track(&mut self, key: InstanceKey, node: &ServiceNode, now: Instant, probe_at: Instant) {
+        let Some(kind) = node.effective_check() else {
             self.tracks.remove(&key);
             return;
         };
@@ -184,8 +177,8 @@ impl HealthChecks {
     /// probe as soon as a slot is free, its silence counted from now.
     pub fn registered(&mut self, registry: &Registry, key: &InstanceKey, now: Instant) {
         self.pending.remove(key);
-        match registry.checked(key) {
-            Some((node, check)) => self.track(key.clone(), node, check, now, now),
+        match registry.instance(key) {
+            Some(node) => self.track(key.clone(), node, now, now),
             None => {
                 self.tracks.remove(key);
             }
@@ -201,12 +194,12 @@ impl HealthChecks {
     /// The instance beat: its silence starts over, and a beating instance that is (or is
     /// about to be written) unhealthy is healthy again.
     pub fn beat(&mut self, registry: &Registry, key: &InstanceKey, now: Instant) {
-        let Some((node, check)) = registry.checked(key) else { return };
-        if check != Some(CheckKind::Ttl) {
+        let Some(node) = registry.instance(key) else { return };
+        if node.effective_check() != Some(CheckKind::Ttl) {
             return;
         }
         if !self.tracks.contains_key(key) {
-            self.track(key.clone(), node, check, now, now);
+            self.track(key.clone(), node, now, now);
         }
         if let Some(t) = self.tracks.get_mut(key) {
             t.last_beat = now;
@@ -269,7 +262,7 @@ impl HealthChecks {
                 continue;
             }
             let node = registry.instance(&key);
-            let Some(probe) = registry.checked(&key).and_then(|(n, check)| Probe::for_node(n, check?)) else {
+            let Some(probe) = node.and_then(Probe::for_node) else {
                 self.tracks.remove(&key);
                 continue;
             };

@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::messages::registry::{CheckKind, Service};
+use crate::messages::registry::{CheckKind, Service, ServiceNode};
 
 /// Fields holding a whole number, and the largest each takes.
 const WHOLE: [(&str, u64); 5] = [
@@ -60,24 +60,38 @@ fn service(value: Value, nth: usize) -> Result<Service, String> {
         None => return Err(format!("service {nth} has no name")),
     };
     let kind = fields.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
-    match fields.get_mut("node") {
-        Some(Value::Array(nodes)) => {
-            for (i, node) in nodes.iter_mut().enumerate() {
-                normalize_node(node, &kind).map_err(|why| format!("service {name:?}, node {}: {why}", i + 1))?;
-            }
-        }
-        Some(Value::Null) | None => {}
-        Some(other) => return Err(format!("service {name:?}: node is {}, not an array", kind_of(other))),
-    }
-    serde_json::from_value(Value::Object(fields)).map_err(|e| format!("service {name:?}: {e}"))
+    // Each node read on its own, so that what is wrong with one names it.
+    let nodes = match fields.remove("node") {
+        Some(Value::Array(nodes)) => nodes
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut node)| {
+                normalize_node(&mut node, &kind)
+                    .and_then(|()| serde_json::from_value::<ServiceNode>(node).map_err(|e| e.to_string()))
+                    .map_err(|why| format!("service {name:?}, node {}: {why}", i + 1))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(Value::Null) | None => Vec::new(),
+        Some(other) => return Err(format!("service {name:?}: node is {}, not an array", kind_of(&other))),
+    };
+    let service: Service =
+        serde_json::from_value(Value::Object(fields)).map_err(|e| format!("service {name:?}: {e}"))?;
+    Ok(Service { nodes, ..service })
 }
 
 /// Puts a node as dister writes it in this project's form: numbers and flags given as
-/// strings read as such, a web node's host and port taken from its url.
+/// strings read as such, `interval` as `interval_ms`, a web node's host and port taken from
+/// its url.
 fn normalize_node(node: &mut Value, kind: &str) -> Result<(), String> {
     let Value::Object(fields) = node else {
         return Err(format!("a node is an object, not {}", kind_of(node)));
     };
+    if let Some(interval) = fields.remove("interval") {
+        if fields.contains_key("interval_ms") {
+            return Err("interval and interval_ms are the same field: give one".into());
+        }
+        fields.insert("interval_ms".into(), interval);
+    }
     for (field, max) in WHOLE {
         if let Some(v) = fields.get_mut(field) {
             let n = match &*v {
@@ -104,17 +118,23 @@ fn normalize_node(node: &mut Value, kind: &str) -> Result<(), String> {
         }
     }
     for field in FLAGS {
-        if let Some(v) = fields.get_mut(field)
-            && let Value::String(s) = &*v
-        {
-            *v = Value::Bool(match s.trim() {
-                "true" | "1" => true,
-                "false" | "0" => false,
-                _ => return Err(format!("{field} {s:?} is neither true nor false")),
-            });
+        if let Some(v) = fields.get_mut(field) {
+            let flag = match &*v {
+                Value::Bool(b) => *b,
+                Value::String(s) if s.trim().eq_ignore_ascii_case("true") || s.trim() == "1" => true,
+                Value::String(s) if s.trim().eq_ignore_ascii_case("false") || s.trim() == "0" => false,
+                Value::Number(n) if n.as_u64() == Some(1) => true,
+                Value::Number(n) if n.as_u64() == Some(0) => false,
+                other => return Err(format!("{field} {other} is neither true nor false")),
+            };
+            *v = Value::Bool(flag);
         }
     }
-    if CheckKind::of_type(kind) == Some(CheckKind::Http) {
+    let check = match fields.get("check") {
+        Some(Value::String(c)) => serde_json::from_value(Value::String(c.clone())).ok(),
+        _ => CheckKind::of_type(kind),
+    };
+    if check == Some(CheckKind::Web) {
         fill_from_url(fields)?;
     }
     Ok(())
@@ -155,13 +175,17 @@ mod tests {
 
     #[test]
     fn dister_files_are_read_as_they_are() {
-        let services = parse_services(DISTER_FILE.as_bytes()).unwrap();
-        RegistryCommand::Set(services.clone()).validate(true).unwrap();
+        let mut set = RegistryCommand::Set(parse_services(DISTER_FILE.as_bytes()).unwrap());
+        set.prepare(true).unwrap();
+        let RegistryCommand::Set(services) = set else { unreachable!() };
         let db = &services[0].nodes[0];
         assert_eq!((db.port, db.weight, db.interval_ms), (3306, 100.0, Some(2000)));
         assert_eq!(db.extra_text("user").as_deref(), Some("root"));
         assert_eq!(db.extra_text("database").as_deref(), Some("test"));
-        assert_eq!(db.effective_check(&services[0].kind), Some(CheckKind::Mysql));
+        assert_eq!(db.effective_check(), Some(CheckKind::Mysql), "the type's check, written into the node");
+        let checks: Vec<_> = services.iter().map(|s| s.nodes[0].check).collect();
+        let want = [CheckKind::Mysql, CheckKind::Tcp, CheckKind::Web, CheckKind::Custom];
+        assert_eq!(checks, want.map(Some));
         let sites = &services[2].nodes;
         assert_eq!((sites[0].host.as_str(), sites[0].port), ("127.0.0.15", 8080), "host and port from the url");
         assert_eq!(sites[1].port, 80);
@@ -191,7 +215,7 @@ mod tests {
         let refused = |file: &str, scripts: bool| -> String {
             match parse_services(file.as_bytes()) {
                 Err(e) => e,
-                Ok(s) => RegistryCommand::Set(s).validate(scripts).unwrap_err(),
+                Ok(s) => RegistryCommand::Set(s).prepare(scripts).unwrap_err(),
             }
         };
         let e =
@@ -213,5 +237,14 @@ mod tests {
         let e = refused(r#"[{"name":"s","type":"web","node":[{"url":"https://127.0.0.1/"}]}]"#, true);
         assert!(e.contains("must start with http://"), "{e}");
         assert!(refused("7", true).contains("not a number"));
+        let e = refused(r#"[{"name":"m","node":[{"host":"127.0.0.1","port":1,"enabled":"maybe"}]}]"#, true);
+        assert!(e.contains(r#"service "m", node 1: enabled "maybe" is neither true nor false"#), "{e}");
+        let e = refused(r#"[{"name":"m","node":[{"host":"127.0.0.1","port":1,"check":"tcpp"}]}]"#, true);
+        assert!(e.contains(r#"service "m", node 1: unknown variant `tcpp`"#), "{e}");
+        let e =
+            refused(r#"[{"name":"m","node":[{"host":"127.0.0.1","port":1,"interval":"5","interval_ms":5}]}]"#, true);
+        assert!(e.contains(r#"service "m", node 1: interval and interval_ms"#), "{e}");
+        let e = refused(r#"[{"name":"p","type":"pgsql","node":[{"host":"/run/pg","port":5432,"user":"u"}]}]"#, true);
+        assert!(e.contains("host must not be a socket path"), "{e}");
     }
 }

@@ -13,7 +13,7 @@ use rand::RngExt;
 
 use crate::error::ApiError;
 use crate::messages::registry::{
-    Change, CheckKind, CheckOutcome, Health, InstanceKey, RegistryCommand, Service, ServiceNode, Strategy,
+    Change, CheckOutcome, Health, InstanceKey, RegistryCommand, Service, ServiceNode, Strategy,
 };
 
 /// Services by name, as the log made them, with an index from each instance's key to its
@@ -98,25 +98,6 @@ impl Registry {
         self.services.get_mut(&key.service)?.nodes.get_mut(slot)
     }
 
-    /// The type of service `name` ("" if there is none).
-    pub fn kind_of(&self, name: &str) -> &str {
-        self.services.get(name).map_or("", |s| s.kind.as_str())
-    }
-
-    /// How an instance is checked (its own check, or its service type's), with the instance.
-    pub fn checked(&self, key: &InstanceKey) -> Option<(&ServiceNode, Option<CheckKind>)> {
-        let s = self.services.get(&key.service)?;
-        let n = s.nodes.get(*self.slots.get(key)?)?;
-        Some((n, n.effective_check(&s.kind)))
-    }
-
-    /// Every instance with its key and its check, in service order.
-    pub fn checked_instances(&self) -> impl Iterator<Item = (InstanceKey, &ServiceNode, Option<CheckKind>)> {
-        self.services
-            .values()
-            .flat_map(|s| s.nodes.iter().map(move |n| (n.key(&s.name), n, n.effective_check(&s.kind))))
-    }
-
     /// Every instance with its key, in service order.
     pub fn instances(&self) -> impl Iterator<Item = (InstanceKey, &ServiceNode)> {
         self.services.values().flat_map(|s| s.nodes.iter().map(move |n| (n.key(&s.name), n)))
@@ -177,8 +158,8 @@ impl Registry {
                 let n = services.len();
                 for mut s in services {
                     for node in &mut s.nodes {
-                        let old = self.checked(&node.key(&s.name));
-                        node.health = node.initial_health(node.effective_check(&s.kind), old);
+                        let old = self.instance(&node.key(&s.name));
+                        node.health = node.initial_health(old);
                         node.revision = index;
                     }
                     self.implicit.remove(&s.name);
@@ -190,16 +171,17 @@ impl Registry {
             RegistryCommand::Register { service, kind, mut node } => {
                 let key = node.key(&service);
                 node.revision = index;
-                let check = node.effective_check(self.services.get(&service).map_or(&kind, |s| &s.kind));
-                let old = self.checked(&key);
-                node.health = node.initial_health(check, old);
                 match self.instance_mut(&key) {
-                    Some(old) => *old = node,
+                    Some(old) => {
+                        node.health = node.initial_health(Some(old));
+                        *old = node;
+                    }
                     None => {
                         if !self.services.contains_key(&service) {
                             self.implicit.insert(service.clone());
                         }
                         let s = self.services.entry(service.clone()).or_insert_with(|| Service::new(service, kind));
+                        node.health = node.initial_health(None);
                         s.nodes.push(node);
                         self.slots.insert(key.clone(), s.nodes.len() - 1);
                     }
@@ -240,16 +222,6 @@ impl Registry {
                 Some(_) if create => return Err(format!("service {:?} already exists", service.name)),
                 None if update => return Err(format!("service {:?} does not exist", service.name)),
                 Some(s) => {
-                    // A new type may check the instances another way: those it changes
-                    // start over, as registered again.
-                    for n in &mut s.nodes {
-                        let (was, now) = (n.effective_check(&s.kind), n.effective_check(&service.kind));
-                        if was != now {
-                            n.health = n.initial_health(now, None);
-                            n.revision = index;
-                            applied.registered.push(n.key(&s.name));
-                        }
-                    }
                     s.kind = service.kind;
                     s.extra = service.extra;
                     // Defined on purpose: it stays when its last instance goes.
@@ -347,6 +319,7 @@ pub fn health_of(ok: bool) -> Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::messages::registry::CheckKind;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 

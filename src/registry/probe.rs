@@ -105,13 +105,11 @@ impl Database {
 const SCRIPT_OUTPUT_LIMIT: u64 = 4_096;
 
 impl Probe {
-    /// The probe for `node` checked by `check`, if it has one that runs (TTL checks are
-    /// beats, not probes).
-    pub fn for_node(node: &ServiceNode, check: CheckKind) -> Option<Probe> {
-        match check {
+    /// The probe for `node`, if it has one that runs (TTL checks are beats, not probes).
+    pub fn for_node(node: &ServiceNode) -> Option<Probe> {
+        match node.effective_check()? {
             CheckKind::Tcp => Some(Probe::Tcp(node.addr())),
-            // A node that chose http checks wants 2xx; dister's web type, a 200.
-            CheckKind::Http if node.check.is_none() => node.url.clone().map(Probe::Web),
+            CheckKind::Web => node.url.clone().map(Probe::Web),
             CheckKind::Http => {
                 Some(Probe::Http(node.url.clone().unwrap_or_else(|| format!("http://{}/", node.addr()))))
             }
@@ -131,9 +129,9 @@ impl Probe {
                 Probe::Tcp(addr) => transport.probe(&addr).await.is_ok(),
                 Probe::Http(url) => get(&url, timeout).await.is_some_and(|s| s.is_success()),
                 Probe::Web(url) => get(&url, timeout).await.is_some_and(|s| s == awc::http::StatusCode::OK),
-                Probe::Script(cmd) if scripts_allowed => run_script(&cmd).await.is_some_and(|(ok, _)| ok),
+                Probe::Script(cmd) if scripts_allowed => run_script(&cmd, false).await.is_some_and(|(ok, _)| ok),
                 Probe::Custom(cmd) if scripts_allowed => {
-                    run_script(&cmd).await.is_some_and(|(ok, out)| ok && out.trim_ascii() == b"1")
+                    run_script(&cmd, true).await.is_some_and(|(ok, out)| ok && out.trim_ascii() == b"1")
                 }
                 Probe::Script(_) | Probe::Custom(_) => false,
                 Probe::Mysql(db) => judged("mysql", &db, db.clone().mysql(timeout).await),
@@ -163,21 +161,40 @@ async fn get(url: &str, timeout: Duration) -> Option<awc::http::StatusCode> {
     client.get(url).send().await.ok().map(|resp| resp.status())
 }
 
-/// Runs `cmd` with `sh -c`; answers whether it exited 0, and the start of what it printed.
-async fn run_script(cmd: &str) -> Option<(bool, Vec<u8>)> {
+/// Runs `cmd` with `sh -c` in a process group of its own, killed whole when the check ends,
+/// so nothing it started outlives its check. Answers whether it exited 0 and, if `read`, the
+/// first 4 KiB of what it printed (the rest is read and dropped, so a long output is no
+/// failure).
+async fn run_script(cmd: &str, read: bool) -> Option<(bool, Vec<u8>)> {
+    let stdout = if read { std::process::Stdio::piped() } else { std::process::Stdio::null() };
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(cmd)
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
+        .stdout(stdout)
         .stderr(std::process::Stdio::null())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .ok()?;
+    let _group = child.id().map(ProcessGroup);
     let mut out = Vec::new();
-    if let Some(stdout) = child.stdout.take() {
-        stdout.take(SCRIPT_OUTPUT_LIMIT).read_to_end(&mut out).await.ok()?;
+    if let Some(mut stdout) = child.stdout.take() {
+        (&mut stdout).take(SCRIPT_OUTPUT_LIMIT).read_to_end(&mut out).await.ok()?;
+        tokio::io::copy(&mut stdout, &mut tokio::io::sink()).await.ok()?;
     }
     let status = child.wait().await.ok()?;
     Some((status.success(), out))
+}
+
+/// A script's process group, killed when dropped: when its check ends, or times out.
+struct ProcessGroup(u32);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Ok(pgid) = i32::try_from(self.0) {
+            // SAFETY: kill has no memory-safety preconditions; a group that is gone is ESRCH.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+    }
 }

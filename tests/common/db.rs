@@ -43,6 +43,19 @@ fn run(cmd: &mut Command, what: &str) {
     );
 }
 
+/// Runs `cmd` until it succeeds, at most 30 s: a server listens before it takes logins.
+fn run_until_ready(cmd: &mut Command, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{what}: {e}"));
+        if out.status.success() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Waits until something accepts connections on `port`, at most 30 s.
 fn wait_listening(port: u16, what: &str, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -162,7 +175,7 @@ impl DbServer {
             .expect("start postgres");
         let server = DbServer { child: Some(child), port, _dir: dir };
         wait_listening(port, "postgres", &log);
-        run(
+        run_until_ready(
             Command::new(bin.join("psql"))
                 .env("PGPASSWORD", PASSWORD)
                 .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "dister", "-d", "postgres", "-q", "-c"])
@@ -170,6 +183,14 @@ impl DbServer {
             "creating the postgres database",
         );
         server
+    }
+
+    /// Kills the server (SIGKILL, as when its machine dies) and waits for it to end.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// Stops the server (SIGTERM, and waits for it to end).

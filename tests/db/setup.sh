@@ -2,7 +2,7 @@
 # Installs the database servers the health-check tests run against: Debian's MariaDB and
 # PostgreSQL, unpatched. Idempotent: installed servers are kept. Nothing is started here and
 # no service is left enabled: each test starts its own server on loopback, on a free port,
-# with a throwaway data directory, and stops it (tests/t62_db_checks.rs).
+# with a throwaway data directory, and stops it (tests/common/db.rs, used by tests/t62_dister_services.rs).
 # Usage: tests/db/setup.sh   (as root, or with sudo)
 set -euo pipefail
 need=()
@@ -10,7 +10,7 @@ command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(maria
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=()
-[ "$(id -u)" -eq 0 ] || sudo=(sudo)
+[ "$(id -u)" -eq 0 ] || sudo=(sudo -n)
 export DEBIAN_FRONTEND=noninteractive
 # The packages' own services must not start (they would take the fixed ports 3306 and 5432):
 # policy-rc.d answering 101 tells invoke-rc.d to leave them stopped.
