@@ -11,23 +11,10 @@
 #       over 100,000 keys: resident memory and disk of a node after every minute (they must
 #       level off), then the restart time after kill -9
 set -euo pipefail
-cd "$(dirname "$0")/.."
-cargo build --release --quiet --bin dister
-B=target/release/dister
 mode=${1:-cost}
-D=$(mktemp -d)
-P=(17171 17172 17173)
-pids=()
-start() {
-  local i=$1 peers=()
-  for j in 1 2 3; do [ "$j" != "$i" ] && peers+=(--peer "$j=127.0.0.1:${P[$((j-1))]}"); done
-  $B server --id "$i" --data-dir "$D/n$i" --listen "127.0.0.1:${P[$((i-1))]}" "${peers[@]}" \
-    --snapshot-entries "${SNAPSHOT_ENTRIES:-10000}" 2>>"$D/n$i.log" &
-  pids[$i]=$!
-}
-stop() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$D"; }
-trap stop EXIT INT TERM
-nodes=127.0.0.1:17171,127.0.0.1:17172,127.0.0.1:17173
+start_args() { echo --snapshot-entries "${SNAPSHOT_ENTRIES:-10000}"; }
+# shellcheck source=examples/bench_cluster.sh
+source "$(dirname "$0")/bench_cluster.sh"
 # kill -9 of node 3, then the time until it answers a read of a key written just before.
 restart_probe() {
   $B --addr 127.0.0.1:17171 kv set restart-probe yes >/dev/null

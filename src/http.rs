@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use crate::auth::{Auth, Presented, http_allowed};
 use crate::error::ApiError;
 use crate::messages::registry::{InstanceKey, Strategy};
+use crate::metrics::{HttpLabels, Sample};
 use crate::nacos::NacosApi;
 use crate::node::NodeHandle;
 use crate::raft::members::{MemberChange, MemberRole};
@@ -37,9 +38,26 @@ pub fn start(node: NodeHandle, addr: &str) -> std::io::Result<HttpApi> {
     let nacos = NacosApi { auth: Auth::from_config(node.config()), node: node.clone() };
     let max_connections = node.config().max_client_connections;
     let server = HttpServer::new(move || {
+        let metrics = node.metrics().clone();
         App::new()
             .app_data(web::Data::new(node.clone()))
             .app_data(web::Data::new(nacos.clone()))
+            // Every request of both APIs counted by route (the pattern it matched, so the
+            // series stay as few as the routes), method and status, and timed.
+            .wrap_fn(move |req, srv| {
+                use actix_web::dev::Service as _;
+                let started = std::time::Instant::now();
+                let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+                let method = method_label(req.method());
+                let metrics = metrics.clone();
+                let answer = srv.call(req);
+                async move {
+                    let res = answer.await?;
+                    let code = res.status().as_u16();
+                    metrics.http_request(HttpLabels { route, method, code }, started.elapsed());
+                    Ok(res)
+                }
+            })
             .configure(crate::nacos::routes)
             .configure(routes)
     })
@@ -70,8 +88,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/beat", web::put().to(beat))
         .route("/health", web::get().to(health))
         .route("/status", web::get().to(status))
+        .route("/metrics", web::get().to(metrics))
         .route("/auth/login", web::post().to(login));
-    for path in ["/kv", "/node", "/service", "/balance", "/beat", "/health", "/status", "/auth/login"] {
+    for path in ["/kv", "/node", "/service", "/balance", "/beat", "/health", "/status", "/metrics", "/auth/login"] {
         cfg.route(
             path,
             web::route().to(|| async { fail(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here".into()) }),
@@ -525,6 +544,58 @@ async fn health(node: web::Data<NodeHandle>) -> HttpResponse {
         Ok(s) => fail(StatusCode::SERVICE_UNAVAILABLE, format!("node {} is up but knows no leader", s.id)),
         Err(e) => api_fail(e),
     }
+}
+
+/// A method as a label: the standard ones by name, any other as `other` (so a client cannot
+/// make up series).
+fn method_label(m: &actix_web::http::Method) -> String {
+    use actix_web::http::Method;
+    let known = [Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::HEAD, Method::PATCH, Method::OPTIONS];
+    if known.contains(m) { m.as_str().to_string() } else { "other".to_string() }
+}
+
+/// Bytes of the files directly in `dir` and in `dir/snapshots`: the log segments and the
+/// snapshots (0 where there is no such directory, as with a memory log).
+fn data_bytes(dir: &std::path::Path) -> u64 {
+    let files = |d: &std::path::Path| -> u64 {
+        let Ok(entries) = std::fs::read_dir(d) else { return 0 };
+        entries.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+    };
+    files(dir) + files(&dir.join("snapshots"))
+}
+
+/// `GET /metrics` (and Nacos' `/nacos/actuator/prometheus`): every metric in Prometheus'
+/// OpenMetrics text, the scrape-time values read from this node now. Open to any caller, as
+/// `/health` is and as etcd's `/metrics`: it tells counts and timings, no key or value.
+pub(crate) async fn metrics(node: web::Data<NodeHandle>) -> HttpResponse {
+    use crate::messages::kv::CountKeys;
+    let keys = node.data_map().send(CountKeys { prefix: crate::nacos::config::CONFIG_PREFIX.into() });
+    let (status, registry) = (node.status(), node.registry_stats());
+    let (pending, _, _) = node.pending();
+    let dir = node.config().data_dir.clone();
+    let (s, r, keys) = match (status.await, registry.await, keys.await) {
+        (Ok(s), Ok(r), Ok(k)) => (s, r, k),
+        (Err(e), _, _) | (_, Err(e), _) => return api_fail(e),
+        (_, _, Err(e)) => return api_fail(ApiError::Unavailable(format!("actor stopped: {e}"))),
+    };
+    let disk_bytes = web::block(move || data_bytes(&dir)).await.unwrap_or(0);
+    let sample = Sample {
+        has_leader: s.leader.is_some(),
+        is_leader: s.role == Role::Leader,
+        term: s.term,
+        committed: s.commit_index,
+        applied: s.applied_index,
+        pending: pending as u64,
+        log_entries: (s.last_log_index + 1).saturating_sub(s.first_log_index),
+        snapshot_index: s.snapshot_index,
+        snapshot_bytes: s.snapshot_bytes,
+        disk_bytes,
+        services: r.services as u64,
+        instances: r.by_health.map(|n| n as u64),
+        keys: keys.0 as u64,
+        configs: keys.1 as u64,
+    };
+    HttpResponse::Ok().content_type(crate::metrics::CONTENT_TYPE).body(node.metrics().render(&sample))
 }
 
 async fn status(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) -> HttpResponse {

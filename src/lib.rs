@@ -48,6 +48,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod messages;
+pub mod metrics;
 pub mod nacos;
 pub mod node;
 pub mod raft;

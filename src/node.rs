@@ -38,6 +38,7 @@ use crate::messages::registry::{
     Balance, Beat, GetRegistryStats, GetService, InstanceKey, ListServices, REGISTRY_NAMESPACE, RegistryCommand,
     RegistryStats, Service, ServiceNode, Strategy,
 };
+use crate::metrics::{Metrics, MetricsRef};
 use crate::raft::members::{MemberChange, MemberLog, Members};
 use crate::raft::{NodeId, Payload};
 use crate::snapshot::SnapshotMeta;
@@ -228,7 +229,8 @@ impl NodeBuilder {
         let config = self.config;
         config.validate()?;
         let storage = self.storage.unwrap_or_else(|| StorageConfig::Dir(config.data_dir.clone()));
-        let (mut backend, mut recovered) = storage.open(config.segment_bytes)?;
+        let metrics: MetricsRef = Arc::new(Metrics::new());
+        let (mut backend, mut recovered) = storage.open(config.segment_bytes, Some(metrics.wal_fsync.clone()))?;
         let snapshot_store = storage.snapshots();
         let snapshot = snapshot_store.latest()?;
         let covered = snapshot.as_ref().map(|s| s.info.meta.last).unwrap_or_default();
@@ -315,7 +317,7 @@ impl NodeBuilder {
         let queries = Arc::new(Mutex::new(queries));
 
         let parts = {
-            let (config, transport) = (config.clone(), transport.clone());
+            let (config, transport, metrics) = (config.clone(), transport.clone(), metrics.clone());
             raft.run(move || async move {
                 let listener = transport
                     .bind(&config.listen)
@@ -352,6 +354,7 @@ impl NodeBuilder {
                     view.clone(),
                     start,
                     log_store.clone(),
+                    metrics.clone(),
                 ));
                 let _ = proposer.set(election.clone().recipient());
                 election.do_send(WatchLeadership(registry.clone().recipient()));
@@ -370,6 +373,7 @@ impl NodeBuilder {
                     clients,
                     admission: Admission::new(&config),
                     members: view,
+                    metrics,
                 };
                 let listener_addr = listener_ctx.run(Listener::new(listener, handle.clone()));
                 Ok::<_, NodeError>(RaftParts { handle, local_addr, listener: listener_addr })
@@ -556,6 +560,8 @@ pub struct NodeHandle {
     admission: Arc<Admission>,
     /// The configuration in effect, kept current by `Election`.
     members: Arc<MemberView>,
+    /// The node's metrics.
+    metrics: MetricsRef,
 }
 
 fn mailbox(e: MailboxError) -> ApiError {
@@ -721,12 +727,25 @@ impl NodeHandle {
         // The send is queued now, not when the future is first polled, so requests on one
         // connection reach `Election` in the order they arrived.
         let fut = self.election.send(ClientWrite { write, forwarded, place: Some(place), term: None });
-        async move { fut.await.map_err(mailbox)? }.boxed_local()
+        let metrics = self.metrics.clone();
+        async move {
+            let answer = fut.await.map_err(mailbox).and_then(|r| r);
+            if answer.is_err() {
+                metrics.proposals_failed.inc();
+            }
+            answer
+        }
+        .boxed_local()
     }
 
     /// A place for a read (or a beat), held by the caller until it is answered.
     fn admit_read(&self) -> Result<Admitted, ApiError> {
         self.admission.admit_read()
+    }
+
+    /// The node's metrics (see [`crate::metrics`]).
+    pub fn metrics(&self) -> &MetricsRef {
+        &self.metrics
     }
 
     /// Client work pending on this node: writes, their bytes, reads.

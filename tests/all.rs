@@ -31,6 +31,7 @@ mod t59_snapshot_cli;
 mod t60_sim;
 mod t61_compaction;
 mod t62_dister_services;
+mod t63_metrics;
 mod t70_extension;
 mod t80_chaos;
 mod t82_registry_load;

@@ -1,7 +1,7 @@
 //! `DataMap`: the key/value state machine. Owns the pairs and its applied index.
 //!
 //! Receives: `ApplyEntries` (committed `kv` commands, in index order, from `LogStore`),
-//! `GetKey`, `ListKeys` and generic `Query`s (each held until the read index it carries is
+//! `GetKey`, `ListKeys`, `CountKeys` and generic `Query`s (each held until the read index it carries is
 //! applied), `TakeSnapshot` and `RestoreSnapshot`. Sends nothing: it answers.
 //!
 //! The pairs are a persistent map: a snapshot's view is a clone that costs nothing, and
@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use crate::error::ApiError;
 use crate::messages::apply::{ApplyEntries, Query};
-use crate::messages::kv::{GetKey, KvCommand, KvOutput, ListKeys};
+use crate::messages::kv::{CountKeys, GetKey, KvCommand, KvOutput, ListKeys};
 use crate::raft::Payload;
 use crate::snapshot::{RestoreSnapshot, SnapshotView, TakeSnapshot, read_record, write_record_with};
 use crate::state_machine::{AppliedGate, read_after};
@@ -129,6 +129,16 @@ impl Handler<ListKeys> for DataMap {
 
     fn handle(&mut self, msg: ListKeys, _: &mut Context<Self>) -> Self::Result {
         read_after(self, |a| &mut a.gate, msg.min_applied, move |a| a.list(&msg.prefix))
+    }
+}
+
+impl Handler<CountKeys> for DataMap {
+    type Result = MessageResult<CountKeys>;
+
+    /// Every key costs nothing to count; those under `prefix` cost one step each.
+    fn handle(&mut self, msg: CountKeys, _: &mut Context<Self>) -> Self::Result {
+        let under = self.pairs.range::<_, String>(msg.prefix.clone()..).take_while(|(k, _)| k.starts_with(&msg.prefix));
+        MessageResult((self.pairs.len(), under.count()))
     }
 }
 

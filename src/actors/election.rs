@@ -38,6 +38,7 @@ use crate::messages::raft::{
     InstallSnapshot, LeadershipChanged, PeerDisconnected, PeerProgress, Replicate, RequestVote, SaveHardState,
     StopReplication, WatchLeadership,
 };
+use crate::metrics::MetricsRef;
 use crate::raft::core::{Action, Core, Input, Timing};
 use crate::raft::members::{MemberChange, MemberLog, Members};
 use crate::raft::{HardState, LogId, NodeId, Payload, Role};
@@ -131,6 +132,9 @@ pub struct Election {
     /// The term whose handover set `handed_over_until`.
     handover_seen: Option<u64>,
     watchers: Vec<Recipient<LeadershipChanged>>,
+    /// The leader this node last knew of, to count changes of it.
+    seen_leader: Option<NodeId>,
+    metrics: MetricsRef,
 }
 
 /// Feeds the core an input once the mailbox has drained (proposals and reads are batched).
@@ -158,6 +162,7 @@ impl Election {
         view: Arc<MemberView>,
         start: (HardState, LogId, MemberLog),
         log_store: Addr<LogStore>,
+        metrics: MetricsRef,
     ) -> Self {
         let (hard_state, last_log, configs) = start;
         let timing = Timing {
@@ -185,6 +190,8 @@ impl Election {
             waiters: BTreeMap::new(),
             timer: None,
             watchers: Vec::new(),
+            seen_leader: None,
+            metrics,
         }
     }
 
@@ -196,6 +203,12 @@ impl Election {
 
     /// Carries out the core's actions, in order, then keeps the timer on its wakeup.
     fn act(&mut self, ctx: &mut Context<Self>) {
+        let leader = self.core.leader();
+        if leader != self.seen_leader {
+            // As etcd counts: every change of the leader this node knows, to none included.
+            self.seen_leader = leader;
+            self.metrics.leader_changes.inc();
+        }
         for action in self.core.take_actions() {
             self.carry_out(ctx, action);
         }
@@ -323,6 +336,7 @@ impl Election {
                         log_store: self.log_store.clone(),
                         progress: ctx.address().recipient(),
                         higher_term: ctx.address().recipient(),
+                        metrics: self.metrics.peer(peer),
                     };
                     let r = Replicator::new(peer, self.core.id(), term, next_index, self.config.clone(), links).start();
                     self.replicators.insert(peer, r);

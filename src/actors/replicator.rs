@@ -35,6 +35,7 @@ use crate::messages::raft::{
     FetchEntries, FetchEntriesError, GetLogState, HigherTermSeen, PeerProgress, ReadSnapshotBytes, Replicate,
     StopReplication,
 };
+use crate::metrics::PeerMetrics;
 use crate::raft::{LogId, NodeId};
 use crate::wire::{AppendEntriesRequest, AppendOutcome, InstallOutcome, InstallSnapshotRequest, Request, Response};
 
@@ -45,6 +46,7 @@ pub struct Replicator {
     term: u64,
     config: Arc<Config>,
     link: Addr<PeerLink>,
+    metrics: PeerMetrics,
     log_store: Addr<LogStore>,
     progress: Recipient<PeerProgress>,
     higher_term: Recipient<HigherTermSeen>,
@@ -97,6 +99,8 @@ pub struct ReplicatorLinks {
     pub progress: Recipient<PeerProgress>,
     /// Where a higher term goes (`Election`).
     pub higher_term: Recipient<HigherTermSeen>,
+    /// What it records about the peer (round trips, failed sends).
+    pub metrics: PeerMetrics,
 }
 
 impl Replicator {
@@ -115,6 +119,7 @@ impl Replicator {
             term,
             config,
             link: links.link,
+            metrics: links.metrics,
             log_store: links.log_store,
             progress: links.progress,
             higher_term: links.higher_term,
@@ -227,10 +232,19 @@ impl Replicator {
             self.inflight += 1;
         }
         self.last_sent = Instant::now();
+        let sent_at = self.last_sent;
         let call = Call { request: Request::AppendEntries(req), timeout: self.append_timeout() };
         ctx.spawn(self.link.send(call).into_actor(self).map(move |res, act, ctx| {
             if act.stopped {
                 return;
+            }
+            match &res {
+                // A heartbeat's answer waits on no disk: its round trip is the network's.
+                Ok(Ok(_)) if !counted => act.metrics.round_trip(sent_at.elapsed()),
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) | Err(_) => {
+                    act.metrics.sent_failures.inc();
+                }
             }
             if counted && epoch == act.epoch {
                 act.inflight = act.inflight.saturating_sub(1);

@@ -50,6 +50,14 @@ pub struct GetKey {
     pub min_applied: u64,
 }
 
+/// Count the keys, and those starting with `prefix`, from this node's copy at once.
+#[derive(Debug, Message)]
+#[rtype(result = "(usize, usize)")]
+pub struct CountKeys {
+    /// The prefix.
+    pub prefix: String,
+}
+
 /// List pairs whose key starts with `prefix`, in key order, once `min_applied` is applied.
 #[derive(Debug, Message)]
 #[rtype(result = "Vec<(String, String)>")]

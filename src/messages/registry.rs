@@ -618,6 +618,9 @@ pub struct RegistryStats {
     pub probes_done: u64,
     /// Check outcomes written since this node became leader.
     pub outcomes_written: u64,
+    /// Instances by health: healthy, unhealthy, not yet checked.
+    #[serde(default)]
+    pub by_health: [usize; 3],
 }
 
 /// The registry's answer to a generic query, in JSON.

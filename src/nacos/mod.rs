@@ -34,8 +34,10 @@ pub struct NacosApi {
     pub auth: Option<Auth>,
 }
 
-/// The routes under `/nacos/v1`, for `App::configure`.
+/// The routes under `/nacos/v1` and Nacos' metrics path, for `App::configure`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    // Nacos serves its Prometheus metrics here (Spring's actuator): the same text as /metrics.
+    cfg.route("/nacos/actuator/prometheus", web::get().to(crate::http::metrics));
     cfg.service(
         web::scope("/nacos/v1")
             .route("/auth/login", web::post().to(login))

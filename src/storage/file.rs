@@ -33,6 +33,7 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
 use futures::channel::oneshot;
+use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use super::{LogBackend, LogWrite, Recovered, WriteBatch, replay};
@@ -114,6 +115,15 @@ impl FileLog {
     /// Opens (creating if missing) the log under `dir`, recovers it, and starts the writer
     /// thread. New segments are started once the current one holds `segment_bytes`.
     pub fn open(dir: &Path, segment_bytes: u64) -> Result<(FileLog, Recovered), StorageError> {
+        FileLog::open_observed(dir, segment_bytes, None)
+    }
+
+    /// [`FileLog::open`], the writer recording each fsync's duration in `fsync`.
+    pub fn open_observed(
+        dir: &Path,
+        segment_bytes: u64,
+        fsync: Option<Histogram>,
+    ) -> Result<(FileLog, Recovered), StorageError> {
         fs::create_dir_all(dir).map_err(io_err("create dir", dir))?;
         let seqs = list_segments(dir)?;
         let mut recovered = Recovered::default();
@@ -144,15 +154,15 @@ impl FileLog {
         };
         let (segments, entries) = (seqs.len(), recovered.entries.len());
         tracing::debug!(dir = %dir.display(), segments, entries, "log recovered");
-        Ok((FileLog::start(writer)?, recovered))
+        Ok((FileLog::start(writer, fsync)?, recovered))
     }
 
-    fn start(writer: Writer) -> Result<FileLog, StorageError> {
+    fn start(writer: Writer, fsync: Option<Histogram>) -> Result<FileLog, StorageError> {
         let dir = writer.dir.clone();
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("dister-log-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || writer.run(rx, fsync.as_ref()))
             .map_err(io_err("spawn writer thread", &dir))?;
         Ok(FileLog { dir, tx: Some(tx), thread: Some(thread) })
     }
@@ -287,7 +297,7 @@ impl Writer {
         Ok(())
     }
 
-    fn run(mut self, rx: mpsc::Receiver<(WriteBatch, Done)>) {
+    fn run(mut self, rx: mpsc::Receiver<(WriteBatch, Done)>, fsync: Option<&Histogram>) {
         let mut failed = false;
         let mut group = Vec::new();
         // Ends once every `FileLog` sender is gone and the queue is drained.
@@ -295,7 +305,7 @@ impl Writer {
             group.push(first);
             group.extend(rx.try_iter());
             let mut error = None;
-            if !failed && let Err(e) = self.commit(&group) {
+            if !failed && let Err(e) = self.commit(&group, fsync) {
                 let path = self.path.display();
                 tracing::error!(path = %path, error = %e, "log write failed; storage is closed");
                 (error, failed) = (Some(e), true);
@@ -314,14 +324,14 @@ impl Writer {
 
     /// Writes a group of batches with one write and one fdatasync (more only where a segment
     /// rolls over in the middle of the group).
-    fn commit(&mut self, group: &[(WriteBatch, Done)]) -> Result<(), StorageError> {
+    fn commit(&mut self, group: &[(WriteBatch, Done)], fsync: Option<&Histogram>) -> Result<(), StorageError> {
         if self.buf.capacity() > KEEP_BUF {
             self.buf = Vec::new();
         }
         for (batch, _) in group.iter().filter(|(b, _)| !b.is_empty()) {
             let at = self.len + self.buf.len() as u64;
             if at > self.opening && at >= self.segment_bytes && self.may_start_before(batch) {
-                self.flush()?;
+                self.flush(fsync)?;
                 let (next, segments) = (self.seq() + 1, std::mem::take(&mut self.segments));
                 *self = Writer::create(&self.dir, self.segment_bytes, next, segments, self.last)?;
             }
@@ -334,7 +344,7 @@ impl Writer {
                 self.encode(&record)?;
             }
         }
-        self.flush()?;
+        self.flush(fsync)?;
         // Only once the batch asking for it (with the hard state) is durable.
         match group.iter().filter_map(|(b, _)| b.compact_to).map(|id| id.index).max() {
             Some(to) => self.compact(to),
@@ -342,12 +352,16 @@ impl Writer {
         }
     }
 
-    fn flush(&mut self) -> Result<(), StorageError> {
+    fn flush(&mut self, fsync: Option<&Histogram>) -> Result<(), StorageError> {
         if self.buf.is_empty() {
             return Ok(());
         }
         self.file.write_all(&self.buf).map_err(io_err("write", &self.path))?;
+        let started = std::time::Instant::now();
         self.file.sync_data().map_err(io_err("fdatasync", &self.path))?;
+        if let Some(h) = fsync {
+            h.observe(started.elapsed().as_secs_f64());
+        }
         self.len += self.buf.len() as u64;
         self.buf.clear();
         Ok(())
@@ -814,7 +828,8 @@ mod tests {
         // A read-only handle makes the first write fail.
         let file = File::open(&path).expect("open read-only");
         let segments = vec![Segment { seq: 1, max_index: 0, starts: false }];
-        let mut log = FileLog::start(Writer::new(dir.path(), SEG, file, 0, segments, LogId::default())).expect("start");
+        let mut log =
+            FileLog::start(Writer::new(dir.path(), SEG, file, 0, segments, LogId::default()), None).expect("start");
         let a = log.submit(batch(vec![e(1, 1)]));
         let b = log.submit(batch(vec![e(1, 2)]));
         let c = log.submit(batch(vec![]));

@@ -121,11 +121,16 @@ pub enum StorageConfig {
 }
 
 impl StorageConfig {
-    /// Opens the storage: recovers what it holds and returns a backend to append to.
-    pub fn open(&self, segment_bytes: u64) -> Result<(Box<dyn LogBackend>, Recovered), StorageError> {
+    /// Opens the storage: recovers what it holds and returns a backend to append to, which
+    /// records each fsync's duration in `fsync`.
+    pub fn open(
+        &self,
+        segment_bytes: u64,
+        fsync: Option<prometheus_client::metrics::histogram::Histogram>,
+    ) -> Result<(Box<dyn LogBackend>, Recovered), StorageError> {
         match self {
             StorageConfig::Dir(dir) => {
-                let (log, recovered) = FileLog::open(dir, segment_bytes)?;
+                let (log, recovered) = FileLog::open_observed(dir, segment_bytes, fsync)?;
                 Ok((Box::new(log), recovered))
             }
             StorageConfig::Memory(mem) => Ok((Box::new(mem.clone()), mem.recover())),
