@@ -14,9 +14,16 @@ start() {
   for j in 1 2 3; do [ "$j" != "$i" ] && peers+=(--peer "$j=127.0.0.1:${P[$((j-1))]}"); done
   if declare -F start_args >/dev/null; then read -ra extra <<<"$(start_args)"; fi
   $B server --id "$i" --data-dir "$D/n$i" --listen "127.0.0.1:${P[$((i-1))]}" --http "127.0.0.1:${H[$((i-1))]}" \
-    "${peers[@]}" "${extra[@]}" 2>>"$D/n$i.log" &
+    "${peers[@]}" ${extra[@]+"${extra[@]}"} 2>>"$D/n$i.log" &
   pids[$i]=$!
 }
-stop() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$D"; }
-trap stop EXIT INT TERM
+# Every background job goes: the nodes and whatever the script started beside them.
+stop() {
+  # shellcheck disable=SC2046
+  kill "${pids[@]}" $(jobs -p) 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$D"
+}
+trap stop EXIT
+trap 'exit 130' INT TERM
 nodes=127.0.0.1:17171,127.0.0.1:17172,127.0.0.1:17173

@@ -47,18 +47,24 @@ pub fn start(node: NodeHandle, addr: &str) -> std::io::Result<HttpApi> {
             .wrap_fn(move |req, srv| {
                 use actix_web::dev::Service as _;
                 let started = std::time::Instant::now();
-                let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
                 let method = method_label(req.method());
                 let metrics = metrics.clone();
                 let answer = srv.call(req);
                 async move {
-                    let res = answer.await?;
-                    let code = res.status().as_u16();
+                    let res = answer.await;
+                    // The pattern routing matched, read after the call (no second walk of
+                    // the routes); a request that failed below the handlers is a 500.
+                    let (route, code) = match &res {
+                        Ok(r) => (r.request().match_pattern(), r.status().as_u16()),
+                        Err(_) => (None, 500),
+                    };
+                    let route = route.unwrap_or_else(|| "unmatched".into());
                     metrics.http_request(HttpLabels { route, method, code }, started.elapsed());
-                    Ok(res)
+                    res
                 }
             })
             .configure(crate::nacos::routes)
+            .configure(crate::ui::routes)
             .configure(routes)
     })
     .workers(1)
@@ -314,10 +320,28 @@ async fn kv_delete(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, payl
     }
 }
 
+/// The members as the leader sees them (it alone hears from every one: their reachability
+/// and match indexes), asked of it over the wire; `here`, this node's own view, when this node
+/// leads or the leader cannot be asked within a second.
+async fn leader_view(node: &NodeHandle, here: crate::wire::StatusInfo) -> crate::wire::StatusInfo {
+    if here.role == Role::Leader {
+        return here;
+    }
+    let Some(addr) = here.leader.and_then(|l| here.members.iter().find(|m| m.id == l)).map(|m| m.addr.clone()) else {
+        return here;
+    };
+    let config = node.config();
+    let ask = async {
+        let c = crate::Client::connect_with_token(&addr, &config.group, config.cluster_token.as_deref()).await.ok()?;
+        c.status().await.ok().filter(|s| s.role == Role::Leader)
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(1), ask).await.ok().flatten().unwrap_or(here)
+}
+
 async fn node_get(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) -> HttpResponse {
     guard!(node, req, q);
     let s = match node.status().await {
-        Ok(s) => s,
+        Ok(s) => leader_view(&node, s).await,
         Err(e) => return api_fail(e),
     };
     let raft_role = |id: u64| match s.leader {
@@ -339,8 +363,8 @@ async fn node_get(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) -> Ht
                 "member_role": m.role,
                 "promoting": m.promoting,
                 "raft_role": raft_role(m.id),
-                // Only the leader hears from every member; elsewhere a member's state is
-                // unknown, but for this node itself.
+                // Only the leader hears from every member: without its view a member's
+                // state is unknown, but for the node answering.
                 "status": match (m.id == s.id, s.role, m.reachable) {
                     (true, _, _) => "alive",
                     (_, Role::Leader, Some(true)) => "alive",

@@ -57,6 +57,7 @@ pub mod snapshot;
 pub mod state_machine;
 pub mod storage;
 pub mod transport;
+pub mod ui;
 pub mod wire;
 
 pub use client::Client;

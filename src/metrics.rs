@@ -4,9 +4,10 @@
 //! alerts carry over.
 //!
 //! Two kinds, by what they cost:
-//! - events are counted where they happen, as atomic adds on handles taken once (a
-//!   replicator holds its peer's histogram, the log writer its fsync histogram): nothing on
-//!   the write path takes a lock or allocates for them;
+//! - events are counted where they happen, on handles taken once (a replicator holds its
+//!   peer's histogram, the log writer its fsync histogram): a counter is an atomic add, a
+//!   histogram's observation a short lock of its own, never contended but by a scrape; nothing
+//!   on the write path allocates for them;
 //! - what the node's status already holds (leader, indexes, sizes, registry and key counts)
 //!   is read when scraped ([`Metrics::render`] is given a [`Sample`]) and costs the write path
 //!   nothing.
@@ -74,15 +75,17 @@ fn rtt_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 14))
 }
 
-/// Buckets of an HTTP request's latency: 0.1 ms to about 6.5 s, quadrupling.
+/// Buckets of an HTTP request's latency: 0.1 ms to about 105 s, quadrupling (a Nacos long
+/// poll holds its request up to 30 s).
 fn http_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.0001, 4.0, 9))
+    Histogram::new(exponential_buckets(0.0001, 4.0, 11))
 }
 
 /// What a replicator records about its peer.
 #[derive(Clone, Debug, Default)]
 pub struct PeerMetrics {
-    /// Round trips of heartbeats (no disk on the way).
+    /// Round trips of the leader's empty appends (heartbeats and probes: no entries to store,
+    /// so mostly the network and the peer's mailboxes).
     pub round_trip: Option<Histogram>,
     /// Requests that failed to reach the peer or to come back.
     pub sent_failures: Counter,
@@ -241,7 +244,9 @@ impl Metrics {
         self.http_requests.get_or_create(&labels).inc();
     }
 
-    /// The text of every metric, the scrape-time ones as `sample` says.
+    /// The text of every metric, the scrape-time ones as `sample` says. The gauges are set
+    /// and encoded with no wait between: the HTTP API serves on one thread, so two scrapes
+    /// never mix their samples.
     pub fn render(&self, sample: &Sample) -> String {
         let g = &self.gauges;
         let set = |gauge: &Gauge, v: u64| {

@@ -730,7 +730,13 @@ impl NodeHandle {
         let metrics = self.metrics.clone();
         async move {
             let answer = fut.await.map_err(mailbox).and_then(|r| r);
-            if answer.is_err() {
+            // As etcd's: a write that did not make it through Raft (no leader, timed out,
+            // dropped by a new leader, refused for load), counted once, where the client
+            // sent it; not one that committed and its state machine refused.
+            if let Err(e) = &answer
+                && !forwarded
+                && !matches!(e, ApiError::Apply(_) | ApiError::BadRequest(_) | ApiError::UnknownNamespace(_))
+            {
                 metrics.proposals_failed.inc();
             }
             answer

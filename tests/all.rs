@@ -32,6 +32,7 @@ mod t60_sim;
 mod t61_compaction;
 mod t62_dister_services;
 mod t63_metrics;
+mod t64_console;
 mod t70_extension;
 mod t80_chaos;
 mod t82_registry_load;

@@ -55,13 +55,15 @@ async fn until(http: &str, ok: impl Fn(&BTreeMap<String, f64>) -> bool) -> BTree
 ///    and instances written, counted the HTTP requests by route and status, and has its
 ///    process metrics. The text is OpenMetrics.
 /// 3. A follower says a leader exists and it is not it; Nacos' path serves the same names.
-/// 4. Both followers stop: the leader counts failed sends to them, and a write that can no
-///    longer commit is counted as failed.
+/// 4. A write committed and refused by its state machine is no failed proposal.
+/// 5. A leadership transfer is exactly one leader change for the third node.
+/// 6. Both followers stop: the new leader counts more failed sends to each, and a write that
+///    can no longer commit is counted as failed.
 #[actix_rt::test]
 async fn metrics_follow_the_cluster() {
     let mut cluster = Cluster::start_with(3, |c| {
         c.http = Some(format!("127.0.0.1:{}", common::free_port()));
-        c.request_timeout_ms = 1_000;
+        c.request_timeout_ms = 3_000;
     });
     let leader = cluster.wait_leader(Duration::from_secs(2)).await;
     let addrs: Vec<String> = cluster.configs.iter().map(|c| c.http.clone().unwrap()).collect();
@@ -118,18 +120,33 @@ async fn metrics_follow_the_cluster() {
     let (_, nacos) = scrape(&http(follower), "/nacos/actuator/prometheus").await;
     assert!(nacos.contains_key("dister_server_is_leader") && nacos.contains_key("process_resident_memory_bytes"));
 
+    // A write its state machine refuses committed: it is no failed proposal.
+    let refused = c.write("registry", r#"{"Drop":"no-such-service"}"#.into()).await;
+    assert!(matches!(refused, Err(dister::ClientError::Api(dister::ApiError::Apply(_)))), "{refused:?}");
+    let m = until(&http(leader), |_| true).await;
+    assert_eq!(value(&m, "dister_server_proposals_failed_total"), 0.0);
+
+    // A handover is one leader change for a follower that stays one.
+    let stays = (0..3).find(|&i| i != leader && i != follower).unwrap();
+    let seen = value(&until(&http(stays), |_| true).await, "dister_server_leader_changes_seen_total");
+    let to = cluster.client(leader).await.transfer_leadership(Some(follower as u64 + 1)).await.unwrap();
+    assert_eq!(to, follower as u64 + 1);
+    let m = until(&http(stays), |m| m.get("dister_server_leader_changes_seen_total") != Some(&seen)).await;
+    assert_eq!(value(&m, "dister_server_leader_changes_seen_total"), seen + 1.0);
+    let leader = cluster.wait_leader(Duration::from_secs(3)).await;
+    let peers: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != leader as u64 + 1).collect();
+
+    let failures = |m: &BTreeMap<String, f64>, p: u64| {
+        m.get(&format!("dister_network_peer_sent_failures_total{{To=\"{p}\"}}")).copied().unwrap_or(0.0)
+    };
+    let before = until(&http(leader), |_| true).await;
     for i in 0..3 {
         if i != leader {
             cluster.stop_node(i);
         }
     }
-    let failed_before = value(&until(&http(leader), |_| true).await, "dister_server_proposals_failed_total");
+    let c = cluster.client(leader).await;
     assert!(c.set("lost", "x").await.is_err(), "no majority: the write cannot commit");
-    let m = until(&http(leader), |m| {
-        peers
-            .iter()
-            .all(|p| m.get(&format!("dister_network_peer_sent_failures_total{{To=\"{p}\"}}")).is_some_and(|&n| n > 0.0))
-    })
-    .await;
-    assert!(value(&m, "dister_server_proposals_failed_total") > failed_before);
+    let m = until(&http(leader), |m| peers.iter().all(|&p| failures(m, p) > failures(&before, p))).await;
+    assert!(value(&m, "dister_server_proposals_failed_total") >= 1.0);
 }

@@ -205,9 +205,12 @@ impl Election {
     fn act(&mut self, ctx: &mut Context<Self>) {
         let leader = self.core.leader();
         if leader != self.seen_leader {
-            // As etcd counts: every change of the leader this node knows, to none included.
+            // As etcd counts: a leader where there was another or none; losing one is no change
+            // (A, none, B is one).
+            if leader.is_some() {
+                self.metrics.leader_changes.inc();
+            }
             self.seen_leader = leader;
-            self.metrics.leader_changes.inc();
         }
         for action in self.core.take_actions() {
             self.carry_out(ctx, action);

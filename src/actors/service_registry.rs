@@ -28,8 +28,8 @@ use crate::messages::apply::{ApplyEntries, Query};
 use crate::messages::client::ClientWrite;
 use crate::messages::raft::LeadershipChanged;
 use crate::messages::registry::{
-    Balance, Beat, GetRegistryStats, GetService, Health, InstanceKey, ListServices, REGISTRY_NAMESPACE,
-    RegistryCommand, RegistryQuery, RegistryStats, Service, ServiceNode,
+    Balance, Beat, GetRegistryStats, GetService, InstanceKey, ListServices, REGISTRY_NAMESPACE, RegistryCommand,
+    RegistryQuery, RegistryStats, Service, ServiceNode,
 };
 use crate::raft::{Entry, NodeId, Payload};
 use crate::registry::checks::{CheckSettings, HealthChecks, ProbeJob};
@@ -468,14 +468,7 @@ impl Handler<GetRegistryStats> for ServiceRegistry {
         let (services, instances) = self.registry.counts();
         let (probes_running, outcomes_pending, probes_done, outcomes_written) =
             self.leading.as_ref().map_or((0, 0, 0, 0), |l| l.checks.load());
-        let mut by_health = [0; 3];
-        for (_, n) in self.registry.instances() {
-            by_health[match n.health {
-                Health::Healthy => 0,
-                Health::Unhealthy => 1,
-                Health::Unknown => 2,
-            }] += 1;
-        }
+        let by_health = self.registry.health_counts();
         MessageResult(RegistryStats {
             services,
             instances,

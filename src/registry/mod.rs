@@ -87,6 +87,19 @@ impl Registry {
         (self.services.len(), self.slots.len())
     }
 
+    /// Instances by health: healthy, unhealthy, not yet checked (a walk, copying nothing).
+    pub fn health_counts(&self) -> [usize; 3] {
+        let mut counts = [0; 3];
+        for n in self.services.values().flat_map(|s| &s.nodes) {
+            counts[match n.health {
+                Health::Healthy => 0,
+                Health::Unhealthy => 1,
+                Health::Unknown => 2,
+            }] += 1;
+        }
+        counts
+    }
+
     /// One instance.
     pub fn instance(&self, key: &InstanceKey) -> Option<&ServiceNode> {
         let slot = *self.slots.get(key)?;

@@ -1,0 +1,88 @@
+// Drives the console (/ui/) in headless Chromium through playwright-core, as a user would.
+//   node console.cjs tour URL SCREENSHOT KEY VALUE   cluster page, a key set, a config
+//       published, an instance disabled; prints what the page showed, as JSON
+//   node console.cjs login URL USER PASSWORD         logs in on a node with auth on
+// Any page error, or any request to somewhere other than the node, is reported.
+'use strict';
+const { chromium } = require('playwright-core');
+
+const ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+
+async function open(url) {
+  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ARGS });
+  const page = await browser.newPage();
+  const errors = [];
+  const origin = new URL(url).origin;
+  page.on('pageerror', (e) => errors.push('page error: ' + e.message));
+  page.on('console', (m) => { if (m.type() === 'error') errors.push('console: ' + m.text()); });
+  page.on('request', (r) => { if (!r.url().startsWith(origin)) errors.push('request beyond the node: ' + r.url()); });
+  return { browser, page, errors };
+}
+
+async function members(page) {
+  await page.waitForSelector('#members tbody tr:nth-child(3)');
+  return page.$$eval('#members tbody tr', (rows) => rows.map((r) => ({
+    id: r.dataset.id, role: r.querySelector('.raft-role').textContent, reachable: r.children[4].textContent,
+    lag: r.children[6].textContent,
+  })));
+}
+
+async function tour(url, shot, key, value) {
+  const { browser, page, errors } = await open(url);
+  await page.goto(url + '#cluster');
+  const shown = await members(page);
+  const leader = await page.textContent('[data-fact="leader"]');
+
+  await page.click('nav a[data-tab=keys]');
+  await page.fill('#kv-set [name=key]', key);
+  await page.fill('#kv-set [name=value]', value);
+  await page.click('#kv-set button');
+  await page.waitForSelector(`#kv-table tr[data-key="${key}"]`);
+
+  await page.click('nav a[data-tab=configs]');
+  await page.fill('#cfg-edit [name=dataId]', 'ui.yaml');
+  await page.fill('#cfg-edit [name=content]', 'from: console');
+  await page.click('#cfg-edit button');
+  await page.waitForSelector('#cfg-table tr[data-config="public/DEFAULT_GROUP/ui.yaml"]');
+
+  await page.click('nav a[data-tab=services]');
+  const row = '[data-service="web"] tr[data-instance="127.0.0.1:9001"]';
+  await page.waitForSelector(row);
+  await page.uncheck(`${row} input[type=checkbox]`);
+  await page.fill(`${row} input.weight`, '3');
+  await page.click(`${row} button`);
+  await page.waitForFunction((sel) => {
+    const r = document.querySelector(sel);
+    return r && !r.querySelector('input[type=checkbox]').checked && r.querySelector('input.weight').value === '3';
+  }, row);
+
+  await page.click('nav a[data-tab=cluster]');
+  await members(page);
+  await page.screenshot({ path: shot, fullPage: true });
+  await browser.close();
+  return { members: shown, leader, errors };
+}
+
+async function login(url, user, password) {
+  const { browser, page, errors } = await open(url);
+  await page.goto(url + '#cluster');
+  await page.waitForSelector('#login:not([hidden])');
+  await page.fill('#login-form [name=username]', user);
+  await page.fill('#login-form [name=password]', password);
+  await page.click('#login-form button');
+  await page.waitForSelector('#members tbody tr');
+  const who = await page.textContent('#who');
+  await browser.close();
+  // The 403 before logging in is expected: the page answers it with the login form.
+  return { who, errors: errors.filter((e) => !e.includes('403')) };
+}
+
+(async () => {
+  const [mode, ...args] = process.argv.slice(2);
+  const result = mode === 'tour' ? await tour(...args) : await login(...args);
+  console.log(JSON.stringify(result));
+})().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
