@@ -89,6 +89,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/service", web::get().to(service_get))
         .route("/service", web::post().to(service_set))
         .route("/service", web::delete().to(service_delete))
+        .route("/service/instance", web::put().to(instance_put))
         .route("/balance", web::get().to(balance))
         .route("/beat", web::post().to(beat))
         .route("/beat", web::put().to(beat))
@@ -96,7 +97,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/status", web::get().to(status))
         .route("/metrics", web::get().to(metrics))
         .route("/auth/login", web::post().to(login));
-    for path in ["/kv", "/node", "/service", "/balance", "/beat", "/health", "/status", "/metrics", "/auth/login"] {
+    for path in [
+        "/kv",
+        "/node",
+        "/service",
+        "/service/instance",
+        "/balance",
+        "/beat",
+        "/health",
+        "/status",
+        "/metrics",
+        "/auth/login",
+    ] {
         cfg.route(
             path,
             web::route().to(|| async { fail(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here".into()) }),
@@ -327,13 +339,15 @@ async fn leader_view(node: &NodeHandle, here: crate::wire::StatusInfo) -> crate:
     if here.role == Role::Leader {
         return here;
     }
-    let Some(addr) = here.leader.and_then(|l| here.members.iter().find(|m| m.id == l)).map(|m| m.addr.clone()) else {
+    let Some(leader) = here.leader else { return here };
+    let Some(addr) = here.members.iter().find(|m| m.id == leader).map(|m| m.addr.clone()) else {
         return here;
     };
     let config = node.config();
     let ask = async {
         let c = crate::Client::connect_with_token(&addr, &config.group, config.cluster_token.as_deref()).await.ok()?;
-        c.status().await.ok().filter(|s| s.role == Role::Leader)
+        // The node named, leading a term at least this node's: not whoever has its address now.
+        c.status().await.ok().filter(|s| s.role == Role::Leader && s.id == leader && s.term >= here.term)
     };
     tokio::time::timeout(std::time::Duration::from_secs(1), ask).await.ok().flatten().unwrap_or(here)
 }
@@ -503,6 +517,29 @@ async fn service_set(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, pa
         Err(e) => return bad(format!("bad service: {e}")),
     };
     match node.set_services(services).await {
+        Ok(w) => ok(json!({ "index": w.index })),
+        Err(e) => api_fail(e),
+    }
+}
+
+/// `PUT /service/instance?service=NAME`: creates or replaces one instance of a service, its
+/// body a node as `POST /service` takes them; the service's other instances are untouched.
+async fn instance_put(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, payload: web::Payload) -> HttpResponse {
+    guard!(node, req, q);
+    let Some(service) = q.get("service").filter(|s| !s.is_empty()) else {
+        return bad("service is required: /service/instance?service=NAME".into());
+    };
+    let body = match body_of(&node, payload).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let instance = match parse::<Value>(&body, "a JSON object: one node")
+        .and_then(|n| crate::registry::input::node_from_value(service, n))
+    {
+        Ok(n) => n,
+        Err(e) => return bad(format!("bad instance: {e}")),
+    };
+    match node.register_instance(service.clone(), String::new(), instance).await {
         Ok(w) => ok(json!({ "index": w.index })),
         Err(e) => api_fail(e),
     }

@@ -22,8 +22,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 fn asset(content_type: &'static str, body: &'static str) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(content_type)
-        // The page may run only what the node itself serves.
-        .insert_header(("content-security-policy", "default-src 'self'; img-src 'self' data:"))
+        // The page may run only what the node itself serves, in no other site's frame.
+        .insert_header((
+            "content-security-policy",
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'none'; base-uri 'none'; object-src 'none'",
+        ))
+        .insert_header(("x-content-type-options", "nosniff"))
         .insert_header(("cache-control", "no-cache"))
         .body(body)
 }

@@ -277,3 +277,43 @@ async fn database_checks_follow_real_mariadb_and_postgresql() {
     assert!(logs.contains("database check failed"), "the failures were not logged: {}", p.logs());
     assert!(!logs.contains(PASSWORD) && !logs.contains(wrong), "a password is in the logs");
 }
+
+/// `PUT /service/instance` replaces one instance and leaves its service's others alone.
+///
+/// 1. A service of two instances, the second with a field of its own.
+/// 2. The first is put again disabled with weight 3: the second is as it was.
+/// 3. A missing service name and a port that is not a number are 400s that change nothing.
+#[actix_rt::test]
+async fn one_instance_is_put_without_touching_the_others() {
+    let cluster = Cluster::start_with(1, |c| c.http = Some(format!("127.0.0.1:{}", common::free_port())));
+    cluster.wait_leader(Duration::from_secs(2)).await;
+    let http = cluster.configs[0].http.clone().unwrap();
+    let file = json!([{"name": "web", "node": [
+        {"host": "127.0.0.1", "port": "9001"},
+        {"host": "127.0.0.2", "port": "9002", "priority": "5", "owner": "team-b"}]}]);
+    assert_eq!(call("POST", &format!("http://{http}/service"), Some(file.to_string())).await.0, 200);
+    let put = |q: &str, body: Value| {
+        let url = format!("http://{http}/service/instance{q}");
+        async move {
+            let client = awc::Client::default();
+            let mut r = client.put(url).send_body(body.to_string()).await.unwrap();
+            let v: Value = serde_json::from_slice(&r.body().await.unwrap()).unwrap();
+            (r.status().as_u16(), v)
+        }
+    };
+    let r = put("?service=web", json!({"host": "127.0.0.1", "port": 9001, "weight": "3", "enabled": false})).await;
+    assert_eq!(r.0, 200, "{r:?}");
+    let (_, web) = call("GET", &format!("http://{http}/service?name=web"), None).await;
+    let nodes = web["data"]["node"].as_array().unwrap();
+    let first = nodes.iter().find(|n| n["port"] == 9001).unwrap();
+    let second = nodes.iter().find(|n| n["port"] == 9002).unwrap();
+    assert_eq!((&first["weight"], &first["enabled"]), (&json!(3), &json!(false)));
+    assert_eq!((&second["weight"], &second["owner"], &second["enabled"]), (&json!(5), &json!("team-b"), &json!(true)));
+    refused(&put("", json!({"host": "127.0.0.1", "port": 1})).await, &["service is required"]);
+    refused(
+        &put("?service=web", json!({"host": "127.0.0.1", "port": "x"})).await,
+        &["port \"x\" is not a whole number"],
+    );
+    let (_, after) = call("GET", &format!("http://{http}/service?name=web"), None).await;
+    assert_eq!(after["data"]["node"].as_array().unwrap().len(), 2);
+}

@@ -23,9 +23,13 @@ fn setup() {
     });
 }
 
+/// One browser at a time: two Chromiums starting together on a 2-core machine make both slow.
+static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Runs the browser script in `mode` with `args`; answers what it printed.
 async fn drive(mode: &str, args: &[&str]) -> Value {
     setup();
+    let _one = BROWSER.lock().await;
     let root = env!("CARGO_MANIFEST_DIR");
     let mut cmd = tokio::process::Command::new("node");
     cmd.arg(format!("{root}/tests/ui/console.cjs"))
@@ -95,6 +99,7 @@ async fn the_console_shows_the_cluster_and_writes_through_the_apis() {
         .await
         .unwrap();
     assert_eq!(&config[..], b"from: console");
+    assert_eq!(shown["saved"], serde_json::json!({"enabled": false, "weight": "3"}), "{shown}");
     let web = c.get_service("web", Consistency::Linearizable).await.unwrap().unwrap();
     assert_eq!((web.nodes[0].enabled, web.nodes[0].weight), (false, 3.0));
     assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1_000), "no screenshot at {shot}");

@@ -79,6 +79,13 @@ fn service(value: Value, nth: usize) -> Result<Service, String> {
     Ok(Service { nodes, ..service })
 }
 
+/// Reads one node of service `service`, as a service file gives its nodes.
+pub fn node_from_value(service: &str, mut node: Value) -> Result<ServiceNode, String> {
+    normalize_node(&mut node, "")
+        .and_then(|()| serde_json::from_value::<ServiceNode>(node).map_err(|e| e.to_string()))
+        .map_err(|why| format!("service {service:?}: {why}"))
+}
+
 /// Puts a node as dister writes it in this project's form: numbers and flags given as
 /// strings read as such, `interval` as `interval_ms`, a web node's host and port taken from
 /// its url.

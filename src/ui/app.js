@@ -30,18 +30,16 @@ function showLogin() {
   document.querySelectorAll('[data-page]').forEach((s) => { s.hidden = true; });
 }
 
-// One call of the node's API. With a login token, it goes as a bearer token and as Nacos'
-// accessToken. dister's answers are {result, message, data}; Nacos' are text.
-async function api(method, path, { query = {}, json, form } = {}) {
+// One call of the node's API, with the login token (if any) as a bearer token, never in the
+// URL. dister's answers are {result, message, data}; Nacos' are text, returned as they came
+// with `raw` (a config's content is not JSON to reformat), with the response's headers.
+async function api(method, path, { query = {}, json, form, raw = false } = {}) {
   const url = new URL(path, location.origin);
   for (const [k, v] of Object.entries(query)) {
     if (v !== undefined && v !== null) url.searchParams.set(k, v);
   }
   const headers = {};
-  if (state.token) {
-    headers.Authorization = 'Bearer ' + state.token;
-    url.searchParams.set('accessToken', state.token);
-  }
+  if (state.token) headers.Authorization = 'Bearer ' + state.token;
   let body;
   if (json !== undefined) {
     headers['Content-Type'] = 'application/json';
@@ -53,13 +51,18 @@ async function api(method, path, { query = {}, json, form } = {}) {
   const res = await fetch(url, { method, headers, body });
   const text = await res.text();
   let data = text;
-  try { data = JSON.parse(text); } catch (_) { /* Nacos answers text */ }
+  if (!raw) {
+    try { data = JSON.parse(text); } catch (_) { /* Nacos answers text */ }
+  }
   if (res.status === 401 || res.status === 403) {
+    // A token that no longer works goes; the node says why (a cluster token is not a login).
+    state.token = '';
+    sessionStorage.removeItem('dister-token');
     showLogin();
-    throw new Error('log in first');
+    throw new Error((data && data.message) || 'log in first');
   }
   if (!res.ok) throw new Error((data && data.message) || text || res.statusText);
-  return data;
+  return raw ? { text, headers: res.headers } : data;
 }
 
 async function guarded(work) {
@@ -142,12 +145,16 @@ async function loadConfigs() {
 }
 
 async function editConfig(id) {
-  const content = await api('GET', '/nacos/v1/cs/configs', { query: id });
+  const { text, headers } = await api('GET', '/nacos/v1/cs/configs', { query: id, raw: true });
   const f = $('#cfg-edit');
   f.tenant.value = id.tenant;
   f.group.value = id.group;
   f.dataId.value = id.dataId;
-  f.content.value = typeof content === 'string' ? content : JSON.stringify(content, null, 2);
+  f.content.value = text;
+  // Published again with the type it has, not the default.
+  const type = headers.get('Config-Type') || 'text';
+  if (![...f.type.options].some((o) => o.value === type)) f.type.append(el('option', {}, type));
+  f.type.value = type;
 }
 
 // ---- services ------------------------------------------------------------------------
@@ -159,12 +166,16 @@ async function loadServices() {
       const weight = el('input', { class: 'weight', type: 'number', min: 0, step: 'any', value: n.weight });
       const enabled = el('input', { type: 'checkbox', checked: n.enabled });
       const save = el('button', { onclick: () => guarded(async () => {
-        // The whole service goes back as it came, this node changed: every field kept.
-        const copy = JSON.parse(JSON.stringify(svc));
-        copy.node[i].weight = Number(weight.value);
-        copy.node[i].enabled = enabled.checked;
-        await api('POST', '/service', { json: [copy] });
+        const w = weight.value.trim() === '' ? NaN : Number(weight.value);
+        if (!Number.isFinite(w) || w < 0 || w > 10000) throw new Error('weight must be a number from 0 to 10000');
+        // This instance alone goes back, every field as it came but these two: the
+        // service's other instances are not touched.
+        const copy = { ...n, weight: w, enabled: enabled.checked };
+        delete copy.health;
+        delete copy.status;
+        await api('PUT', '/service/instance', { query: { service: svc.name }, json: copy });
         await loadServices();
+        $('#svc-list').dataset.saved = `${svc.name}/${n.host}:${n.port}`;
       }) }, 'Save');
       return el('tr', { 'data-instance': `${n.host}:${n.port}` },
         el('td', {}, `${n.host}:${n.port}`),
@@ -190,9 +201,16 @@ function show(tab) {
   $('#login').hidden = true;
   document.querySelectorAll('[data-page]').forEach((s) => { s.hidden = s.id !== tab; });
   document.querySelectorAll('nav a').forEach((a) => a.classList.toggle('active', a.dataset.tab === tab));
-  clearInterval(state.timer);
-  guarded(pages[tab]);
-  if (tab === 'cluster') state.timer = setInterval(() => guarded(loadCluster), 2000);
+  clearTimeout(state.timer);
+  state.page = tab;
+  if (tab === 'cluster') poll();
+  else guarded(pages[tab]);
+}
+
+// The cluster page refreshes 2 s after each answer: polls never pile up behind a slow one.
+async function poll() {
+  await guarded(loadCluster);
+  if (state.page === 'cluster') state.timer = setTimeout(poll, 2000);
 }
 
 $('#login-form').addEventListener('submit', (ev) => {

@@ -16,12 +16,18 @@ async function open(url) {
   const origin = new URL(url).origin;
   page.on('pageerror', (e) => errors.push('page error: ' + e.message));
   page.on('console', (m) => { if (m.type() === 'error') errors.push('console: ' + m.text()); });
-  page.on('request', (r) => { if (!r.url().startsWith(origin)) errors.push('request beyond the node: ' + r.url()); });
+  page.on('request', (r) => {
+    if (new URL(r.url()).origin !== origin) errors.push('request beyond the node: ' + r.url());
+  });
   return { browser, page, errors };
 }
 
+// The members table once it shows all three as the leader sees them (reachable, with a lag).
 async function members(page) {
-  await page.waitForSelector('#members tbody tr:nth-child(3)');
+  await page.waitForFunction(() => {
+    const rows = [...document.querySelectorAll('#members tbody tr')];
+    return rows.length === 3 && rows.every((r) => r.children[4].textContent === 'alive' && r.children[6].textContent !== '-');
+  }, null, { timeout: 20000 });
   return page.$$eval('#members tbody tr', (rows) => rows.map((r) => ({
     id: r.dataset.id, role: r.querySelector('.raft-role').textContent, reachable: r.children[4].textContent,
     lag: r.children[6].textContent,
@@ -52,16 +58,18 @@ async function tour(url, shot, key, value) {
   await page.uncheck(`${row} input[type=checkbox]`);
   await page.fill(`${row} input.weight`, '3');
   await page.click(`${row} button`);
-  await page.waitForFunction((sel) => {
-    const r = document.querySelector(sel);
-    return r && !r.querySelector('input[type=checkbox]').checked && r.querySelector('input.weight').value === '3';
-  }, row);
+  // The page marks the save done once the node answered and the list was read again.
+  await page.waitForSelector('#svc-list[data-saved="web/127.0.0.1:9001"]');
+  const saved = await page.$eval(row, (r) => ({
+    enabled: r.querySelector('input[type=checkbox]').checked, weight: r.querySelector('input.weight').value,
+  }));
 
   await page.click('nav a[data-tab=cluster]');
   await members(page);
   await page.screenshot({ path: shot, fullPage: true });
+  const shownError = await page.$eval('#error', (e) => (e.hidden ? '' : e.textContent));
   await browser.close();
-  return { members: shown, leader, errors };
+  return { members: shown, leader, saved, errors: shownError ? [...errors, 'page said: ' + shownError] : errors };
 }
 
 async function login(url, user, password) {

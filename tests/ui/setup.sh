@@ -16,7 +16,7 @@ if [ ! -x /usr/bin/chromium ]; then
         "${sudo[@]}" apt-get install -y -qq --no-install-recommends chromium >/dev/null
     fi
 fi
-if [ "$(node -p "try { require('./$DIR/node_modules/playwright-core/package.json').version } catch (e) { '' }")" != "$PIN" ]; then
+if [ "$(node -p "try { require('$(realpath -m "$DIR")/node_modules/playwright-core/package.json').version } catch (e) { '' }")" != "$PIN" ]; then
     mkdir -p "$DIR"
     npm install --silent --no-audit --no-fund --prefix "$DIR" "playwright-core@$PIN" >/dev/null
 fi
