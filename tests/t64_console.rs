@@ -50,10 +50,11 @@ async fn drive(mode: &str, args: &[&str]) -> Value {
 ///
 /// 1. A 3-node cluster with HTTP, a service `web` of one instance.
 /// 2. The page (served by a follower) shows three members, one of them the leader, each
-///    reachable with its lag (the leader's view), and the leader's id; it sets a key, publishes a config, disables an instance and sets its
-///    weight; no page error, no request beyond the node.
-/// 3. The key reads back with `dister kv get`, the config through Nacos' API, the instance
-///    disabled with weight 3 through the client. The screenshot exists.
+///    reachable with its lag (the leader's view), and the leader's id; it sets a key,
+///    publishes a JSON config, loads it again as stored and publishes an edit, disables an
+///    instance and sets its weight; no page error, no request beyond the node.
+/// 3. The key reads back with `dister kv get`, the edited config and its type through Nacos'
+///    API, the instance disabled with weight 3 through the client. The screenshot exists.
 #[actix_rt::test]
 async fn the_console_shows_the_cluster_and_writes_through_the_apis() {
     let cluster = Cluster::start_with(3, |c| c.http = Some(format!("127.0.0.1:{}", common::free_port())));
@@ -90,15 +91,14 @@ async fn the_console_shows_the_cluster_and_writes_through_the_apis() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&cli.stdout), "set in the console\n");
-    let config = awc::Client::default()
-        .get(format!("http://{http}/nacos/v1/cs/configs?dataId=ui.yaml&group=DEFAULT_GROUP"))
+    assert_eq!(shown["loaded"], serde_json::json!({"content": "{\"n\": 1.0}", "type": "json"}), "{shown}");
+    let mut answer = awc::Client::default()
+        .get(format!("http://{http}/nacos/v1/cs/configs?dataId=ui.json&group=DEFAULT_GROUP"))
         .send()
         .await
-        .unwrap()
-        .body()
-        .await
         .unwrap();
-    assert_eq!(&config[..], b"from: console");
+    let kind = answer.headers().get("Config-Type").and_then(|v| v.to_str().ok()).map(str::to_string);
+    assert_eq!((&answer.body().await.unwrap()[..], kind.as_deref()), (&b"{\"n\": 2.0}"[..], Some("json")));
     assert_eq!(shown["saved"], serde_json::json!({"enabled": false, "weight": "3"}), "{shown}");
     let web = c.get_service("web", Consistency::Linearizable).await.unwrap().unwrap();
     assert_eq!((web.nodes[0].enabled, web.nodes[0].weight), (false, 3.0));

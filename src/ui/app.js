@@ -244,6 +244,7 @@ $('#cfg-edit').addEventListener('submit', (ev) => {
     form.tenant = tenantParam(form.tenant || '');
     await api('POST', '/nacos/v1/cs/configs', { form });
     await loadConfigs();
+    ev.target.dataset.published = String(Number(ev.target.dataset.published || 0) + 1);
   });
 });
 

@@ -47,10 +47,21 @@ async function tour(url, shot, key, value) {
   await page.waitForSelector(`#kv-table tr[data-key="${key}"]`);
 
   await page.click('nav a[data-tab=configs]');
-  await page.fill('#cfg-edit [name=dataId]', 'ui.yaml');
-  await page.fill('#cfg-edit [name=content]', 'from: console');
+  await page.fill('#cfg-edit [name=dataId]', 'ui.json');
+  await page.selectOption('#cfg-edit [name=type]', 'json');
+  await page.fill('#cfg-edit [name=content]', '{"n": 1.0}');
   await page.click('#cfg-edit button');
-  await page.waitForSelector('#cfg-table tr[data-config="public/DEFAULT_GROUP/ui.yaml"]');
+  await page.waitForSelector('#cfg-edit[data-published="1"]');
+  // Edited: loaded as stored (not re-read as JSON), changed, published again with its type.
+  await page.reload();
+  await page.click('nav a[data-tab=configs]');
+  const cfg = '#cfg-table tr[data-config="public/DEFAULT_GROUP/ui.json"]';
+  await page.click(`${cfg} button`);
+  await page.waitForFunction(() => document.querySelector('#cfg-edit [name=content]').value !== '');
+  const loaded = await page.$eval('#cfg-edit', (f) => ({ content: f.content.value, type: f.type.value }));
+  await page.fill('#cfg-edit [name=content]', '{"n": 2.0}');
+  await page.click('#cfg-edit button');
+  await page.waitForSelector('#cfg-edit[data-published="1"]');
 
   await page.click('nav a[data-tab=services]');
   const row = '[data-service="web"] tr[data-instance="127.0.0.1:9001"]';
@@ -69,7 +80,7 @@ async function tour(url, shot, key, value) {
   await page.screenshot({ path: shot, fullPage: true });
   const shownError = await page.$eval('#error', (e) => (e.hidden ? '' : e.textContent));
   await browser.close();
-  return { members: shown, leader, saved, errors: shownError ? [...errors, 'page said: ' + shownError] : errors };
+  return { members: shown, leader, saved, loaded, errors: shownError ? [...errors, 'page said: ' + shownError] : errors };
 }
 
 async function login(url, user, password) {
