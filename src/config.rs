@@ -362,8 +362,7 @@ impl Config {
 
 /// Whether `addr` (`host:port`) only accepts connections from this machine.
 pub fn is_loopback(addr: &str) -> bool {
-    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = parse_host_port(addr).map_or_else(|_| addr.to_string(), |(h, _)| h);
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 

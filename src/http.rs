@@ -586,12 +586,9 @@ async fn beat(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) -> HttpRe
     let (Some(service), Some(addr)) = (q.get("service"), q.get("addr")) else {
         return bad("service and addr are required: /beat?service=NAME&addr=HOST:PORT".into());
     };
-    let parsed = addr.rsplit_once(':').and_then(|(h, p)| {
-        let host = h.trim_start_matches('[').trim_end_matches(']');
-        Some((host.to_string(), p.parse::<u16>().ok()?)).filter(|(h, _)| !h.is_empty())
-    });
-    let Some((host, port)) = parsed else {
-        return bad(format!("addr {addr:?} is not HOST:PORT"));
+    let (host, port) = match crate::config::parse_host_port(addr) {
+        Ok(hp) => hp,
+        Err(e) => return bad(format!("addr {e}")),
     };
     match node.beat(InstanceKey { service: service.clone(), host, port }, false).await {
         Ok(()) => ok(Value::Null),

@@ -444,10 +444,10 @@ pub async fn servers(api: web::Data<NacosApi>, _: Params) -> Reply {
     let s = api.node.status().await?;
     let c = api.node.config();
     let member = |id: u64, addr: &str, state: &str, role: &str| {
-        let (ip, port) = addr.rsplit_once(':').unwrap_or((addr, "0"));
+        let (ip, port) = crate::config::parse_host_port(addr).unwrap_or_else(|_| (addr.to_string(), 0));
         json!({
             "ip": ip,
-            "port": port.parse::<u16>().unwrap_or(0),
+            "port": port,
             "address": addr,
             "state": state,
             "failAccessCnt": 0,
