@@ -9,8 +9,8 @@
 //!   histogram's observation a short lock of its own, never contended but by a scrape; nothing
 //!   on the write path allocates for them;
 //! - what the node's status already holds (leader, indexes, sizes, registry and key counts)
-//!   is read when scraped ([`Metrics::render`] is given a [`Sample`]) and costs the write path
-//!   nothing.
+//!   is read when scraped ([`Metrics::render`] is given a [`Sample`]) and written as that
+//!   scrape's constants: it costs the write path nothing.
 //!
 //! Each node has its own [`Metrics`] (several nodes may share a process, as in the tests); the
 //! `process_*` metrics describe the process.
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
@@ -133,29 +133,9 @@ pub struct Sample {
     pub configs: u64,
 }
 
-/// Scrape-time gauges, set from a [`Sample`] just before the text is rendered.
-#[derive(Default)]
-struct Gauges {
-    has_leader: Gauge,
-    is_leader: Gauge,
-    term: Gauge,
-    committed: Gauge,
-    applied: Gauge,
-    pending: Gauge,
-    log_entries: Gauge,
-    snapshot_index: Gauge,
-    snapshot_bytes: Gauge,
-    disk_bytes: Gauge,
-    services: Gauge,
-    instances: Family<HealthLabels, Gauge>,
-    keys: Gauge,
-    configs: Gauge,
-}
-
 /// A node's metrics.
 pub struct Metrics {
     registry: Registry,
-    gauges: Gauges,
     /// Times a node saw a new leader (or none).
     pub leader_changes: Counter,
     /// Client writes that failed.
@@ -185,7 +165,6 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut m = Metrics {
             registry: Registry::default(),
-            gauges: Gauges::default(),
             leader_changes: Counter::default(),
             proposals_failed: Counter::default(),
             wal_fsync: fsync_histogram(),
@@ -194,15 +173,8 @@ impl Metrics {
             http_requests: Family::default(),
             http_seconds: Family::new_with_constructor(http_histogram),
         };
-        let g = &m.gauges;
         let r = m.registry.sub_registry_with_prefix("dister");
-        r.register("server_has_leader", "Whether a leader exists (1) or not (0)", g.has_leader.clone());
-        r.register("server_is_leader", "Whether this node is the leader (1) or not (0)", g.is_leader.clone());
         r.register("server_leader_changes_seen", "Leader changes this node saw", m.leader_changes.clone());
-        r.register("server_term", "The term this node is in", g.term.clone());
-        r.register("server_proposals_committed_total", "The commit index", g.committed.clone());
-        r.register("server_proposals_applied_total", "The index applied to every state machine", g.applied.clone());
-        r.register("server_proposals_pending", "Client writes accepted and not yet answered", g.pending.clone());
         r.register("server_proposals_failed", "Client writes that failed", m.proposals_failed.clone());
         r.register("disk_wal_fsync_duration_seconds", "Durations of the log's fsyncs", m.wal_fsync.clone());
         r.register(
@@ -215,14 +187,6 @@ impl Metrics {
             "Requests to each peer that failed or got no answer",
             m.peer_failures.clone(),
         );
-        r.register("log_entries", "Entries held in the log", g.log_entries.clone());
-        r.register("snapshot_index", "The last entry the newest snapshot covers", g.snapshot_index.clone());
-        r.register("snapshot_bytes", "Size of the newest snapshot", g.snapshot_bytes.clone());
-        r.register("disk_data_bytes", "Bytes of the data directory: log segments and snapshots", g.disk_bytes.clone());
-        r.register("registry_services", "Services registered", g.services.clone());
-        r.register("registry_instances", "Instances registered, by health", g.instances.clone());
-        r.register("kv_keys", "Keys in the key/value store", g.keys.clone());
-        r.register("nacos_configs", "Nacos configs", g.configs.clone());
         r.register("http_requests", "HTTP requests answered, by route, method and status", m.http_requests.clone());
         r.register("http_request_duration_seconds", "HTTP request latency, by route", m.http_seconds.clone());
         m.registry.register_collector(Box::new(ProcessCollector));
@@ -244,37 +208,36 @@ impl Metrics {
         self.http_requests.get_or_create(&labels).inc();
     }
 
-    /// The text of every metric, the scrape-time ones as `sample` says. The gauges are set
-    /// and encoded with no wait between: the HTTP API serves on one thread, so two scrapes
-    /// never mix their samples.
+    /// The text of every metric, the scrape-time ones as `sample` says: constants of this
+    /// scrape alone, so two scrapes never mix their samples.
     pub fn render(&self, sample: &Sample) -> String {
-        let g = &self.gauges;
-        let set = |gauge: &Gauge, v: u64| {
-            gauge.set(i64::try_from(v).unwrap_or(i64::MAX));
+        let mut now = Registry::with_prefix("dister");
+        let mut gauge = |name: &str, help: &str, v: u64| {
+            now.register(name, help, ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)));
         };
-        set(&g.has_leader, u64::from(sample.has_leader));
-        set(&g.is_leader, u64::from(sample.is_leader));
-        for (gauge, v) in [
-            (&g.term, sample.term),
-            (&g.committed, sample.committed),
-            (&g.applied, sample.applied),
-            (&g.pending, sample.pending),
-            (&g.log_entries, sample.log_entries),
-            (&g.snapshot_index, sample.snapshot_index),
-            (&g.snapshot_bytes, sample.snapshot_bytes),
-            (&g.disk_bytes, sample.disk_bytes),
-            (&g.services, sample.services),
-            (&g.keys, sample.keys),
-            (&g.configs, sample.configs),
-        ] {
-            set(gauge, v);
-        }
+        gauge("server_has_leader", "Whether a leader exists (1) or not (0)", u64::from(sample.has_leader));
+        gauge("server_is_leader", "Whether this node is the leader (1) or not (0)", u64::from(sample.is_leader));
+        gauge("server_term", "The term this node is in", sample.term);
+        gauge("server_proposals_committed_total", "The commit index", sample.committed);
+        gauge("server_proposals_applied_total", "The index applied to every state machine", sample.applied);
+        gauge("server_proposals_pending", "Client writes accepted and not yet answered", sample.pending);
+        gauge("log_entries", "Entries held in the log", sample.log_entries);
+        gauge("snapshot_index", "The last entry the newest snapshot covers", sample.snapshot_index);
+        gauge("snapshot_bytes", "Size of the newest snapshot", sample.snapshot_bytes);
+        gauge("disk_data_bytes", "Bytes of the data directory: log segments and snapshots", sample.disk_bytes);
+        gauge("registry_services", "Services registered", sample.services);
+        gauge("kv_keys", "Keys in the key/value store", sample.keys);
+        gauge("nacos_configs", "Nacos configs", sample.configs);
+        let instances = Family::<HealthLabels, Gauge>::default();
         for (health, n) in ["healthy", "unhealthy", "unknown"].into_iter().zip(sample.instances) {
-            set(&g.instances.get_or_create(&HealthLabels { health: health.into() }), n);
+            instances.get_or_create(&HealthLabels { health: health.into() }).set(i64::try_from(n).unwrap_or(i64::MAX));
         }
+        now.register("registry_instances", "Instances registered, by health", instances);
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = text::encode_registry(&mut out, &self.registry);
+        let _ = text::encode_registry(&mut out, &now);
+        let _ = text::encode_eof(&mut out);
         out
     }
 }

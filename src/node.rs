@@ -570,7 +570,8 @@ fn mailbox(e: MailboxError) -> ApiError {
 
 /// Readies a built-in command received as bytes for the log ([`Command::prepare`]): a
 /// malformed one is refused, so a bad request costs an error, not a log entry every node must
-/// apply. A registry command is written as prepared (its instances given their checks).
+/// apply. A registry command that preparing changed (its instances given their checks) is
+/// encoded again; any other goes on as its bytes came.
 fn prepare(write: Write, config: &Config) -> Result<Write, ApiError> {
     let refused = |e: String| ApiError::BadRequest(format!("{} command: {e}", write.namespace));
     match write.namespace.as_str() {
@@ -581,8 +582,10 @@ fn prepare(write: Write, config: &Config) -> Result<Write, ApiError> {
         }
         REGISTRY_NAMESPACE => {
             let mut c: RegistryCommand = serde_json::from_slice(&write.data).map_err(|e| refused(e.to_string()))?;
-            Command::prepare(&mut c, config).map_err(refused)?;
-            Ok(Write { data: encode(&c)?, ..write })
+            if Command::prepare(&mut c, config).map_err(refused)? {
+                return Ok(Write { data: encode(&c)?, ..write });
+            }
+            Ok(write)
         }
         _ => Ok(write),
     }
@@ -592,17 +595,18 @@ fn prepare(write: Write, config: &Config) -> Result<Write, ApiError> {
 trait Command: serde::Serialize {
     /// Completes what the log must hold (defaults that depend on the request, not on the
     /// state), then refuses the command if it is malformed or this node's `config` forbids it.
-    fn prepare(&mut self, config: &Config) -> Result<(), String>;
+    /// Answers whether preparing changed it.
+    fn prepare(&mut self, config: &Config) -> Result<bool, String>;
 }
 
 impl Command for KvCommand {
-    fn prepare(&mut self, _: &Config) -> Result<(), String> {
-        self.validate()
+    fn prepare(&mut self, _: &Config) -> Result<bool, String> {
+        self.validate().map(|()| false)
     }
 }
 
 impl Command for RegistryCommand {
-    fn prepare(&mut self, config: &Config) -> Result<(), String> {
+    fn prepare(&mut self, config: &Config) -> Result<bool, String> {
         RegistryCommand::prepare(self, config.allow_script_checks)
     }
 }

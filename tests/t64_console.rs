@@ -16,11 +16,7 @@ use serde_json::Value;
 
 fn setup() {
     static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ui/setup.sh");
-        let ok = Command::new(script).status().is_ok_and(|s| s.success());
-        assert!(ok, "tests/ui/setup.sh failed: it needs Debian's chromium (root or sudo) and the npm registry");
-    });
+    common::setup_once(&ONCE, "tests/ui/setup.sh", "Debian's chromium (root or sudo) and the npm registry");
 }
 
 /// One browser at a time: two Chromiums starting together on a 2-core machine make both slow.

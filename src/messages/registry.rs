@@ -59,11 +59,9 @@ impl CheckKind {
     /// The check a service of dister's type `kind` gives its nodes (any case), if any: other
     /// types are labels, their nodes unchecked.
     pub fn of_type(kind: &str) -> Option<CheckKind> {
-        [("tcp", CheckKind::Tcp), ("web", CheckKind::Web), ("custom", CheckKind::Custom)]
+        [CheckKind::Tcp, CheckKind::Web, CheckKind::Custom, CheckKind::Mysql, CheckKind::Pgsql]
             .into_iter()
-            .chain([("mysql", CheckKind::Mysql), ("pgsql", CheckKind::Pgsql)])
-            .find(|(name, _)| kind.eq_ignore_ascii_case(name))
-            .map(|(_, check)| check)
+            .find(|c| kind.eq_ignore_ascii_case(c.name()))
     }
 
     /// Whether it runs a command on the leader's machine.
@@ -209,11 +207,13 @@ impl ServiceNode {
     }
 
     /// Gives a persistent instance without a check of its own the check of dister's service
-    /// type `kind`, if it names one.
-    fn resolve_check(&mut self, kind: &str) {
-        if !self.ephemeral && self.check.is_none() {
-            self.check = CheckKind::of_type(kind);
+    /// type `kind`, if it names one; answers whether it did.
+    fn resolve_check(&mut self, kind: &str) -> bool {
+        if self.ephemeral || self.check.is_some() {
+            return false;
         }
+        self.check = CheckKind::of_type(kind);
+        self.check.is_some()
     }
 
     /// A text field of the instance's own extra fields (`user`, `database`, ...), a number
@@ -292,11 +292,11 @@ impl Service {
 
     /// As in dister, the service's type checks every node that names no check itself: each
     /// such node is given the check its type names (`tcp`, `web`, `custom`, `mysql`,
-    /// `pgsql`; other types are labels). Done before the write reaches the log.
-    pub fn resolve_checks(&mut self) {
-        for n in &mut self.nodes {
-            n.resolve_check(&self.kind);
-        }
+    /// `pgsql`; other types are labels). Done before the write reaches the log. Answers
+    /// whether any node was given one.
+    pub fn resolve_checks(&mut self) -> bool {
+        let kind = &self.kind;
+        self.nodes.iter_mut().fold(false, |changed, n| n.resolve_check(kind) | changed)
     }
 }
 
@@ -481,14 +481,15 @@ fn validate_service_fields(s: &Service) -> Result<(), String> {
 
 impl RegistryCommand {
     /// Readies a command received from a client for the log: gives the instances it writes
-    /// their service type's check ([`Service::resolve_checks`]), then validates it.
-    pub fn prepare(&mut self, scripts_allowed: bool) -> Result<(), String> {
-        match self {
-            RegistryCommand::Set(services) => services.iter_mut().for_each(Service::resolve_checks),
+    /// their service type's check ([`Service::resolve_checks`]), then validates it. Answers
+    /// whether the command changed (and must be encoded again).
+    pub fn prepare(&mut self, scripts_allowed: bool) -> Result<bool, String> {
+        let changed = match self {
+            RegistryCommand::Set(services) => services.iter_mut().fold(false, |c, s| s.resolve_checks() | c),
             RegistryCommand::Register { kind, node, .. } => node.resolve_check(kind),
-            _ => {}
-        }
-        self.validate(scripts_allowed)
+            _ => false,
+        };
+        self.validate(scripts_allowed).map(|()| changed)
     }
 
     /// Refuses services without a name, instances their checks could not run on (script

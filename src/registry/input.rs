@@ -65,11 +65,7 @@ fn service(value: Value, nth: usize) -> Result<Service, String> {
         Some(Value::Array(nodes)) => nodes
             .into_iter()
             .enumerate()
-            .map(|(i, mut node)| {
-                normalize_node(&mut node, &kind)
-                    .and_then(|()| serde_json::from_value::<ServiceNode>(node).map_err(|e| e.to_string()))
-                    .map_err(|why| format!("service {name:?}, node {}: {why}", i + 1))
-            })
+            .map(|(i, node)| read_node(node, &kind).map_err(|why| format!("service {name:?}, node {}: {why}", i + 1)))
             .collect::<Result<Vec<_>, _>>()?,
         Some(Value::Null) | None => Vec::new(),
         Some(other) => return Err(format!("service {name:?}: node is {}, not an array", kind_of(&other))),
@@ -80,10 +76,14 @@ fn service(value: Value, nth: usize) -> Result<Service, String> {
 }
 
 /// Reads one node of service `service`, as a service file gives its nodes.
-pub fn node_from_value(service: &str, mut node: Value) -> Result<ServiceNode, String> {
-    normalize_node(&mut node, "")
-        .and_then(|()| serde_json::from_value::<ServiceNode>(node).map_err(|e| e.to_string()))
-        .map_err(|why| format!("service {service:?}: {why}"))
+pub fn node_from_value(service: &str, node: Value) -> Result<ServiceNode, String> {
+    read_node(node, "").map_err(|why| format!("service {service:?}: {why}"))
+}
+
+/// One node of a service of type `kind`, read as [`normalize_node`] puts it.
+fn read_node(mut node: Value, kind: &str) -> Result<ServiceNode, String> {
+    normalize_node(&mut node, kind)?;
+    serde_json::from_value(node).map_err(|e| e.to_string())
 }
 
 /// Puts a node as dister writes it in this project's form: numbers and flags given as

@@ -64,13 +64,13 @@ impl Database {
         })
     }
 
-    async fn mysql(self, timeout: Duration) -> Result<(), String> {
+    async fn mysql(&self, timeout: Duration) -> Result<(), String> {
         let opts = mysql_async::OptsBuilder::default()
-            .ip_or_hostname(self.host)
+            .ip_or_hostname(self.host.clone())
             .tcp_port(self.port)
-            .user(Some(self.user))
-            .pass(Some(self.pass))
-            .db_name(self.database)
+            .user(Some(self.user.clone()))
+            .pass(Some(self.pass.clone()))
+            .db_name(self.database.clone())
             // The check is of host:port: never switch to a local socket the server names.
             .prefer_socket(false);
         let mut conn = tokio::time::timeout(timeout, mysql_async::Conn::new(opts))
@@ -83,7 +83,7 @@ impl Database {
         pinged
     }
 
-    async fn pgsql(self, timeout: Duration) -> Result<(), String> {
+    async fn pgsql(&self, timeout: Duration) -> Result<(), String> {
         let mut config = tokio_postgres::Config::new();
         config.host(&self.host).port(self.port).user(&self.user).password(&self.pass).connect_timeout(timeout);
         if let Some(db) = &self.database {
@@ -134,8 +134,8 @@ impl Probe {
                     run_script(&cmd, true).await.is_some_and(|(ok, out)| ok && out.trim_ascii() == b"1")
                 }
                 Probe::Script(_) | Probe::Custom(_) => false,
-                Probe::Mysql(db) => judged("mysql", &db, db.clone().mysql(timeout).await),
-                Probe::Pgsql(db) => judged("pgsql", &db, db.clone().pgsql(timeout).await),
+                Probe::Mysql(db) => judged("mysql", &db, db.mysql(timeout).await),
+                Probe::Pgsql(db) => judged("pgsql", &db, db.pgsql(timeout).await),
             }
         })
         .await;

@@ -13,14 +13,10 @@ pub const PASSWORD: &str = "s3cret-Pa55";
 /// The database the `dister` user may use on every server started here.
 pub const DATABASE: &str = "shop";
 
-/// Installs the servers once per test process (the script keeps installed ones).
+/// Installs the servers once per test process.
 fn setup() {
     static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/db/setup.sh");
-        let ok = Command::new(script).status().is_ok_and(|s| s.success());
-        assert!(ok, "tests/db/setup.sh failed: it installs mariadb-server and postgresql (root or sudo, Debian)");
-    });
+    super::setup_once(&ONCE, "tests/db/setup.sh", "Debian's mariadb-server and postgresql (root or sudo)");
 }
 
 fn is_root() -> bool {

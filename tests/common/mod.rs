@@ -33,6 +33,17 @@ pub fn init_tracing() {
     });
 }
 
+/// Runs the project's setup script `script` (a path under the repository) once per test
+/// process, through `once`; the scripts keep what is installed already. `needs` says what the
+/// script installs, for the failure message.
+pub fn setup_once(once: &'static Once, script: &str, needs: &str) {
+    once.call_once(|| {
+        let path = format!("{}/{script}", env!("CARGO_MANIFEST_DIR"));
+        let ok = std::process::Command::new(&path).status().is_ok_and(|s| s.success());
+        assert!(ok, "{script} failed: it needs {needs}");
+    });
+}
+
 /// A port nothing listens on right now, handed out once per test process. Ports come from
 /// below the kernel's ephemeral range (32768 and up here), so an outgoing connection of some
 /// other test cannot take one between this check and the node's own bind; a per-process
