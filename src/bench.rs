@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::client::Client;
+use crate::client::{Client, Dial};
 use crate::error::ClientError;
 
 /// Which requests the clients send.
@@ -53,10 +53,8 @@ pub struct BenchOptions {
     pub addrs: Vec<String>,
     /// For the Nacos workloads on a cluster with auth: username and password to log in with.
     pub login: Option<(String, String)>,
-    /// Cluster group.
-    pub group: String,
-    /// Cluster token, if the cluster has one.
-    pub token: Option<String>,
+    /// How to reach the nodes: group, token, TLS (over HTTP too, for the Nacos workloads).
+    pub dial: Dial,
     /// Concurrent clients, one connection each.
     pub clients: usize,
     /// How long to measure.
@@ -131,17 +129,22 @@ enum Conn {
 impl Conn {
     async fn open(opts: &BenchOptions, addr: &str) -> Result<Conn, ClientError> {
         if opts.workload == Workload::Kv {
-            let client = Client::connect_with_token(addr, &opts.group, opts.token.as_deref())
+            let client = Client::dial(addr, &opts.dial)
                 .await
                 .map_err(|e| ClientError::Unexpected(format!("cannot reach {addr}: {e}")))?;
             return Ok(Conn::Wire(client));
         }
         // One keep-alive connection per client, as a load generator's connection would be.
         let connector = awc::Connector::new().limit(1);
+        let (connector, scheme) = match &opts.dial.tls {
+            Some(tls) => (connector.rustls_0_23(tls.config()), "https"),
+            None => (connector, "http"),
+        };
         let client = awc::Client::builder().connector(connector).timeout(Duration::from_secs(30)).finish();
-        let base = format!("http://{addr}/nacos/v1");
+        let base = format!("{scheme}://{addr}/nacos/v1");
         let token = match &opts.login {
-            None => None,
+            // The cluster token serves as Nacos' access token too.
+            None => opts.dial.token.clone(),
             Some((user, pass)) => {
                 let mut r = client
                     .post(format!("{base}/auth/login"))

@@ -15,6 +15,7 @@ use crate::messages::registry::{
     InstanceKey, REGISTRY_NAMESPACE, RegistryCommand, RegistryQuery, Service, ServiceNode, Strategy,
 };
 use crate::raft::members::MemberChange;
+pub use crate::tls::ClientTls;
 use crate::wire::{
     Consistency, Frame, Hello, Request, Response, StatusInfo, Write, WriteReply, handshake, spawn_writer,
 };
@@ -23,6 +24,53 @@ use crate::wire::{
 pub const CLIENT_MAX_RESPONSE: usize = 256 * 1024 * 1024;
 
 type Pending = (Request, oneshot::Sender<Result<Response, WireError>>);
+
+/// How to reach a cluster's nodes: its group, the token to present, and the CA to check
+/// their certificates by when they serve TLS.
+#[derive(Clone, Debug)]
+pub struct Dial {
+    /// The cluster group.
+    pub group: String,
+    /// The cluster token or a login token, when the cluster wants one.
+    pub token: Option<String>,
+    /// TLS towards nodes that serve it (every port of a node with TLS does).
+    pub tls: Option<ClientTls>,
+}
+
+impl Dial {
+    /// Plain TCP to `group`, no token.
+    pub fn new(group: &str) -> Dial {
+        Dial { group: group.to_string(), token: None, tls: None }
+    }
+
+    /// The same, presenting `token`.
+    pub fn token(self, token: Option<&str>) -> Dial {
+        Dial { token: token.map(str::to_string), ..self }
+    }
+
+    /// The same, over TLS checked by `tls`.
+    pub fn tls(self, tls: Option<ClientTls>) -> Dial {
+        Dial { tls, ..self }
+    }
+
+    fn hello(&self) -> Hello {
+        Hello { group: self.group.clone(), node_id: None, token: self.token.clone() }
+    }
+
+    /// An open connection to `addr`, TLS's handshake done when there is TLS.
+    async fn stream(&self, addr: &str) -> Result<crate::transport::BoxStream, WireError> {
+        let stream = tcp(addr).await?;
+        match &self.tls {
+            None => Ok(Box::new(stream)),
+            Some(tls) => {
+                let secured = tokio::time::timeout(Duration::from_secs(5), tls.connect(addr, stream))
+                    .await
+                    .map_err(|_| WireError::Timeout)??;
+                Ok(Box::new(secured))
+            }
+        }
+    }
+}
 
 /// A connection to one node.
 #[derive(Clone)]
@@ -39,15 +87,20 @@ impl Client {
 
     /// Connects presenting the cluster token (required when the cluster has one).
     pub async fn connect_with_token(addr: &str, group: &str, token: Option<&str>) -> Result<Client, ClientError> {
-        Client::handshake(tcp(addr).await?, group, token).await
+        Client::dial(addr, &Dial::new(group).token(token)).await
+    }
+
+    /// Connects as `dial` says (TLS, token, group).
+    pub async fn dial(addr: &str, dial: &Dial) -> Result<Client, ClientError> {
+        let stream = dial.stream(addr).await?;
+        Client::start(stream, dial.hello()).await
     }
 
     /// The id of the node at `addr`, as its handshake names it: refused (with the node's
     /// reason) if it belongs to another group or wants another token.
-    pub async fn node_id_at(addr: &str, group: &str, token: Option<&str>) -> Result<crate::raft::NodeId, ClientError> {
-        let stream = tcp(addr).await?;
-        let hello = Hello { group: group.to_string(), node_id: None, token: token.map(str::to_string) };
-        let (_, _, welcome) = handshake::connect(stream, hello, Duration::from_secs(5), 1024).await?;
+    pub async fn node_id_at(addr: &str, dial: &Dial) -> Result<crate::raft::NodeId, ClientError> {
+        let stream = dial.stream(addr).await?;
+        let (_, _, welcome) = handshake::connect(stream, dial.hello(), Duration::from_secs(5), 1024).await?;
         Ok(welcome.node_id)
     }
 
@@ -57,7 +110,13 @@ impl Client {
     where
         S: AsyncRead + AsyncWrite + Unpin + 'static,
     {
-        let hello = Hello { group: group.to_string(), node_id: None, token: token.map(str::to_string) };
+        Client::start(stream, Dial::new(group).token(token).hello()).await
+    }
+
+    async fn start<S>(stream: S, hello: Hello) -> Result<Client, ClientError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + 'static,
+    {
         let (mut reader, write, _welcome) =
             handshake::connect(stream, hello, Duration::from_secs(5), CLIENT_MAX_RESPONSE).await?;
         let writer = spawn_writer(write);

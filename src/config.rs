@@ -106,8 +106,15 @@ pub struct Config {
     pub seed: Option<u64>,
     /// Shared secret every connection (peer or client) must present in its handshake.
     pub cluster_token: Option<String>,
-    /// Allow listening beyond loopback without a cluster token (refused otherwise).
+    /// Allow listening beyond loopback without a cluster token or TLS (refused otherwise).
     pub insecure: bool,
+    /// This node's certificate chain (PEM). With `tls_key` and `tls_ca`, both ports serve
+    /// TLS only and peers authenticate each other by certificate.
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// The CA certificates (PEM) a peer's certificate must chain to.
+    pub tls_ca: Option<PathBuf>,
     /// `host:port` for the HTTP API (dister's paths); `None` turns it off.
     pub http: Option<String>,
     /// Default interval of an instance's health check.
@@ -168,6 +175,9 @@ impl Default for Config {
             seed: None,
             cluster_token: None,
             insecure: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
             http: None,
             check_interval_ms: 2_000,
             ephemeral_unhealthy_after_ms: 15_000,
@@ -190,6 +200,16 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+    }
+
+    /// The TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => {
+                Some(crate::tls::TlsFiles { cert: cert.clone(), key: key.clone(), ca: ca.clone() })
+            }
+            _ => None,
+        }
     }
 
     /// The address peers reach this node at.
@@ -264,24 +284,32 @@ impl Config {
         if self.cluster_token.as_deref().is_some_and(|t| t.len() < 16) {
             return bad("cluster_token must be at least 16 characters".into());
         }
-        if self.cluster_token.is_none() && !self.insecure && !is_loopback(&self.listen) {
-            return bad(format!(
-                "listen address {} is reachable beyond this machine and no cluster_token is set: \
-                 anyone who can reach it could join the cluster or send it writes; set cluster_token \
-                 (--token), listen on 127.0.0.1, or pass --insecure",
-                self.listen
-            ));
+        let tls = match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (None, None, None) => false,
+            (Some(_), Some(_), Some(_)) => true,
+            _ => return bad("tls_cert, tls_key and tls_ca (--tls-cert, --tls-key, --tls-ca) go together".into()),
+        };
+        if let Some(http) = &self.http
+            && !http.contains(':')
+        {
+            return bad(format!("http address {http:?} is not host:port"));
         }
-        if let Some(http) = &self.http {
-            if !http.contains(':') {
-                return bad(format!("http address {http:?} is not host:port"));
+        for (what, addr) in std::iter::once(("listen", &self.listen)).chain(self.http.iter().map(|h| ("http", h))) {
+            if self.insecure || is_loopback(addr) {
+                continue;
             }
-            if self.cluster_token.is_none() && !self.insecure && !is_loopback(http) {
-                return bad(format!(
-                    "http address {http} is reachable beyond this machine and no cluster_token is set; \
-                     set cluster_token, listen on 127.0.0.1, or pass --insecure"
-                ));
-            }
+            let missing = match (self.cluster_token.is_some(), tls) {
+                (true, true) => continue,
+                (false, true) => {
+                    "no cluster_token is set: anyone who can reach it could join the cluster or send it writes"
+                }
+                (true, false) => "it has no TLS: its token and data would cross the network in clear",
+                (false, false) => "it has neither a cluster_token nor TLS",
+            };
+            return bad(format!(
+                "{what} address {addr} is reachable beyond this machine and {missing}; set cluster_token (--token) \
+                 and --tls-cert/--tls-key/--tls-ca, listen on 127.0.0.1, or pass --insecure"
+            ));
         }
         if self.check_interval_ms == 0 {
             return bad("check_interval_ms must be above 0".into());
@@ -385,18 +413,35 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("own id"));
     }
 
-    /// Secure by default: beyond loopback, a token or an explicit `insecure`.
+    /// Secure by default: beyond loopback, a token and TLS, or an explicit `insecure`.
     #[test]
-    fn refuses_to_listen_beyond_loopback_without_a_token() {
+    fn refuses_to_listen_beyond_loopback_without_a_token_and_tls() {
         for listen in ["127.0.0.1:1", "127.0.0.5:1", "localhost:1", "[::1]:1"] {
             Config { listen: listen.into(), ..Config::default() }.validate().unwrap();
         }
         for listen in ["0.0.0.0:1", "10.1.2.3:1", "[::]:1", "node1:1"] {
             let err = Config { listen: listen.into(), ..Config::default() }.validate().unwrap_err();
-            assert!(err.to_string().contains("no cluster_token"), "{err}");
+            assert!(err.to_string().contains("neither a cluster_token nor TLS"), "{err}");
             Config { listen: listen.into(), insecure: true, ..Config::default() }.validate().unwrap();
             let token = Some("0123456789abcdef".to_string());
-            Config { listen: listen.into(), cluster_token: token, ..Config::default() }.validate().unwrap();
+            let tokened = Config { listen: listen.into(), cluster_token: token, ..Config::default() };
+            let err = tokened.validate().unwrap_err();
+            assert!(err.to_string().contains("no TLS"), "{err}");
+            let tls = Config {
+                tls_cert: Some("node.pem".into()),
+                tls_key: Some("node.key".into()),
+                tls_ca: Some("ca.pem".into()),
+                ..tokened.clone()
+            };
+            tls.validate().unwrap();
+            let err = Config { cluster_token: None, ..tls.clone() }.validate().unwrap_err();
+            assert!(err.to_string().contains("no cluster_token"), "{err}");
+            let err = Config { tls_ca: None, ..tls.clone() }.validate().unwrap_err();
+            assert!(err.to_string().contains("go together"), "{err}");
+            // The HTTP port is held to the same rule.
+            let http = Config { listen: "127.0.0.1:1".into(), http: Some(listen.into()), ..tokened };
+            assert!(http.validate().unwrap_err().to_string().contains("http address"));
+            Config { listen: "127.0.0.1:1".into(), ..tls }.validate().unwrap();
         }
         let auth = Config {
             auth_username: Some("admin".into()),

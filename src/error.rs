@@ -218,6 +218,9 @@ pub enum NodeError {
     /// The log could not be opened or recovered.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The TLS files could not be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The node's threads could not be started.
     #[error("cannot start the node's threads: {0}")]
     Threads(String),

@@ -40,24 +40,23 @@
 
 pub mod actors;
 pub mod admission;
+pub mod api;
 pub mod auth;
 pub mod bench;
 pub mod check;
 pub mod client;
 pub mod config;
 pub mod error;
-pub mod http;
 pub mod messages;
 pub mod metrics;
-pub mod nacos;
 pub mod node;
 pub mod raft;
 pub mod registry;
 pub mod snapshot;
 pub mod state_machine;
 pub mod storage;
+pub mod tls;
 pub mod transport;
-pub mod ui;
 pub mod wire;
 
 pub use client::Client;

@@ -43,6 +43,7 @@ use crate::raft::members::{MemberChange, MemberLog, Members};
 use crate::raft::{NodeId, Payload};
 use crate::snapshot::SnapshotMeta;
 use crate::storage::{Recovered, StorageConfig};
+use crate::tls::{Tls, TlsTransport};
 use crate::transport::{TcpTransport, TransportRef};
 use crate::wire::{Consistency, Request, Response, StatusInfo, Write, WriteReply};
 
@@ -56,7 +57,6 @@ type QueryRouter = Arc<Mutex<BTreeMap<String, Option<Recipient<Query>>>>>;
 pub struct Node {
     handle: NodeHandle,
     local_addr: SocketAddr,
-    http: Option<crate::http::HttpApi>,
     listener: Addr<Listener>,
     /// Last, so it is dropped last: the threads end after everything else let go.
     threads: NodeThreads,
@@ -223,7 +223,9 @@ impl NodeBuilder {
         self
     }
 
-    /// Validates the config, recovers the log, binds the listener and starts the actors.
+    /// Validates the config, recovers the log, binds the listener and starts the actors. The
+    /// HTTP port is not the node's: start it with [`crate::api::serve`] (the binary does, at
+    /// `config.http`).
     /// Must be called inside an actix system (or, with [`Threads::One`], a tokio `LocalSet`).
     pub async fn start(self) -> Result<Node, NodeError> {
         let config = self.config;
@@ -272,8 +274,15 @@ impl NodeBuilder {
         let fresh = recovered.entries.is_empty() && snapshot.is_none();
         let join = config.join.clone().filter(|_| fresh);
         let members = recover_members(&config, &recovered, snapshot_meta.as_ref());
+        let tls = config.tls_files().map(Tls::load).transpose()?;
         let config = Arc::new(config);
-        let transport = self.transport;
+        // Health probes go out as plain TCP through the transport given; peers' connections
+        // run TLS over it when the node has TLS.
+        let probes = self.transport;
+        let transport: TransportRef = match &tls {
+            Some(tls) => Arc::new(TlsTransport::new(probes.clone(), tls.clone())),
+            None => probes.clone(),
+        };
 
         // Owned from the start: if starting fails half way, dropping this ends whatever
         // began on them (a running Raft thread above all) before the error is returned.
@@ -292,10 +301,10 @@ impl NodeBuilder {
         // learns `Election`'s address (to propose check outcomes) once it exists.
         let proposer = Proposer::default();
         let (data_map, registry, key_watch) = {
-            let (config, proposer, transport) = (config.clone(), proposer.clone(), transport.clone());
+            let (config, proposer, probes) = (config.clone(), proposer.clone(), probes.clone());
             state
                 .run(move || async move {
-                    let mut registry = ServiceRegistry::new(config, proposer, transport);
+                    let mut registry = ServiceRegistry::new(config, proposer, probes);
                     if let Some(p) = prober {
                         registry = registry.with_prober(p);
                     }
@@ -317,7 +326,7 @@ impl NodeBuilder {
         let queries = Arc::new(Mutex::new(queries));
 
         let parts = {
-            let (config, transport, metrics) = (config.clone(), transport.clone(), metrics.clone());
+            let (config, transport, metrics, tls) = (config.clone(), transport.clone(), metrics.clone(), tls.clone());
             raft.run(move || async move {
                 let listener = transport
                     .bind(&config.listen)
@@ -374,6 +383,7 @@ impl NodeBuilder {
                     admission: Admission::new(&config),
                     members: view,
                     metrics,
+                    tls,
                 };
                 let listener_addr = listener_ctx.run(Listener::new(listener, handle.clone()));
                 Ok::<_, NodeError>(RaftParts { handle, local_addr, listener: listener_addr })
@@ -390,16 +400,7 @@ impl NodeBuilder {
             };
             actix_rt::spawn(join_cluster(config.clone(), transport.clone(), member, addr));
         }
-        let http = match &config.http {
-            Some(addr) => {
-                let api = crate::http::start(handle.clone(), addr)
-                    .map_err(|source| NodeError::Bind { addr: addr.clone(), source })?;
-                tracing::info!(addr = %api.addr, "http api listening");
-                Some(api)
-            }
-            None => None,
-        };
-        Ok(Node { handle, local_addr, http, listener, threads })
+        Ok(Node { handle, local_addr, listener, threads })
     }
 }
 
@@ -511,11 +512,6 @@ impl Node {
         self.local_addr
     }
 
-    /// Where the HTTP API listens, if it is on.
-    pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http.as_ref().map(|h| h.addr)
-    }
-
     /// The node's own threads (Raft, state machines), empty with [`Threads::One`]: a test
     /// can freeze them all to pause the node.
     pub fn threads(&self) -> Vec<ArbiterHandle> {
@@ -526,9 +522,6 @@ impl Node {
     /// last handle is dropped; dropping the node ends its threads.
     pub fn stop(&self) {
         self.listener.do_send(StopListener);
-        if let Some(h) = &self.http {
-            drop(h.handle.stop(false));
-        }
         self.handle.election.do_send(StopPeerLinks);
     }
 }
@@ -562,6 +555,8 @@ pub struct NodeHandle {
     members: Arc<MemberView>,
     /// The node's metrics.
     metrics: MetricsRef,
+    /// The node's TLS, when it has it.
+    tls: Option<Arc<Tls>>,
 }
 
 fn mailbox(e: MailboxError) -> ApiError {
@@ -756,6 +751,19 @@ impl NodeHandle {
     /// The node's metrics (see [`crate::metrics`]).
     pub fn metrics(&self) -> &MetricsRef {
         &self.metrics
+    }
+
+    /// The node's TLS, when it has it: [`Tls::reload`] reads its files again.
+    pub fn tls(&self) -> Option<&Arc<Tls>> {
+        self.tls.as_ref()
+    }
+
+    /// How this node reaches other nodes as a client: its group, the cluster token, and TLS
+    /// with its own certificate when it has TLS.
+    pub fn dial(&self) -> crate::client::Dial {
+        crate::client::Dial::new(&self.config.group)
+            .token(self.config.cluster_token.as_deref())
+            .tls(self.tls.as_ref().map(|t| t.client()))
     }
 
     /// Client work pending on this node: writes, their bytes, reads.

@@ -33,6 +33,7 @@ mod t61_compaction;
 mod t62_dister_services;
 mod t63_metrics;
 mod t64_console;
+mod t65_tls;
 mod t70_extension;
 mod t80_chaos;
 mod t82_registry_load;

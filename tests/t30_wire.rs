@@ -186,10 +186,10 @@ async fn refusals_are_counted_by_reason() {
     }
 }
 
-/// Secure by default: the binary refuses to listen beyond loopback without a cluster token,
-/// saying why, unless `--insecure` is given.
+/// Secure by default: the binary refuses to listen beyond loopback without a cluster token
+/// and TLS, saying why, unless `--insecure` is given.
 #[test]
-fn refuses_to_listen_beyond_loopback_without_a_token() {
+fn refuses_to_listen_beyond_loopback_without_a_token_and_tls() {
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dister"))
@@ -200,7 +200,17 @@ fn refuses_to_listen_beyond_loopback_without_a_token() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no cluster_token is set") && err.contains("--insecure"), "{err}");
+    assert!(err.contains("neither a cluster_token nor TLS") && err.contains("--insecure"), "{err}");
+    // A token alone is not enough: it would cross the network in clear.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dister"))
+        .args(["server", "--listen", &format!("0.0.0.0:{port}"), "--token", "0123456789abcdef"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("it has no TLS") && err.contains("--tls-cert"), "{err}");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dister"))
         .args(["server", "--insecure", "--listen", &format!("0.0.0.0:{port}")])
         .arg("--data-dir")

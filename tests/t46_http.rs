@@ -242,30 +242,34 @@ async fn http_requires_the_cluster_token_when_there_is_one() {
     ok(&call("GET", &format!("{base}/kv?token=http-token-of-some-length"), None).await);
 }
 
-/// A node whose HTTP address is taken fails to start, and leaves nothing running: its Raft
-/// thread (with its log and listener) ends before the error is returned.
-///
-/// 1. Hold a port, and start a node with its HTTP API there: refused, naming the address.
-/// 2. Nothing listens on the node's wire address afterwards.
-/// 3. Once the port is free, a node starts from the same data directory at once.
-#[actix_rt::test]
-async fn a_node_that_cannot_bind_its_http_port_leaves_nothing_running() {
-    common::init_tracing();
+/// A server whose HTTP address is taken fails to start, saying which address, and leaves
+/// nothing running; once the port is free it starts from the same data directory.
+#[test]
+fn a_server_that_cannot_bind_its_http_port_exits() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let listen = format!("127.0.0.1:{}", common::free_port());
-    let config = dister::Config {
-        listen: listen.clone(),
-        http: Some(taken.local_addr().unwrap().to_string()),
-        data_dir: dir.path().into(),
-        ..dister::Config::default()
+    let server = |http: &str| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dister"));
+        cmd.args(["server", "--listen", &listen, "--http", http]).arg("--data-dir").arg(dir.path());
+        cmd
     };
-    let err = dister::Node::start(config.clone()).await.err().expect("the HTTP port is taken");
-    assert!(err.to_string().contains("cannot listen"), "{err}");
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let out = server(&taken_addr).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on {taken_addr}")), "{err}");
     assert!(std::net::TcpStream::connect(&listen).is_err(), "the failed node still listens");
     drop(taken);
-    let node = dister::Node::start(config).await.expect("starts from the same directory");
-    drop(node);
+    let http = format!("127.0.0.1:{}", common::free_port());
+    let mut child = server(&http).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&http).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the node did not start from the same directory");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 /// Membership through dister's HTTP API, as dister takes it: `POST /node` with an address

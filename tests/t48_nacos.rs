@@ -243,6 +243,22 @@ async fn services_namespaces_and_operator_endpoints() {
         assert!(addrs.contains(&c.listen.as_str()), "{addrs:?} lacks {}", c.listen);
     }
     assert!(servers.iter().all(|x| x["state"] == json!("UP")), "{s}");
+    // A follower describes the cluster as the leader does, on both APIs: every member up,
+    // the same leader.
+    let follower = (leader + 1) % 3;
+    let s = json_of(&http("GET", &format!("{}/ns/operator/servers", base(&cluster, follower)), &[], None).await);
+    let servers = s["servers"].as_array().unwrap();
+    assert!(servers.iter().all(|x| x["state"] == json!("UP")), "the leader's view: {s}");
+    let leads = |x: &&Value| x["extendInfo"]["raftRole"] == json!("leader");
+    let nacos_leader: Vec<&Value> = servers.iter().filter(leads).map(|x| &x["extendInfo"]["nodeId"]).collect();
+    let http_base = format!("http://{}", cluster.configs[follower].http.clone().unwrap());
+    let nodes = json_of(&http("GET", &format!("{http_base}/node"), &[], None).await);
+    let nodes = nodes["data"].as_array().unwrap();
+    assert!(nodes.iter().all(|n| n["status"] == json!("alive")), "{nodes:?}");
+    let dister_leader: Vec<&Value> =
+        nodes.iter().filter(|n| n["raft_role"] == json!("leader")).map(|n| &n["id"]).collect();
+    assert_eq!(nacos_leader, dister_leader);
+    assert_eq!(dister_leader, vec![&json!(cluster.configs[leader].id)]);
 }
 
 /// A listener answers at once when its MD5 is stale, wakes within moments when a config it
@@ -364,6 +380,25 @@ async fn auth_guards_both_apis_and_the_wire() {
     let own_token = dister_login["data"]["accessToken"].as_str().unwrap().to_string();
     assert_eq!(http("GET", &format!("{kv}&accessToken={own_token}"), &[], None).await.0, 200);
     assert_eq!(http("GET", &format!("{}/health", http_of(0)), &[], None).await.0, 200, "health stays open");
+    // One reading of the credentials for both APIs: every way one takes, the other takes.
+    let cs2 = cs(2);
+    for (url, cluster_param) in [
+        (kv.as_str(), format!("{kv}&token=peers-and-the-test-harness")),
+        (cs2.as_str(), format!("{cs2}&token=peers-and-the-test-harness")),
+    ] {
+        for headers in [
+            vec![("Authorization", bearer.as_str())],
+            vec![("accessToken", token.as_str())],
+            vec![("X-Dister-Token", "peers-and-the-test-harness")],
+        ] {
+            assert_eq!(http("GET", url, &headers, None).await.0, 200, "{url} with {headers:?}");
+        }
+        assert_eq!(http("GET", &format!("{url}&accessToken={own_token}"), &[], None).await.0, 200, "{url}");
+        assert_eq!(http("GET", &cluster_param, &[], None).await.0, 200, "{cluster_param}");
+        let r = http("GET", url, &[("accessToken", "forged.0")], None).await;
+        assert_eq!(r.0, 403, "{url}: {r:?}");
+        assert!(r.1.contains("log in first"), "one refusal for both APIs: {r:?}");
+    }
 
     // The wire: a client needs the login token in its handshake.
     let addr = cluster.addr(0);

@@ -80,6 +80,8 @@ fn layout_config(i: usize, seed: u64, layout: Layout, join: Option<usize>) -> Co
         join: join.filter(|_| !founder).map(|j| format!("{}:7070", host(j))),
         seed: Some(seed.wrapping_mul(31).wrapping_add(i as u64)),
         cluster_token: Some(TOKEN.into()),
+        // A simulated network: nothing leaves the process, and TLS is not what it tests.
+        insecure: true,
         request_timeout_ms: 1_000,
         handshake_timeout_ms: 1_000,
         // Snapshots every few dozen entries, and the log compacted to a few entries behind

@@ -1,6 +1,7 @@
-//! `Listener`: accepts connections, runs the handshake (group, version, token, and for peers
-//! an id this cluster has not removed), and starts a `Connection` for each accepted one. Holds
-//! no state but the bound socket.
+//! `Listener`: accepts connections, runs the handshake (TLS when the node has it, then group,
+//! version, token, and for peers an id this cluster has not removed and, with TLS, a
+//! certificate), and starts a `Connection` for each accepted one. Holds no state but the bound
+//! socket.
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::node::NodeHandle;
 use crate::raft::members::Members;
+use crate::tls::Tls;
 use crate::transport::{BoxStream, Listener as BoundListener};
 use crate::wire::handshake::AcceptError;
 use crate::wire::{Hello, Refusal, RefusalKind, RefusedConnections, Welcome, handshake};
@@ -45,13 +47,17 @@ pub struct Listener {
     refused: RefusedConnections,
     /// Client connections open now (each `Connection` gives its place back when it stops).
     clients: Arc<AtomicUsize>,
+    /// TLS, when the node has it: every connection's first exchange.
+    tls: Option<Arc<Tls>>,
 }
 
 impl Listener {
     /// A listener on an already bound socket.
     pub fn new(bound: Box<dyn BoundListener>, node: NodeHandle) -> Self {
         let auth = Auth::from_config(node.config());
+        let tls = node.tls().cloned();
         Listener {
+            tls,
             bound: Some(bound),
             node,
             auth,
@@ -79,6 +85,19 @@ pub fn admit(
     auth: Option<&Auth>,
     hello: &Hello,
     clients: usize,
+) -> Result<usize, Refusal> {
+    admit_secured(config, members, auth, hello, clients, None)
+}
+
+/// [`admit`] on a TLS port: `certified` says whether the connection presented a certificate
+/// the CA signed, which a peer must (mutual TLS, on top of the cluster token).
+pub fn admit_secured(
+    config: &Config,
+    members: &Members,
+    auth: Option<&Auth>,
+    hello: &Hello,
+    clients: usize,
+    certified: Option<bool>,
 ) -> Result<usize, Refusal> {
     if hello.group != config.group {
         let m = format!("wrong group {:?}: this node belongs to {:?}", hello.group, config.group);
@@ -109,6 +128,10 @@ pub fn admit(
         Some(id) if members.removed.contains(&id) => Err(Refusal::new(
             RefusalKind::UnknownNode,
             format!("node id {id} was removed from this cluster and is not a member"),
+        )),
+        Some(id) if certified == Some(false) => Err(Refusal::new(
+            RefusalKind::Tls,
+            format!("node {id} presented no certificate: peers of a cluster with TLS must present one from its CA"),
         )),
         Some(_) => Ok(config.peer_max_frame()),
     }
@@ -161,12 +184,30 @@ impl StreamHandler<Accepted> for Listener {
         let welcome = Welcome { group: node.config().group.clone(), node_id: node.id() };
         let timeout = node.config().handshake_timeout();
         let clients = self.clients.clone();
+        let tls = self.tls.clone();
         let fut = async move {
+            let (stream, certified) = match tls {
+                None => (stream, None),
+                Some(tls) => match tokio::time::timeout(timeout, tls.accept(stream)).await {
+                    Ok(Ok(secured)) => (secured.stream, Some(secured.certified)),
+                    Ok(Err(e)) => {
+                        // A plain-text client, or a certificate refused (foreign, expired):
+                        // the other end is known only by its address yet.
+                        tracing::warn!(%remote, error = %e, "tls handshake failed; connection refused");
+                        return Some(RefusalKind::Tls);
+                    }
+                    Err(_) => {
+                        tracing::debug!(%remote, "no tls handshake within the handshake timeout");
+                        return Some(RefusalKind::Timeout);
+                    }
+                },
+            };
             let config = node.config().clone();
             let open = clients.clone();
             let members = node.committed_members();
             let admitted = move |h: &Hello| {
-                admit(&config, &members, auth.as_ref(), h, open.load(std::sync::atomic::Ordering::Acquire))
+                let open = open.load(std::sync::atomic::Ordering::Acquire);
+                admit_secured(&config, &members, auth.as_ref(), h, open, certified)
             };
             match handshake::accept(stream, welcome, timeout, admitted).await {
                 Ok((reader, write, hello)) => {

@@ -145,7 +145,12 @@ impl PeerLink {
                     // Back off 50 ms, doubling to 1 s, so a dead peer costs little.
                     let backoff = Duration::from_millis((50u64 << act.failures.min(5)).min(1_000));
                     act.retry_at = Some(tokio::time::Instant::now() + backoff);
-                    if matches!(e, WireError::Handshake(_)) && (act.failures == 1 || act.failures % 20 == 0) {
+                    let tls_failed = matches!(&e, WireError::Io(io) if crate::tls::is_tls_error(io));
+                    if tls_failed && (act.failures == 1 || act.failures % 20 == 0) {
+                        // Its certificate refused here (expired, another CA's, another name),
+                        // or this node's refused there.
+                        tracing::warn!(id = act.config.id, peer = act.peer, addr = %act.addr, error = %e, "tls with peer failed");
+                    } else if matches!(e, WireError::Handshake(_)) && (act.failures == 1 || act.failures % 20 == 0) {
                         tracing::warn!(id = act.config.id, peer = act.peer, addr = %act.addr, error = %e, "peer refused the handshake");
                     } else if act.failures == 1 || act.failures % 20 == 0 {
                         tracing::debug!(id = act.config.id, peer = act.peer, addr = %act.addr, error = %e, failures = act.failures, "cannot reach peer");

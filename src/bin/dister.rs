@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use dister::bench::{self, BenchOptions};
+use dister::client::{ClientTls, Dial};
 use dister::config::parse_host_port;
 use dister::messages::registry::{InstanceKey, Strategy};
 use dister::raft::members::MemberChange;
@@ -33,6 +34,10 @@ struct Cli {
     /// Cluster token to present (client commands; required when the cluster has one).
     #[arg(long, env = "DISTER_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// CA certificate (PEM) to check the node's certificate by: connect over TLS (client
+    /// commands and the bench, towards a node started with --tls-*).
+    #[arg(long, value_name = "FILE", env = "DISTER_TLS_CA")]
+    tls_ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,7 +45,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a node.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Key/value commands.
     #[command(subcommand)]
     Kv(KvCommand),
@@ -320,9 +325,19 @@ struct ServerArgs {
     /// Cluster token every peer and client must present (at least 16 characters).
     #[arg(long, env = "DISTER_CLUSTER_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Allow listening beyond loopback without a cluster token.
+    /// Allow listening beyond loopback without a cluster token or TLS.
     #[arg(long)]
     insecure: bool,
+    /// This node's certificate chain (PEM): with --tls-key and --tls-ca, the wire and HTTP
+    /// ports serve TLS only and peers authenticate each other by certificate. Reread on SIGHUP.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_ca"])]
+    tls_key: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) peers' certificates must chain to.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
     /// Serve the HTTP API on HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
     http: Option<String>,
@@ -456,6 +471,9 @@ fn server_config(args: ServerArgs) -> anyhow::Result<Config> {
     if args.insecure {
         config.insecure = true;
     }
+    if args.tls_cert.is_some() {
+        (config.tls_cert, config.tls_key, config.tls_ca) = (args.tls_cert, args.tls_key, args.tls_ca);
+    }
     if args.http.is_some() {
         config.http = args.http;
     }
@@ -464,12 +482,31 @@ fn server_config(args: ServerArgs) -> anyhow::Result<Config> {
 }
 
 async fn run_server(config: Config) -> anyhow::Result<()> {
+    let http = config.http.clone();
     let node = Node::start(config).await.context("cannot start node")?;
+    let http = match http {
+        Some(addr) => {
+            Some(dister::api::serve(node.handle(), &addr).with_context(|| format!("cannot listen on {addr}"))?)
+        }
+        None => None,
+    };
     tracing::info!(addr = %node.local_addr(), "serving");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hangup.recv() => match node.handle().tls() {
+                // As nginx or etcd: renewed certificates are taken without a restart.
+                Some(tls) => match tls.reload() {
+                    Ok(()) => tracing::info!(cert = %tls.files().cert.display(), "tls files reloaded"),
+                    Err(e) => tracing::error!(error = %e, "tls files not reloaded; the ones in use stay"),
+                },
+                None => tracing::info!("SIGHUP: nothing to reload (no tls)"),
+            },
+        }
     }
     tracing::info!("shutting down");
     // A leader hands over first, so stopping it costs the cluster no election timeout
@@ -487,6 +524,9 @@ async fn run_server(config: Config) -> anyhow::Result<()> {
             Ok(Err(e)) => tracing::warn!(error = %e, "could not hand leadership over"),
             Err(_) => tracing::warn!("leadership transfer did not finish in time"),
         }
+    }
+    if let Some(http) = http {
+        drop(http.handle.stop(false));
     }
     node.stop();
     Ok(())
@@ -522,12 +562,11 @@ impl From<ClientError> for Failure {
 }
 
 /// Runs a client command; returns what to print on stdout.
-async fn run_client(addr: &str, group: &str, token: Option<&str>, command: Command) -> Result<String, Failure> {
+async fn run_client(addr: &str, dial: &Dial, command: Command) -> Result<String, Failure> {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let client = Client::connect_with_token(addr, group, token)
-        .await
-        .map_err(|e| Failure::Other(anyhow::anyhow!("cannot reach {addr}: {e}")))?;
+    let client =
+        Client::dial(addr, dial).await.map_err(|e| Failure::Other(anyhow::anyhow!("cannot reach {addr}: {e}")))?;
     match command {
         Command::Kv(KvCommand::Set { key, value }) => {
             let reply = retry(|| client.set(&key, &value)).await?;
@@ -633,7 +672,7 @@ async fn run_client(addr: &str, group: &str, token: Option<&str>, command: Comma
             }
         }
         Command::Member(MemberCommand::List { json }) => {
-            let members = member_list(&client, group, token).await?;
+            let members = member_list(&client, dial).await?;
             if json {
                 let json = serde_json::to_string_pretty(&members).map_err(|e| Failure::Other(e.into()))?;
                 let _ = writeln!(out, "{json}");
@@ -676,13 +715,13 @@ async fn run_client(addr: &str, group: &str, token: Option<&str>, command: Comma
         }
         Command::Addnode { addrs } => {
             for addr in addrs {
-                let line = add_node(&client, group, token, &addr).await.map_err(|e| e.after(&out))?;
+                let line = add_node(&client, dial, &addr).await.map_err(|e| e.after(&out))?;
                 out.push_str(&line);
             }
         }
         Command::Delnode { addrs } => {
             for addr in addrs {
-                let line = remove_node(&client, group, token, &addr).await.map_err(|e| e.after(&out))?;
+                let line = remove_node(&client, dial, &addr).await.map_err(|e| e.after(&out))?;
                 out.push_str(&line);
             }
         }
@@ -702,11 +741,10 @@ async fn run_client(addr: &str, group: &str, token: Option<&str>, command: Comma
 
 /// dister's `addnode` for one address: the node there is asked its id, then added (a learner,
 /// promoted once caught up).
-async fn add_node(client: &Client, group: &str, token: Option<&str>, addr: &str) -> Result<String, Failure> {
+async fn add_node(client: &Client, dial: &Dial, addr: &str) -> Result<String, Failure> {
     let addr = node_addr(addr).map_err(Failure::Usage)?;
-    let node = Client::connect_with_token(&addr, group, token)
-        .await
-        .map_err(|e| Failure::Other(anyhow::anyhow!("cannot reach {addr}: {e}")))?;
+    let node =
+        Client::dial(&addr, dial).await.map_err(|e| Failure::Other(anyhow::anyhow!("cannot reach {addr}: {e}")))?;
     let id = node.status().await?.id;
     let change = MemberChange::Add { id, addr: addr.clone(), promote: true };
     let reply = retry(|| client.change_members(change.clone())).await?;
@@ -714,9 +752,9 @@ async fn add_node(client: &Client, group: &str, token: Option<&str>, addr: &str)
 }
 
 /// dister's `delnode` for one address: the member there is removed.
-async fn remove_node(client: &Client, group: &str, token: Option<&str>, addr: &str) -> Result<String, Failure> {
+async fn remove_node(client: &Client, dial: &Dial, addr: &str) -> Result<String, Failure> {
     let addr = node_addr(addr).map_err(Failure::Usage)?;
-    let members = member_list(client, group, token).await?;
+    let members = member_list(client, dial).await?;
     let Some(id) = members.iter().find(|m| m.addr == addr).map(|m| m.id) else {
         return Err(Failure::NotFound(format!("no member at {addr}")));
     };
@@ -726,14 +764,14 @@ async fn remove_node(client: &Client, group: &str, token: Option<&str>, addr: &s
 
 /// The members as the leader sees them (its match indexes and reachability), or as the node
 /// asked sees them when the leader cannot be reached.
-async fn member_list(client: &Client, group: &str, token: Option<&str>) -> Result<Vec<MemberStatus>, Failure> {
+async fn member_list(client: &Client, dial: &Dial) -> Result<Vec<MemberStatus>, Failure> {
     let here: StatusInfo = retry(|| client.status()).await?;
     if here.role == dister::raft::Role::Leader {
         return Ok(here.members);
     }
     let leader_addr = here.leader.and_then(|l| here.members.iter().find(|m| m.id == l)).map(|m| m.addr.clone());
     if let Some(addr) = leader_addr
-        && let Ok(leader) = Client::connect_with_token(&addr, group, token).await
+        && let Ok(leader) = Client::dial(&addr, dial).await
         && let Ok(s) = leader.status().await
         && s.role == dister::raft::Role::Leader
     {
@@ -856,11 +894,18 @@ fn snapshot_restore(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let group = cli.group.clone();
+    // How client commands and the bench reach the node (a server reads its own TLS files).
+    let dial = || match cli.tls_ca.as_deref().map(ClientTls::from_ca_file).transpose() {
+        Ok(tls) => Ok(Dial::new(&cli.group).token(cli.token.as_deref()).tls(tls)),
+        Err(e) => {
+            eprintln!("error: --tls-ca: {e}");
+            Err(ExitCode::from(2))
+        }
+    };
     match cli.command {
         Command::Server(args) => {
             init_logging("info");
-            let config = match server_config(args) {
+            let config = match server_config(*args) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -883,12 +928,15 @@ fn main() -> ExitCode {
         }
         Command::Bench(args) => {
             init_logging("warn");
+            let dial = match dial() {
+                Ok(d) => d,
+                Err(code) => return code,
+            };
             let opts = BenchOptions {
                 workload: args.workload,
                 addrs: if args.nodes.is_empty() { vec![cli.addr] } else { args.nodes },
                 login: args.username.zip(args.password),
-                group,
-                token: cli.token.clone(),
+                dial,
                 clients: args.clients as usize,
                 duration: Duration::from_secs(args.secs),
                 key_size: args.key_size,
@@ -925,7 +973,11 @@ fn main() -> ExitCode {
                 eprintln!("error: {e}");
                 return ExitCode::from(2);
             }
-            finish(actix_rt::System::new().block_on(run_client(&cli.addr, &group, cli.token.as_deref(), command)))
+            let dial = match dial() {
+                Ok(d) => d,
+                Err(code) => return code,
+            };
+            finish(actix_rt::System::new().block_on(run_client(&cli.addr, &dial, command)))
         }
     }
 }

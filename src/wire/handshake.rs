@@ -56,6 +56,9 @@ where
             Some(Ok(Frame::Welcome(w))) => Ok(w),
             Some(Ok(Frame::Error(msg))) => Err(WireError::Handshake(msg)),
             Some(Ok(other)) => Err(WireError::Handshake(format!("expected welcome, got {other:?}"))),
+            Some(Err(WireError::FrameTooLarge { len, .. })) if is_tls_record(len) => Err(WireError::Handshake(
+                "the node answered in TLS: it serves TLS only; connect with TLS (--tls-ca, DISTER_TLS_CA)".into(),
+            )),
             Some(Err(e)) => Err(e),
             None => Err(WireError::Closed),
         }
@@ -63,6 +66,13 @@ where
     let welcome = tokio::time::timeout(timeout, exchange).await.map_err(|_| WireError::Timeout)??;
     reader.decoder_mut().set_max_frame(max_frame);
     Ok((reader, write, welcome))
+}
+
+/// Whether a frame length read off the wire is really the start of a TLS record (an alert or
+/// a handshake, TLS 1.0 to 1.3): a TLS node's answer to plain text.
+fn is_tls_record(len: usize) -> bool {
+    let [kind, major, minor, _] = u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes();
+    matches!(kind, 0x15 | 0x16) && major == 3 && minor <= 4
 }
 
 /// Why a connection was refused at (or right after) its handshake.
@@ -84,6 +94,8 @@ pub enum RefusalKind {
     Timeout,
     /// The node already serves `max_client_connections` clients.
     TooManyConnections,
+    /// TLS failed: not TLS on a TLS port, a certificate refused, or a peer without one.
+    Tls,
 }
 
 /// A refused connection: why, and what the other side was told.

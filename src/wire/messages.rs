@@ -202,6 +202,9 @@ pub struct RefusedConnections {
     pub timeout: u64,
     /// Clients beyond `max_client_connections`.
     pub too_many_connections: u64,
+    /// A TLS port's handshake failed (plain text, a certificate refused), or a peer came
+    /// without a certificate.
+    pub tls: u64,
 }
 
 impl RefusedConnections {
@@ -217,6 +220,7 @@ impl RefusedConnections {
             K::Malformed => &mut self.malformed,
             K::Timeout => &mut self.timeout,
             K::TooManyConnections => &mut self.too_many_connections,
+            K::Tls => &mut self.tls,
         };
         *slot += 1;
     }

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod db;
 pub mod faults;
 pub mod procs;
@@ -209,6 +210,7 @@ impl Cluster {
                 let sys = actix_rt::System::new();
                 let started = sys.block_on(async move {
                     let me = config.id;
+                    let http = config.http.clone();
                     let mut builder = Node::builder(config);
                     if let Some(faults) = faults {
                         builder = builder.transport(std::sync::Arc::new(faults::FaultyTransport { me, nodes, faults }));
@@ -216,16 +218,23 @@ impl Cluster {
                     if let Some(extend) = extend {
                         builder = extend(builder);
                     }
-                    builder.start().await.map(|n| (n, actix_rt::System::current()))
+                    let node = builder.start().await.map_err(|e| e.to_string())?;
+                    // The HTTP port, as the binary serves it.
+                    let api = match http {
+                        Some(addr) => Some(dister::api::serve(node.handle(), &addr).map_err(|e| e.to_string())?),
+                        None => None,
+                    };
+                    Ok::<_, String>((node, api, actix_rt::System::current()))
                 });
                 match started {
-                    Ok((node, system)) => {
+                    Ok((node, api, system)) => {
                         let _ = tx.send(Ok((system, node.threads())));
                         let _ = sys.run();
+                        drop(api);
                         drop(node);
                     }
                     Err(e) => {
-                        let _ = tx.send(Err(e.to_string()));
+                        let _ = tx.send(Err(e));
                     }
                 }
             })

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use dister::client::Dial;
 use dister::raft::Role;
 use dister::{Client, Consistency};
 
@@ -24,6 +25,10 @@ pub struct Procs {
     added: BTreeMap<usize, Vec<String>>,
     /// `RUST_LOG` of every node.
     log_filter: String,
+    /// Arguments every founding node starts with, by index (TLS files).
+    args: Vec<Vec<String>>,
+    /// How the harness reaches the nodes.
+    dial: Dial,
     dir: tempfile::TempDir,
 }
 
@@ -35,7 +40,18 @@ impl Procs {
 
     /// Starts `n` nodes, each with its HTTP API on, logging what `filter` (`RUST_LOG`) asks.
     pub fn start_logging(n: usize, filter: &str) -> Procs {
-        let dir = tempfile::tempdir().unwrap();
+        Procs::start_with(n, filter, tempfile::tempdir().unwrap(), |_| Vec::new(), Dial::new("default"))
+    }
+
+    /// Starts `n` nodes in `dir`, node `i` with `args(i)` added to its command line, the
+    /// harness reaching them as `dial` says.
+    pub fn start_with(
+        n: usize,
+        filter: &str,
+        dir: tempfile::TempDir,
+        args: impl Fn(usize) -> Vec<String>,
+        dial: Dial,
+    ) -> Procs {
         let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", super::free_port())).collect();
         let http: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", super::free_port())).collect();
         let mut p = Procs {
@@ -45,12 +61,19 @@ impl Procs {
             founders: n,
             added: BTreeMap::new(),
             log_filter: filter.to_string(),
+            args: (0..n).map(args).collect(),
+            dial,
             dir,
         };
         for i in 0..n {
             p.spawn(i);
         }
         p
+    }
+
+    /// The directory holding the nodes' data and logs (and whatever a test puts there).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Node `i`'s data directory.
@@ -67,6 +90,7 @@ impl Procs {
             cmd.args(args);
             return cmd;
         }
+        cmd.args(&self.args[i]);
         for (j, a) in self.addrs.iter().enumerate().take(self.founders) {
             if j != i {
                 cmd.args(["--peer", &format!("{}={a}", j + 1)]);
@@ -103,6 +127,13 @@ impl Procs {
         c.wait().unwrap().success()
     }
 
+    /// Sends node `i` the signal `sig` (`HUP`), leaving it running.
+    pub fn signal(&self, i: usize, sig: &str) {
+        let c = self.children[i].as_ref().expect("node runs");
+        let sent = Command::new("kill").args([&format!("-{sig}"), &c.id().to_string()]).status().unwrap();
+        assert!(sent.success(), "kill -{sig} failed");
+    }
+
     /// Whether node `i` runs (as far as this harness knows).
     pub fn is_running(&self, i: usize) -> bool {
         self.children[i].is_some()
@@ -128,7 +159,7 @@ impl Procs {
 
     /// Node `i`'s role, if it answers.
     pub async fn role(&self, i: usize) -> Option<Role> {
-        let c = Client::connect(&self.addrs[i], "default").await.ok()?;
+        let c = Client::dial(&self.addrs[i], &self.dial).await.ok()?;
         c.with_timeout(Duration::from_secs(1)).status().await.ok().map(|s| s.role)
     }
 
@@ -150,7 +181,7 @@ impl Procs {
     /// node's own copy holds them once it has caught up.
     pub async fn check(&self, acked: &BTreeMap<String, String>) {
         let leader = self.leader(Duration::from_secs(10)).await;
-        let c = Client::connect(&self.addrs[leader], "default").await.unwrap();
+        let c = Client::dial(&self.addrs[leader], &self.dial).await.unwrap();
         let all: BTreeMap<String, String> = c.list("", Consistency::Linearizable).await.unwrap().into_iter().collect();
         let missing: Vec<_> = acked.iter().filter(|(k, v)| all.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
         assert!(
@@ -163,7 +194,7 @@ impl Procs {
         for i in 0..self.addrs.len() {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
-                let local: Option<BTreeMap<String, String>> = match Client::connect(&self.addrs[i], "default").await {
+                let local: Option<BTreeMap<String, String>> = match Client::dial(&self.addrs[i], &self.dial).await {
                     Ok(c) => c.list("", Consistency::Stale).await.ok().map(|l| l.into_iter().collect()),
                     Err(_) => None,
                 };

@@ -11,6 +11,9 @@ compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=()
 [ "$(id -u)" -eq 0 ] || sudo=(sudo -n)
+# One apt at a time: the database and browser setups may run at once (parallel tests).
+exec 9>"${TMPDIR:-/tmp}/dister-apt.lock"
+flock 9
 export DEBIAN_FRONTEND=noninteractive
 # The packages' own services must not start (they would take the fixed ports 3306 and 5432):
 # policy-rc.d answering 101 tells invoke-rc.d to leave them stopped.
@@ -22,7 +25,7 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
 fi
 cleanup() { [ -z "$restore" ] || "${sudo[@]}" rm -f /usr/sbin/policy-rc.d; }
 trap cleanup EXIT
-if ! "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; then
-    "${sudo[@]}" apt-get update -qq
-    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+if ! "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${need[@]}" >/dev/null; then
+    "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq
+    "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi

@@ -10,10 +10,13 @@ PIN=1.64.1
 if [ ! -x /usr/bin/chromium ]; then
     sudo=()
     [ "$(id -u)" -eq 0 ] || sudo=(sudo -n)
+    # One apt at a time: the database and browser setups may run at once (parallel tests).
+    exec 9>"${TMPDIR:-/tmp}/dister-apt.lock"
+    flock 9
     export DEBIAN_FRONTEND=noninteractive
-    if ! "${sudo[@]}" apt-get install -y -qq --no-install-recommends chromium >/dev/null; then
-        "${sudo[@]}" apt-get update -qq
-        "${sudo[@]}" apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    if ! "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends chromium >/dev/null; then
+        "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq
+        "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends chromium >/dev/null
     fi
 fi
 if [ "$(node -p "try { require('$(realpath -m "$DIR")/node_modules/playwright-core/package.json').version } catch (e) { '' }")" != "$PIN" ]; then

@@ -11,7 +11,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use md5::{Digest, Md5};
 
 use super::naming::{DEFAULT_GROUP, PUBLIC, valid_id};
-use super::{NacosApi, NacosError, Params, Reply, text};
+use super::{NacosError, Params, Reply, text};
+use crate::api::Api;
 use crate::auth::hex;
 use crate::wire::Consistency;
 
@@ -73,7 +74,7 @@ pub fn md5_of(content: Option<&str>) -> String {
 }
 
 /// `GET /cs/configs`: the raw content, 404 when there is none.
-pub async fn get(api: web::Data<NacosApi>, p: Params) -> Reply {
+pub async fn get(api: web::Data<Api>, p: Params) -> Reply {
     let id = ConfigId::from_params(&p)?;
     let min = api.node.read_index(Consistency::Linearizable).await?;
     let mut values = api.node.get_keys_at(vec![id.key(), id.type_key()], min).await?.into_iter();
@@ -89,7 +90,7 @@ pub async fn get(api: web::Data<NacosApi>, p: Params) -> Reply {
 }
 
 /// `POST /cs/configs`: publishes (creates or replaces) a config; answers `true`.
-pub async fn publish(api: web::Data<NacosApi>, p: Params) -> Reply {
+pub async fn publish(api: web::Data<Api>, p: Params) -> Reply {
     let id = ConfigId::from_params(&p)?;
     let content = p.required("content")?;
     let kind = p.get("type").unwrap_or("text");
@@ -98,7 +99,7 @@ pub async fn publish(api: web::Data<NacosApi>, p: Params) -> Reply {
 }
 
 /// `DELETE /cs/configs`: removes a config (absent is fine); answers `true`.
-pub async fn remove(api: web::Data<NacosApi>, p: Params) -> Reply {
+pub async fn remove(api: web::Data<Api>, p: Params) -> Reply {
     let id = ConfigId::from_params(&p)?;
     api.node.delete(vec![id.key(), id.type_key()]).await?;
     Ok(text("true"))
@@ -149,7 +150,7 @@ pub fn changed_body(changed: &[&Probe]) -> String {
 /// `POST /cs/configs/listener`: answers at once with the configs whose MD5 differs from the
 /// client's; else waits (`Long-Pulling-Timeout` ms, at most two minutes) for one of them to
 /// change anywhere in the cluster, and answers empty if none does.
-pub async fn listen(api: web::Data<NacosApi>, req: HttpRequest, p: Params) -> Reply {
+pub async fn listen(api: web::Data<Api>, req: HttpRequest, p: Params) -> Reply {
     let timeout = match req.headers().get("Long-Pulling-Timeout") {
         Some(v) => {
             let ms = v

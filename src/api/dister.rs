@@ -1,82 +1,25 @@
-//! The HTTP API (actix-web): a second door onto the same actor messages as the wire, with
+//! dister's HTTP API: a second door onto the same actor messages as the wire, with
 //! dister's paths and envelope so its users' scripts keep working. Every response is
 //! `{"result":1|0,"message":"ok"|error,"data":...}`; bad input is a 400 that says what is wrong,
 //! never a 500 or a panic. No logic lives here: each handler parses, calls `NodeHandle`, and
 //! wraps the answer.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::time::SystemTime;
 
-use actix_web::dev::ServerHandle;
 use actix_web::http::StatusCode;
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::auth::{Auth, Presented, http_allowed};
+use super::{Api, Seen, authorize, cluster_view, read_body, seen, status_of, with_retry_after};
+use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::messages::registry::{InstanceKey, Strategy};
-use crate::metrics::{HttpLabels, Sample};
-use crate::nacos::NacosApi;
+use crate::metrics::Sample;
 use crate::node::NodeHandle;
 use crate::raft::members::{MemberChange, MemberRole};
 use crate::raft::{NodeId, Role};
 use crate::wire::Consistency;
-
-/// A running HTTP server.
-pub struct HttpApi {
-    /// Stops the server.
-    pub handle: ServerHandle,
-    /// Where it listens.
-    pub addr: SocketAddr,
-}
-
-/// Binds `addr` and serves the API for `node` on one worker thread (HTTP parsing stays off
-/// the node's own thread).
-pub fn start(node: NodeHandle, addr: &str) -> std::io::Result<HttpApi> {
-    let nacos = NacosApi { auth: Auth::from_config(node.config()), node: node.clone() };
-    let max_connections = node.config().max_client_connections;
-    let server = HttpServer::new(move || {
-        let metrics = node.metrics().clone();
-        App::new()
-            .app_data(web::Data::new(node.clone()))
-            .app_data(web::Data::new(nacos.clone()))
-            // Every request of both APIs counted by route (the pattern it matched, so the
-            // series stay as few as the routes), method and status, and timed.
-            .wrap_fn(move |req, srv| {
-                use actix_web::dev::Service as _;
-                let started = std::time::Instant::now();
-                let method = method_label(req.method());
-                let metrics = metrics.clone();
-                let answer = srv.call(req);
-                async move {
-                    let res = answer.await;
-                    // The pattern routing matched, read after the call (no second walk of
-                    // the routes); a request that failed below the handlers is a 500.
-                    let (route, code) = match &res {
-                        Ok(r) => (r.request().match_pattern(), r.status().as_u16()),
-                        Err(_) => (None, 500),
-                    };
-                    let route = route.unwrap_or_else(|| "unmatched".into());
-                    metrics.http_request(HttpLabels { route, method, code }, started.elapsed());
-                    res
-                }
-            })
-            .configure(crate::nacos::routes)
-            .configure(crate::ui::routes)
-            .configure(routes)
-    })
-    .workers(1)
-    .max_connections(max_connections)
-    .disable_signals()
-    .bind(addr)?;
-    let bound = server.addrs().first().copied().ok_or_else(|| std::io::Error::other("http: nothing bound"))?;
-    let server = server.run();
-    let handle = server.handle();
-    actix_rt::spawn(server);
-    Ok(HttpApi { handle, addr: bound })
-}
 
 /// The routes, for `App::configure`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -145,71 +88,18 @@ fn api_fail(e: ApiError) -> HttpResponse {
     response
 }
 
-/// Adds `Retry-After` (whole seconds, at least 1: the header takes no fraction).
-pub(crate) fn with_retry_after(response: &mut HttpResponse, ms: Option<u64>) {
-    let secs = ms.unwrap_or(1_000).div_ceil(1_000).max(1);
-    response
-        .headers_mut()
-        .insert(actix_web::http::header::RETRY_AFTER, actix_web::http::header::HeaderValue::from(secs));
-}
-
-/// The status an API error means, for both HTTP APIs.
-pub(crate) fn status_of(e: &ApiError) -> StatusCode {
-    match e {
-        ApiError::BadRequest(_) | ApiError::UnknownNamespace(_) | ApiError::Apply(_) => StatusCode::BAD_REQUEST,
-        ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-        ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-        ApiError::Dropped { .. } | ApiError::ChangeInProgress(_) => StatusCode::CONFLICT,
-        ApiError::NoLeader { .. }
-        | ApiError::NotLeader { .. }
-        | ApiError::Unreachable { .. }
-        | ApiError::Overloaded { .. }
-        | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-    }
-}
-
 fn bad(message: String) -> HttpResponse {
     fail(StatusCode::BAD_REQUEST, message)
 }
 
-/// Who may call: with credentials configured, a login token (`Authorization: Bearer`, or an
-/// `accessToken` parameter) or the cluster token; else, when the cluster has a token, that
-/// token (`X-Dister-Token` header or `token` parameter). `None` means the request may go on.
-fn refuse_without_token(
-    node: &NodeHandle,
-    req: &HttpRequest,
-    query: &BTreeMap<String, String>,
-) -> Option<HttpResponse> {
-    // Without the Nacos data (routes mounted elsewhere), the node's own config decides.
-    let auth = match req.app_data::<web::Data<NacosApi>>() {
-        Some(a) => a.auth.clone(),
-        None => Auth::from_config(node.config()),
-    };
-    let cluster =
-        req.headers().get("x-dister-token").and_then(|v| v.to_str().ok()).or(query.get("token").map(String::as_str));
-    let login = bearer(req).or_else(|| query.get("accessToken").cloned());
-    let presented = Presented { cluster, login: login.as_deref() };
-    if http_allowed(node.config(), auth.as_ref(), &presented, SystemTime::now()) {
-        return None;
-    }
-    Some(fail(
-        StatusCode::FORBIDDEN,
-        if auth.is_some() {
-            "log in first (POST /auth/login) and send the token as Authorization: Bearer TOKEN".into()
-        } else {
-            "this cluster requires its token (X-Dister-Token header)".into()
-        },
-    ))
-}
-
 /// `POST /auth/login` with `username` and `password` (query, form or JSON body): a token for
 /// the dister and Nacos APIs, valid on every node.
-async fn login(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
+async fn login(api: web::Data<Api>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
     let body = match body_of(&api.node, payload).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let mut p = crate::nacos::Params::of(&req, &body);
+    let mut p = super::nacos::Params::of(&req, &body);
     if let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(&body) {
         for (k, v) in m {
             if let Value::String(v) = v {
@@ -217,10 +107,28 @@ async fn login(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payload
             }
         }
     }
-    match crate::nacos::login_with(&api, &p) {
+    match super::login(&api, p.get("username"), p.get("password")) {
         Ok(t) => ok(json!({ "accessToken": t.token, "tokenTtl": t.ttl.as_secs() })),
-        Err(crate::nacos::NacosError(status, message)) => fail(status, message),
+        Err((status, message)) => fail(status, message),
     }
+}
+
+/// The caller may go on (`None`), or the refusal to answer: see [`authorize`].
+fn refuse_without_token(
+    node: &NodeHandle,
+    req: &HttpRequest,
+    query: &BTreeMap<String, String>,
+) -> Option<HttpResponse> {
+    // Without the shared data (routes mounted elsewhere), the node's own config decides.
+    let built;
+    let api = match req.app_data::<web::Data<Api>>() {
+        Some(a) => a.get_ref(),
+        None => {
+            built = Api { node: node.clone(), auth: Auth::from_config(node.config()) };
+            &built
+        }
+    };
+    authorize(api, req, |k| query.get(k).map(String::as_str)).err().map(|(status, m)| fail(status, m))
 }
 
 type Query = web::Query<BTreeMap<String, String>>;
@@ -232,34 +140,8 @@ fn consistency(q: &BTreeMap<String, String>) -> Consistency {
     }
 }
 
-/// Reads a request body, refusing one over the node's `max_request_bytes` (actix's own limit
-/// would answer plain text, and far lower than what the wire takes). The error is a status
-/// and a reason, for each API to wrap its own way.
-pub(crate) async fn read_body(
-    node: &NodeHandle,
-    mut payload: impl futures::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>> + Unpin,
-) -> Result<web::Bytes, (StatusCode, String)> {
-    use futures::StreamExt;
-    let limit = node.config().max_request_bytes;
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| (StatusCode::BAD_REQUEST, format!("cannot read the body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err((StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over max_request_bytes ({limit})")));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
-}
-
 async fn body_of(node: &NodeHandle, payload: web::Payload) -> Result<web::Bytes, HttpResponse> {
     read_body(node, payload).await.map_err(|(status, m)| fail(status, m))
-}
-
-/// The token of an `Authorization: Bearer TOKEN` header.
-pub(crate) fn bearer(req: &HttpRequest) -> Option<String> {
-    let v = req.headers().get("authorization")?.to_str().ok()?;
-    v.strip_prefix("Bearer ").map(|t| t.trim().to_string())
 }
 
 /// Parses a JSON body; the error says what the body must be and what is wrong with it.
@@ -332,42 +214,17 @@ async fn kv_delete(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, payl
     }
 }
 
-/// The members as the leader sees them (it alone hears from every one: their reachability
-/// and match indexes), asked of it over the wire; `here`, this node's own view, when this node
-/// leads or the leader cannot be asked within a second.
-async fn leader_view(node: &NodeHandle, here: crate::wire::StatusInfo) -> crate::wire::StatusInfo {
-    if here.role == Role::Leader {
-        return here;
-    }
-    let Some(leader) = here.leader else { return here };
-    let Some(addr) = here.members.iter().find(|m| m.id == leader).map(|m| m.addr.clone()) else {
-        return here;
-    };
-    let config = node.config();
-    let ask = async {
-        let c = crate::Client::connect_with_token(&addr, &config.group, config.cluster_token.as_deref()).await.ok()?;
-        // The node named, leading a term at least this node's: not whoever has its address now.
-        c.status().await.ok().filter(|s| s.role == Role::Leader && s.id == leader && s.term >= here.term)
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(1), ask).await.ok().flatten().unwrap_or(here)
-}
-
 async fn node_get(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) -> HttpResponse {
     guard!(node, req, q);
-    let s = match node.status().await {
-        Ok(s) => leader_view(&node, s).await,
+    let s = match cluster_view(&node).await {
+        Ok(s) => s,
         Err(e) => return api_fail(e),
-    };
-    let raft_role = |id: u64| match s.leader {
-        _ if id == s.id => s.role.to_string(),
-        Some(l) if l == id => "leader".into(),
-        Some(_) => "follower".into(),
-        None => "unknown".into(),
     };
     let nodes: Vec<Value> = s
         .members
         .iter()
         .map(|m| {
+            let (state, raft_role) = seen(&s, m);
             json!({
                 "id": m.id,
                 "name": format!("node-{}", m.id),
@@ -376,14 +233,11 @@ async fn node_get(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) -> Ht
                 "role": if m.role == MemberRole::Voter { "server" } else { "client" },
                 "member_role": m.role,
                 "promoting": m.promoting,
-                "raft_role": raft_role(m.id),
-                // Only the leader hears from every member: without its view a member's
-                // state is unknown, but for the node answering.
-                "status": match (m.id == s.id, s.role, m.reachable) {
-                    (true, _, _) => "alive",
-                    (_, Role::Leader, Some(true)) => "alive",
-                    (_, Role::Leader, _) => "unreachable",
-                    _ => "unknown",
+                "raft_role": raft_role,
+                "status": match state {
+                    Seen::Up => "alive",
+                    Seen::Down => "unreachable",
+                    Seen::Unknown => "unknown",
                 },
                 "last_log_index": if m.id == s.id { Some(s.last_log_index) } else { m.match_index },
             })
@@ -430,7 +284,6 @@ async fn node_change(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, pa
                 Ok(i) => i,
                 Err(m) => return bad(m),
             };
-        let config = node.config();
         for item in items {
             let (id, addr, learner) = match item {
                 NodeToAdd::Member { id, addr, learner } => (id, addr, learner),
@@ -438,8 +291,7 @@ async fn node_change(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, pa
                     if let Err(m) = crate::config::parse_host_port(&addr) {
                         return bad(m);
                     }
-                    match crate::client::Client::node_id_at(&addr, &config.group, config.cluster_token.as_deref()).await
-                    {
+                    match crate::client::Client::node_id_at(&addr, &node.dial()).await {
                         Ok(id) => (id, addr, false),
                         Err(e) => return bad(format!("cannot learn the id of the node at {addr}: {e}")),
                     }
@@ -604,14 +456,6 @@ async fn health(node: web::Data<NodeHandle>) -> HttpResponse {
     }
 }
 
-/// A method as a label: the standard ones by name, any other as `other` (so a client cannot
-/// make up series).
-fn method_label(m: &actix_web::http::Method) -> String {
-    use actix_web::http::Method;
-    let known = [Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::HEAD, Method::PATCH, Method::OPTIONS];
-    if known.contains(m) { m.as_str().to_string() } else { "other".to_string() }
-}
-
 /// Bytes of the files directly in `dir` and in `dir/snapshots`: the log segments and the
 /// snapshots (0 where there is no such directory, as with a memory log).
 fn data_bytes(dir: &std::path::Path) -> u64 {
@@ -627,7 +471,7 @@ fn data_bytes(dir: &std::path::Path) -> u64 {
 /// `/health` is and as etcd's `/metrics`: it tells counts and timings, no key or value.
 pub(crate) async fn metrics(node: web::Data<NodeHandle>) -> HttpResponse {
     use crate::messages::kv::CountKeys;
-    let keys = node.data_map().send(CountKeys { prefix: crate::nacos::config::CONFIG_PREFIX.into() });
+    let keys = node.data_map().send(CountKeys { prefix: super::nacos::config::CONFIG_PREFIX.into() });
     let (status, registry) = (node.status(), node.registry_stats());
     let (pending, _, _) = node.pending();
     let dir = node.config().data_dir.clone();

@@ -11,11 +11,11 @@ use actix_web::{HttpResponse, web};
 use md5::{Digest, Md5};
 use serde_json::{Value, json};
 
-use super::{NacosApi, NacosError, Params, Reply, text};
+use super::{NacosError, Params, Reply, text};
+use crate::api::{Api, Seen, cluster_view, seen};
 use crate::auth::hex;
 use crate::error::ApiError;
 use crate::messages::registry::{CheckKind, Health, InstanceKey, Service, ServiceNode};
-use crate::raft::Role;
 use crate::registry::{protect_threshold, protection_reached};
 use crate::wire::Consistency;
 
@@ -188,7 +188,7 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-fn host_json(api: &NacosApi, id: &ServiceId, n: &ServiceNode) -> Value {
+fn host_json(api: &Api, id: &ServiceId, n: &ServiceNode) -> Value {
     let cluster = cluster_of(n);
     let c = api.node.config();
     json!({
@@ -210,31 +210,31 @@ fn host_json(api: &NacosApi, id: &ServiceId, n: &ServiceNode) -> Value {
 }
 
 /// How often clients should beat: three beats per unhealthy timeout (Nacos: 5 s of 15 s).
-fn beat_interval_ms(api: &NacosApi) -> u64 {
+fn beat_interval_ms(api: &Api) -> u64 {
     (api.node.config().ephemeral_unhealthy_after_ms / 3).max(1)
 }
 
 /// `POST|PUT /ns/instance`: registers an instance, or replaces it.
-pub async fn register(api: web::Data<NacosApi>, p: Params) -> Reply {
+pub async fn register(api: web::Data<Api>, p: Params) -> Reply {
     let (id, node) = instance_from(&p)?;
     api.node.register_instance(id.registry_name(), String::new(), node).await?;
     Ok(text("ok"))
 }
 
 /// `DELETE /ns/instance`: removes an instance (absent is fine, as in Nacos).
-pub async fn deregister(api: web::Data<NacosApi>, p: Params) -> Reply {
+pub async fn deregister(api: web::Data<Api>, p: Params) -> Reply {
     let id = ServiceId::from_params(&p)?;
     let key = InstanceKey { service: id.registry_name(), host: p.required("ip")?.into(), port: port_of(&p)? };
     api.node.deregister_instance(key).await?;
     Ok(text("ok"))
 }
 
-async fn service_of(api: &NacosApi, id: &ServiceId) -> Result<Option<Service>, NacosError> {
+async fn service_of(api: &Api, id: &ServiceId) -> Result<Option<Service>, NacosError> {
     Ok(api.node.get_service(id.registry_name(), Consistency::Linearizable).await?)
 }
 
 /// `GET /ns/instance`: one instance's details; 404 if there is none.
-pub async fn detail(api: web::Data<NacosApi>, p: Params) -> Reply {
+pub async fn detail(api: web::Data<Api>, p: Params) -> Reply {
     let id = ServiceId::from_params(&p)?;
     let (ip, port) = (p.required("ip")?, port_of(&p)?);
     let cluster = p.get("cluster").or(p.get("clusterName")).unwrap_or(DEFAULT_CLUSTER);
@@ -252,7 +252,7 @@ pub async fn detail(api: web::Data<NacosApi>, p: Params) -> Reply {
 /// service has none. When the healthy share of them is at or below the service's protect
 /// threshold (0 unless set), every one is listed, as healthy, as Nacos does: a mass failure
 /// of checks must not leave clients with nothing, or all traffic on the few left.
-pub async fn list(api: web::Data<NacosApi>, p: Params) -> Reply {
+pub async fn list(api: web::Data<Api>, p: Params) -> Reply {
     let id = ServiceId::from_params(&p)?;
     let healthy_only = p.flag("healthyOnly", false)?;
     let clusters: Vec<&str> = p.get("clusters").map(|c| c.split(',').map(str::trim).collect()).unwrap_or_default();
@@ -299,7 +299,7 @@ pub async fn list(api: web::Data<NacosApi>, p: Params) -> Reply {
 /// `PUT /ns/instance/beat`: an ephemeral instance is alive. An unknown one is registered
 /// from a full beat (as Nacos does); a light beat for one gets code 20404, on which Nacos
 /// clients register it again.
-pub async fn beat(api: web::Data<NacosApi>, p: Params) -> Reply {
+pub async fn beat(api: web::Data<Api>, p: Params) -> Reply {
     let id = ServiceId::from_params(&p)?;
     let beat: Value = match p.get("beat") {
         Some(b) => serde_json::from_str(b).map_err(|e| NacosError::bad(format!("beat must be JSON: {e}")))?,
@@ -351,28 +351,28 @@ fn service_fields(p: &Params, id: &ServiceId) -> Result<Service, NacosError> {
 }
 
 /// `POST /ns/service`: creates a service; refused if it exists.
-pub async fn service_create(api: web::Data<NacosApi>, p: Params) -> Reply {
+pub async fn service_create(api: web::Data<Api>, p: Params) -> Reply {
     let id = ServiceId::from_params(&p)?;
     api.node.define_service(service_fields(&p, &id)?, true, false).await?;
     Ok(text("ok"))
 }
 
 /// `PUT /ns/service`: updates a service's threshold, metadata and selector.
-pub async fn service_update(api: web::Data<NacosApi>, p: Params) -> Reply {
+pub async fn service_update(api: web::Data<Api>, p: Params) -> Reply {
     let id = ServiceId::from_params(&p)?;
     api.node.define_service(service_fields(&p, &id)?, false, true).await?;
     Ok(text("ok"))
 }
 
 /// `DELETE /ns/service`: removes a service with no instance.
-pub async fn service_delete(api: web::Data<NacosApi>, p: Params) -> Reply {
+pub async fn service_delete(api: web::Data<Api>, p: Params) -> Reply {
     let id = ServiceId::from_params(&p)?;
     api.node.drop_service(id.registry_name()).await?;
     Ok(text("ok"))
 }
 
 /// `GET /ns/service`: a service's fields and clusters; 404 if absent.
-pub async fn service_get(api: web::Data<NacosApi>, p: Params) -> Reply {
+pub async fn service_get(api: web::Data<Api>, p: Params) -> Reply {
     let id = ServiceId::from_params(&p)?;
     let s = service_of(&api, &id)
         .await?
@@ -396,7 +396,7 @@ pub async fn service_get(api: web::Data<NacosApi>, p: Params) -> Reply {
 }
 
 /// `GET /ns/service/list`: a page of the names of a namespace's group's services.
-pub async fn service_list(api: web::Data<NacosApi>, p: Params) -> Reply {
+pub async fn service_list(api: web::Data<Api>, p: Params) -> Reply {
     let namespace = p.get("namespaceId").unwrap_or(PUBLIC);
     let group = p.get("groupName").unwrap_or(DEFAULT_GROUP);
     let page: usize = p.number("pageNo", 1)?;
@@ -417,7 +417,7 @@ pub async fn service_list(api: web::Data<NacosApi>, p: Params) -> Reply {
 
 /// `GET /ns/operator/metrics`: `UP` while the node knows a leader (it can serve writes),
 /// `DOWN` with a 503 otherwise; with the registry's counts.
-pub async fn metrics(api: web::Data<NacosApi>) -> Reply {
+pub async fn metrics(api: web::Data<Api>) -> Reply {
     let status = api.node.status().await?;
     let stats = api.node.registry_stats().await?;
     let up = status.leader.is_some();
@@ -438,39 +438,36 @@ pub async fn metrics(api: web::Data<NacosApi>) -> Reply {
 }
 
 /// `GET /ns/operator/servers`: the cluster's members, by the address they listen on for
-/// each other: `UP` or `DOWN` as the leader sees them; a follower knows only itself and its
-/// leader to be `UP`, and says `UNKNOWN` of the others.
-pub async fn servers(api: web::Data<NacosApi>, _: Params) -> Reply {
-    let s = api.node.status().await?;
-    let c = api.node.config();
-    let member = |id: u64, addr: &str, state: &str, role: &str| {
-        let (ip, port) = crate::config::parse_host_port(addr).unwrap_or_else(|_| (addr.to_string(), 0));
-        json!({
-            "ip": ip,
-            "port": port,
-            "address": addr,
-            "state": state,
-            "failAccessCnt": 0,
-            "extendInfo": {
-                "nodeId": id,
-                "raftRole": role,
-                "httpAddress": if id == s.id { c.http.clone() } else { None },
-            },
+/// each other, as the leader sees them ([`cluster_view`]): `UP` or `DOWN`; when the leader
+/// cannot be asked, this node is `UP` and the others `UNKNOWN`.
+pub async fn servers(api: web::Data<Api>, _: Params) -> Reply {
+    let view = cluster_view(&api.node).await?;
+    let (me, http) = (api.node.id(), api.node.config().http.clone());
+    let servers: Vec<Value> = view
+        .members
+        .iter()
+        .map(|m| {
+            let (state, role) = seen(&view, m);
+            let (ip, port) = crate::config::parse_host_port(&m.addr).unwrap_or_else(|_| (m.addr.clone(), 0));
+            json!({
+                "ip": ip,
+                "port": port,
+                "address": m.addr,
+                "state": match state {
+                    Seen::Up => "UP",
+                    Seen::Down => "DOWN",
+                    Seen::Unknown => "UNKNOWN",
+                },
+                "failAccessCnt": 0,
+                "extendInfo": {
+                    "nodeId": m.id,
+                    "raftRole": role,
+                    "memberRole": m.role,
+                    "httpAddress": if m.id == me { http.clone() } else { None },
+                },
+            })
         })
-    };
-    let mut servers = vec![member(s.id, &c.listen, "UP", &s.role.to_string())];
-    for peer in &s.peers {
-        let role = if s.leader == Some(peer.id) { "leader" } else { "follower" };
-        // The leader hears from every peer; a follower only from its leader, so of
-        // the others it cannot say.
-        let state = match (s.role, peer.alive) {
-            (Role::Leader, Some(true)) => "UP",
-            (Role::Leader, _) => "DOWN",
-            _ if s.leader == Some(peer.id) => "UP",
-            _ => "UNKNOWN",
-        };
-        servers.push(member(peer.id, &peer.addr, state, role));
-    }
+        .collect();
     Ok(HttpResponse::Ok().json(json!({ "servers": servers })))
 }
 

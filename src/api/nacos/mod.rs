@@ -12,7 +12,6 @@ pub mod config;
 pub mod naming;
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
 
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
@@ -21,23 +20,13 @@ use futures::FutureExt;
 use futures::future::LocalBoxFuture;
 use serde_json::json;
 
-use crate::auth::{Auth, Presented, Token, http_allowed};
+use crate::api::Api;
 use crate::error::ApiError;
-use crate::node::NodeHandle;
-
-/// What the Nacos handlers share.
-#[derive(Clone)]
-pub struct NacosApi {
-    /// The node.
-    pub node: NodeHandle,
-    /// Credentials, when the node has them.
-    pub auth: Option<Auth>,
-}
 
 /// The routes under `/nacos/v1` and Nacos' metrics path, for `App::configure`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     // Nacos serves its Prometheus metrics here (Spring's actuator): the same text as /metrics.
-    cfg.route("/nacos/actuator/prometheus", web::get().to(crate::http::metrics));
+    cfg.route("/nacos/actuator/prometheus", web::get().to(crate::api::dister::metrics));
     cfg.service(
         web::scope("/nacos/v1")
             .route("/auth/login", web::post().to(login))
@@ -77,9 +66,15 @@ impl NacosError {
     }
 }
 
+impl From<(StatusCode, String)> for NacosError {
+    fn from((status, message): (StatusCode, String)) -> Self {
+        NacosError(status, message)
+    }
+}
+
 impl From<ApiError> for NacosError {
     fn from(e: ApiError) -> Self {
-        NacosError(crate::http::status_of(&e), e.to_string())
+        NacosError(crate::api::status_of(&e), e.to_string())
     }
 }
 
@@ -101,7 +96,7 @@ impl ResponseError for NacosError {
             HttpResponse::build(self.0).content_type("text/plain; charset=utf-8").body(format!("caused: {};", self.1));
         if self.0 == StatusCode::SERVICE_UNAVAILABLE {
             // Nacos clients try the next server on a 5xx; others read when to come back.
-            crate::http::with_retry_after(&mut response, None);
+            crate::api::with_retry_after(&mut response, None);
         }
         response
     }
@@ -177,7 +172,7 @@ fn parse_bool(v: &str) -> Option<bool> {
 
 /// The extractor every guarded Nacos handler takes: reads the body (up to the node's
 /// `max_request_bytes`) and its parameters, and checks the caller's token by the rule both
-/// APIs share ([`http_allowed`]).
+/// APIs share ([`crate::api::authorize`]).
 impl FromRequest for Params {
     type Error = NacosError;
     type Future = LocalBoxFuture<'static, Result<Params, NacosError>>;
@@ -186,45 +181,21 @@ impl FromRequest for Params {
         let (req, payload) = (req.clone(), payload.take());
         async move {
             let api = req
-                .app_data::<web::Data<NacosApi>>()
+                .app_data::<web::Data<Api>>()
                 .ok_or_else(|| NacosError(StatusCode::INTERNAL_SERVER_ERROR, "the Nacos API is not set up".into()))?;
-            let body = crate::http::read_body(&api.node, payload).await.map_err(|(status, m)| NacosError(status, m))?;
+            let body = crate::api::read_body(&api.node, payload).await?;
             let params = Params::of(&req, &body);
-            let login = params
-                .get("accessToken")
-                .map(str::to_string)
-                .or_else(|| crate::http::bearer(&req))
-                .or_else(|| req.headers().get("accessToken").and_then(|v| v.to_str().ok()).map(str::to_string));
-            let cluster = req.headers().get("x-dister-token").and_then(|v| v.to_str().ok()).or(params.get("token"));
-            let presented = Presented { cluster, login: login.as_deref() };
-            if !http_allowed(api.node.config(), api.auth.as_ref(), &presented, SystemTime::now()) {
-                let why = if api.auth.is_some() {
-                    "token invalid or expired: log in at /nacos/v1/auth/login"
-                } else {
-                    "this cluster requires its token"
-                };
-                return Err(NacosError(StatusCode::FORBIDDEN, why.into()));
-            }
+            crate::api::authorize(api, &req, |k| params.get(k))?;
             Ok(params)
         }
         .boxed_local()
     }
 }
 
-/// Checks `username` and `password` and issues a token: the login of both APIs.
-pub(crate) fn login_with(api: &NacosApi, p: &Params) -> Result<Token, NacosError> {
-    let Some(auth) = &api.auth else {
-        return Err(NacosError(StatusCode::NOT_IMPLEMENTED, "auth is not enabled on this node".into()));
-    };
-    let (user, pass) = (p.required("username")?, p.required("password")?);
-    auth.login(user, pass, SystemTime::now())
-        .ok_or_else(|| NacosError(StatusCode::FORBIDDEN, "unknown user or wrong password".into()))
-}
-
-async fn login(api: web::Data<NacosApi>, req: HttpRequest, payload: web::Payload) -> Reply {
-    let body = crate::http::read_body(&api.node, payload).await.map_err(|(status, m)| NacosError(status, m))?;
+async fn login(api: web::Data<Api>, req: HttpRequest, payload: web::Payload) -> Reply {
+    let body = crate::api::read_body(&api.node, payload).await?;
     let p = Params::of(&req, &body);
-    let t = login_with(&api, &p)?;
+    let t = crate::api::login(&api, p.get("username"), p.get("password"))?;
     Ok(HttpResponse::Ok().json(json!({
         "accessToken": t.token,
         "tokenTtl": t.ttl.as_secs(),
