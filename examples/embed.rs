@@ -1,5 +1,6 @@
 //! Embedding dister in an actix application: start a `Node` in-process and talk to its actors
-//! by typed messages, through the `NodeHandle` helpers or straight to an actor's address.
+//! by typed messages, through the `NodeHandle` helpers or straight to an actor's address; open
+//! its HTTP port when the application wants it.
 //!
 //! ```text
 //! cargo run --example embed
@@ -43,6 +44,18 @@ async fn main() -> anyhow::Result<()> {
     let mode = handle.data_map().send(GetKey { key: "app/mode".into(), min_applied: 0 }).await?;
     let all = handle.data_map().send(ListKeys { prefix: "app/".into(), min_applied: reply.index }).await?;
     println!("app/mode = {mode:?}; all under app/: {all:?}");
+
+    // The HTTP port is the application's to open: dister's API, the Nacos API and the
+    // console, over the same actors.
+    let http = dister::api::serve(handle.clone(), "127.0.0.1:0")?;
+    let mut answer = awc::Client::default()
+        .get(format!("http://{}/kv?k=app/name", http.addr))
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let body = answer.body().await?;
+    println!("GET http://{}/kv?k=app/name: {}", http.addr, String::from_utf8_lossy(&body));
+    http.handle.stop(true).await;
 
     node.stop();
     std::fs::remove_dir_all(&data_dir)?;

@@ -77,6 +77,8 @@ impl Dial {
 pub struct Client {
     tx: mpsc::UnboundedSender<Pending>,
     timeout: Duration,
+    /// How long to keep retrying what the cluster refuses for now (zero: never).
+    retry_within: Duration,
 }
 
 impl Client {
@@ -159,7 +161,7 @@ impl Client {
                 let _ = r.send(Err(WireError::Closed));
             }
         });
-        Ok(Client { tx, timeout: Duration::from_secs(30) })
+        Ok(Client { tx, timeout: Duration::from_secs(30), retry_within: Duration::ZERO })
     }
 
     /// How long a call waits before failing with a timeout (default 30 s; the server times a
@@ -169,8 +171,35 @@ impl Client {
         self
     }
 
-    /// Sends one request and waits for its response.
+    /// Retries, for up to `within`, a request the cluster refuses for now but may take
+    /// unchanged later ([`ApiError::is_retryable`]: no leader yet, an election or membership
+    /// change under way, overloaded), waiting as the refusal says (at most 500 ms) between
+    /// tries. Off by default; the CLI retries for 5 s, so a script calling `dister kv set`
+    /// right after start just works.
+    pub fn with_retries(mut self, within: Duration) -> Self {
+        self.retry_within = within;
+        self
+    }
+
+    /// Sends one request and waits for its response, retrying as [`Client::with_retries`]
+    /// says.
     pub async fn call(&self, request: Request) -> Result<Response, ClientError> {
+        if self.retry_within.is_zero() {
+            return self.call_once(request).await;
+        }
+        let deadline = tokio::time::Instant::now() + self.retry_within;
+        loop {
+            match self.call_once(request.clone()).await {
+                Err(ClientError::Api(e)) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                    let wait = e.retry_after_ms().unwrap_or(100).min(500);
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once(&self, request: Request) -> Result<Response, ClientError> {
         let (tx, rx) = oneshot::channel();
         self.tx.send((request, tx)).map_err(|_| WireError::Closed)?;
         match tokio::time::timeout(self.timeout, rx).await {

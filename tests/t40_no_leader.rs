@@ -16,6 +16,7 @@ use dister::{ApiError, ClientError, Consistency};
 /// 3. After an election timeout, the survivor knows it has no leader: a write fails at once
 ///    with `no leader` and a retry hint; so does a linearizable read.
 /// 4. A stale read still answers from the local copy.
+/// 5. A client with retries on waits until a peer comes back.
 #[actix_rt::test]
 async fn no_leader_gives_a_clear_error_within_the_timeout() {
     let mut cluster = Cluster::start_with(3, |c| c.request_timeout_ms = 2_000);
@@ -50,4 +51,15 @@ async fn no_leader_gives_a_clear_error_within_the_timeout() {
     assert!(t.elapsed() < Duration::from_millis(200), "no-leader answer took {:?}", t.elapsed());
     assert!(matches!(c.get("k", Consistency::Linearizable).await, Err(ClientError::Api(ApiError::NoLeader { .. }))));
     assert_eq!(c.get("k", Consistency::Stale).await.unwrap().as_deref(), Some("v"));
+
+    // 5. A client that retries (as the CLI's does) waits the refusals out: its write, sent
+    //    while there is no leader, lands once a peer is back and a leader elected.
+    let patient = c.clone().with_retries(Duration::from_secs(20));
+    let write = actix_rt::spawn(async move { patient.set("k4", "v4").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!write.is_finished(), "the retrying write gave up while there was no leader");
+    let back = (0..3).find(|&i| i != survivor).unwrap();
+    cluster.start_node(back);
+    write.await.unwrap().expect("the write lands once there is a leader");
+    assert_eq!(c.get("k4", Consistency::Linearizable).await.unwrap().as_deref(), Some("v4"));
 }

@@ -565,17 +565,21 @@ impl From<ClientError> for Failure {
 async fn run_client(addr: &str, dial: &Dial, command: Command) -> Result<String, Failure> {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let client =
-        Client::dial(addr, dial).await.map_err(|e| Failure::Other(anyhow::anyhow!("cannot reach {addr}: {e}")))?;
+    // What the cluster refuses for now (no leader yet, an election) is retried for 5 s: a
+    // script calling `dister kv set` right after start just works.
+    let client = Client::dial(addr, dial)
+        .await
+        .map_err(|e| Failure::Other(anyhow::anyhow!("cannot reach {addr}: {e}")))?
+        .with_retries(Duration::from_secs(5));
     match command {
         Command::Kv(KvCommand::Set { key, value }) => {
-            let reply = retry(|| client.set(&key, &value)).await?;
+            let reply = client.set(&key, &value).await?;
             tracing::debug!(index = reply.index, "set");
             out.push_str("OK\n");
         }
         Command::Kv(KvCommand::Get { key, stale }) => {
             let consistency = if stale { Consistency::Stale } else { Consistency::Linearizable };
-            match retry(|| client.get(&key, consistency)).await? {
+            match client.get(&key, consistency).await? {
                 Some(v) => {
                     let _ = writeln!(out, "{v}");
                 }
@@ -583,13 +587,13 @@ async fn run_client(addr: &str, dial: &Dial, command: Command) -> Result<String,
             }
         }
         Command::Kv(KvCommand::Del { keys }) => {
-            let n = retry(|| client.delete(keys.clone())).await?;
+            let n = client.delete(keys.clone()).await?;
             let _ = writeln!(out, "{n}");
         }
         Command::Kv(KvCommand::List { prefix, stale }) => {
             let consistency = if stale { Consistency::Stale } else { Consistency::Linearizable };
             let prefix = prefix.unwrap_or_default();
-            for (k, v) in retry(|| client.list(&prefix, consistency)).await? {
+            for (k, v) in client.list(&prefix, consistency).await? {
                 let _ = writeln!(out, "{k}\t{v}");
             }
         }
@@ -630,22 +634,22 @@ async fn run_client(addr: &str, dial: &Dial, command: Command) -> Result<String,
             let services =
                 parse_services(text.as_bytes()).map_err(|e| Failure::Other(anyhow::anyhow!("{file}: {e}")))?;
             let n = services.len();
-            retry(|| client.set_services(services.clone())).await?;
+            client.set_services(services.clone()).await?;
             let _ = writeln!(out, "{n}");
         }
         Command::Service(ServiceCommand::Get { name, stale }) => {
             let consistency = if stale { Consistency::Stale } else { Consistency::Linearizable };
             let json = match name {
-                Some(name) => match retry(|| client.get_service(&name, consistency)).await? {
+                Some(name) => match client.get_service(&name, consistency).await? {
                     Some(s) => serde_json::to_string_pretty(&s),
                     None => return Err(Failure::NotFound(format!("service {name:?} not found"))),
                 },
-                None => serde_json::to_string_pretty(&retry(|| client.list_services(consistency)).await?),
+                None => serde_json::to_string_pretty(&client.list_services(consistency).await?),
             };
             let _ = writeln!(out, "{}", json.map_err(|e| Failure::Other(e.into()))?);
         }
         Command::Service(ServiceCommand::Del { names }) => {
-            let reply = retry(|| client.remove_services(names.clone())).await?;
+            let reply = client.remove_services(names.clone()).await?;
             let _ = writeln!(out, "{}", String::from_utf8_lossy(&reply.output));
         }
         Command::Balance { name, round_robin, json } => {
@@ -665,7 +669,7 @@ async fn run_client(addr: &str, dial: &Dial, command: Command) -> Result<String,
         Command::Instance(InstanceCommand::Beat { service, addr }) => {
             let (host, port) = parse_host_port(&addr).map_err(Failure::Usage)?;
             let key = InstanceKey { service, host, port };
-            match retry(|| client.beat(key.clone())).await {
+            match client.beat(key.clone()).await {
                 Ok(()) => out.push_str("OK\n"),
                 Err(ClientError::Api(ApiError::NotFound(m))) => return Err(Failure::NotFound(m)),
                 Err(e) => return Err(e.into()),
@@ -687,19 +691,19 @@ async fn run_client(addr: &str, dial: &Dial, command: Command) -> Result<String,
         }
         Command::Member(MemberCommand::Add { id, addr, learner }) => {
             let change = MemberChange::Add { id, addr, promote: !learner };
-            let reply = retry(|| client.change_members(change.clone())).await?;
+            let reply = client.change_members(change.clone()).await?;
             let _ = writeln!(out, "added {id} at index {}", reply.index);
         }
         Command::Leader(LeaderCommand::Transfer { id }) => {
-            let to = retry(|| client.transfer_leadership(id)).await?;
+            let to = client.transfer_leadership(id).await?;
             let _ = writeln!(out, "{to}");
         }
         Command::Member(MemberCommand::Promote { id }) => {
-            let reply = retry(|| client.change_members(MemberChange::Promote { id })).await?;
+            let reply = client.change_members(MemberChange::Promote { id }).await?;
             let _ = writeln!(out, "promoted {id} at index {}", reply.index);
         }
         Command::Member(MemberCommand::Remove { id }) => {
-            let reply = retry(|| client.change_members(MemberChange::Remove { id })).await?;
+            let reply = client.change_members(MemberChange::Remove { id }).await?;
             let _ = writeln!(out, "removed {id} at index {}", reply.index);
         }
         Command::Snapshot(SnapshotCommand::Save { file }) => {
@@ -747,7 +751,7 @@ async fn add_node(client: &Client, dial: &Dial, addr: &str) -> Result<String, Fa
         Client::dial(&addr, dial).await.map_err(|e| Failure::Other(anyhow::anyhow!("cannot reach {addr}: {e}")))?;
     let id = node.status().await?.id;
     let change = MemberChange::Add { id, addr: addr.clone(), promote: true };
-    let reply = retry(|| client.change_members(change.clone())).await?;
+    let reply = client.change_members(change.clone()).await?;
     Ok(format!("added {id} ({addr}) at index {}\n", reply.index))
 }
 
@@ -758,14 +762,14 @@ async fn remove_node(client: &Client, dial: &Dial, addr: &str) -> Result<String,
     let Some(id) = members.iter().find(|m| m.addr == addr).map(|m| m.id) else {
         return Err(Failure::NotFound(format!("no member at {addr}")));
     };
-    let reply = retry(|| client.change_members(MemberChange::Remove { id })).await?;
+    let reply = client.change_members(MemberChange::Remove { id }).await?;
     Ok(format!("removed {id} ({addr}) at index {}\n", reply.index))
 }
 
 /// The members as the leader sees them (its match indexes and reachability), or as the node
 /// asked sees them when the leader cannot be reached.
 async fn member_list(client: &Client, dial: &Dial) -> Result<Vec<MemberStatus>, Failure> {
-    let here: StatusInfo = retry(|| client.status()).await?;
+    let here: StatusInfo = client.status().await?;
     if here.role == dister::raft::Role::Leader {
         return Ok(here.members);
     }
@@ -790,28 +794,6 @@ fn print(text: &str) -> ExitCode {
             ExitCode::FAILURE
         }
         _ => ExitCode::SUCCESS,
-    }
-}
-
-/// Retries while the cluster has no leader (an election takes well under a second), up to
-/// a few seconds: a script calling `dister kv set` right after start should just work.
-async fn retry<T, F, Fut>(mut op: F) -> Result<T, ClientError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, ClientError>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match op().await {
-            Err(ClientError::Api(e)) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
-                let wait = match e {
-                    ApiError::NoLeader { retry_after_ms } => retry_after_ms.min(500),
-                    _ => 100,
-                };
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-            }
-            other => return other,
-        }
     }
 }
 
