@@ -25,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
 
     // A single node elects itself at once; ask Election directly.
     loop {
-        let status = handle.election().send(GetElectionStatus).await?;
+        let status = handle.cluster().election().send(GetElectionStatus).await?;
         if status.role == Role::Leader {
             println!("node {} leads term {}", status.id, status.term);
             break;
@@ -34,15 +34,16 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // Writes go through the log: replicated, fsynced, applied, then answered.
-    let reply = handle.set(vec![("app/name".into(), "demo".into()), ("app/mode".into(), "embedded".into())]).await?;
+    let reply =
+        handle.kv().set(vec![("app/name".into(), "demo".into()), ("app/mode".into(), "embedded".into())]).await?;
     println!("two keys set in one entry at log index {}", reply.index);
 
     // A linearizable read through the handle (ReadIndex, then DataMap) ...
-    let name = handle.get("app/name".into(), Consistency::Linearizable).await?;
+    let name = handle.kv().get("app/name".into(), Consistency::Linearizable).await?;
     println!("app/name = {name:?}");
     // ... or a message to DataMap itself: `min_applied` 0 reads the local copy at once.
-    let mode = handle.data_map().send(GetKey { key: "app/mode".into(), min_applied: 0 }).await?;
-    let all = handle.data_map().send(ListKeys { prefix: "app/".into(), min_applied: reply.index }).await?;
+    let mode = handle.kv().data_map().send(GetKey { key: "app/mode".into(), min_applied: 0 }).await?;
+    let all = handle.kv().data_map().send(ListKeys { prefix: "app/".into(), min_applied: reply.index }).await?;
     println!("app/mode = {mode:?}; all under app/: {all:?}");
 
     // The HTTP port is the application's to open: dister's API, the Nacos API and the

@@ -383,7 +383,7 @@ impl Client {
             let mut offset = 0;
             let mut replaced = false;
             while offset < size {
-                match self.read_snapshot(last, offset, crate::node::SNAPSHOT_CHUNK as u32).await {
+                match self.read_snapshot(last, offset, crate::wire::SNAPSHOT_CHUNK as u32).await {
                     Ok(chunk) if chunk.is_empty() => break,
                     Ok(chunk) => {
                         file.write_all(&chunk).map_err(io("write", tmp))?;

@@ -115,7 +115,9 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// The CA certificates (PEM) a peer's certificate must chain to.
     pub tls_ca: Option<PathBuf>,
-    /// `host:port` for the HTTP API (dister's paths); `None` turns it off.
+    /// `host:port` for the HTTP port (dister's API, the Nacos API, the console); `None` turns
+    /// it off. The binary serves it ([`crate::api::serve`]); an embedding application starts
+    /// it itself, `Node` does not.
     pub http: Option<String>,
     /// Default interval of an instance's health check.
     pub check_interval_ms: u64,

@@ -35,8 +35,9 @@
 //! ```
 //!
 //! Three ways in: run the `dister` binary; embed a [`Node`] in an actix application and talk
-//! to it through its [`NodeHandle`]; or add a replicated feature as a new actor that handles
-//! [`messages::apply::ApplyEntries`] for its own namespace (see `examples/counter.rs`).
+//! to it through its [`NodeHandle`] (by concern, see [`handle`]: keys, registry, cluster); or
+//! add a replicated feature as a new actor that handles [`messages::apply::ApplyEntries`] for
+//! its own namespace (see `examples/counter/`).
 
 pub mod actors;
 pub mod admission;
@@ -47,6 +48,7 @@ pub mod check;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod handle;
 pub mod messages;
 pub mod metrics;
 pub mod node;

@@ -10,34 +10,22 @@ use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 use actix_rt::{Arbiter, ArbiterHandle};
-use bytes::Bytes;
-use futures::FutureExt;
-use futures::future::LocalBoxFuture;
 
 use crate::actors::data_map::DataMap;
 use crate::actors::election::{Election, MemberView};
-use crate::actors::key_watch::{KeyWatch, Unwatch, WatchKeys, Watching};
-use crate::actors::listener::{CountRefusal, GetRefusals, Listener, StopListener};
+use crate::actors::key_watch::KeyWatch;
+use crate::actors::listener::Listener;
 use crate::actors::log_store::{LogStore, Snapshots};
-
 use crate::actors::service_registry::{Proposer, ServiceRegistry};
-use crate::admission::{Admission, Admitted};
+use crate::admission::Admission;
 use crate::config::Config;
-use crate::error::StorageError;
-use crate::error::{ApiError, NodeError};
-use crate::messages::apply::{Follow, Query, StateMachineRef, Subscribe};
-use crate::messages::client::{
-    ChangeMembers, ClientWrite, GetElectionStatus, GetReadIndex, StopPeerLinks, TimeoutNow, TransferLeadership,
-};
-use crate::messages::kv::{GetKey, KV_NAMESPACE, KvCommand, KvOutput, ListKeys};
-use crate::messages::raft::{
-    AppendEntries, ForwardToLeader, GetLogState, InstallSnapshot, PeerDisconnected, ReadSnapshotBytes, RequestVote,
-    SnapshotNow, WatchLeadership,
-};
-use crate::messages::registry::{
-    Balance, Beat, GetRegistryStats, GetService, InstanceKey, ListServices, REGISTRY_NAMESPACE, RegistryCommand,
-    RegistryStats, Service, ServiceNode, Strategy,
-};
+use crate::error::{NodeError, StorageError};
+use crate::handle::{ClusterHandle, Core, KvHandle, RegistryHandle, WireRouter};
+use crate::messages::apply::{Follow, Query, StateMachineRef};
+use crate::messages::client::{StopListener, StopPeerLinks};
+use crate::messages::kv::KV_NAMESPACE;
+use crate::messages::raft::WatchLeadership;
+use crate::messages::registry::REGISTRY_NAMESPACE;
 use crate::metrics::{Metrics, MetricsRef};
 use crate::raft::members::{MemberChange, MemberLog, Members};
 use crate::raft::{NodeId, Payload};
@@ -45,13 +33,6 @@ use crate::snapshot::SnapshotMeta;
 use crate::storage::{Recovered, StorageConfig};
 use crate::tls::{Tls, TlsTransport};
 use crate::transport::{TcpTransport, TransportRef};
-use crate::wire::{Consistency, Request, Response, StatusInfo, Write, WriteReply};
-
-/// Most snapshot bytes one `ReadSnapshot` answers.
-pub const SNAPSHOT_CHUNK: usize = 1 << 20;
-
-/// The namespaces this node applies, with the actor answering each one's queries (if any).
-type QueryRouter = Arc<Mutex<BTreeMap<String, Option<Recipient<Query>>>>>;
 
 /// A running node.
 pub struct Node {
@@ -370,22 +351,28 @@ impl NodeBuilder {
                 log_store
                     .do_send(Follow { namespace: Some(KV_NAMESPACE.into()), recipient: key_watch.clone().recipient() });
                 let listener_ctx = Context::<Listener>::new();
-                let handle = NodeHandle {
+                let core = Arc::new(Core {
                     config: config.clone(),
                     election,
                     log_store,
-                    data_map,
-                    registry,
-                    key_watch,
-                    listener: listener_ctx.address(),
                     queries,
-                    clients,
                     admission: Admission::new(&config),
                     members: view,
                     metrics,
                     tls,
+                });
+                let kv = KvHandle { core: core.clone(), data_map, key_watch };
+                let registry = RegistryHandle { core: core.clone(), registry };
+                let cluster = ClusterHandle { core, refusals: listener_ctx.address().recipient() };
+                let router = WireRouter {
+                    kv: kv.clone(),
+                    registry: registry.clone(),
+                    cluster: cluster.clone(),
+                    clients,
+                    refusals: listener_ctx.address().recipient(),
                 };
-                let listener_addr = listener_ctx.run(Listener::new(listener, handle.clone()));
+                let handle = NodeHandle { kv, registry, cluster };
+                let listener_addr = listener_ctx.run(Listener::new(listener, router));
                 Ok::<_, NodeError>(RaftParts { handle, local_addr, listener: listener_addr })
             })
             .await??
@@ -450,7 +437,12 @@ async fn join_cluster(config: Arc<Config>, transport: TransportRef, member: Stri
     let mut wait = std::time::Duration::from_millis(100);
     loop {
         let asked = async {
-            let stream = transport.connect(&member).await.map_err(|e| e.to_string())?;
+            // TCP and, with TLS, its handshake: a member that accepts and never answers must
+            // not hold the join forever.
+            let stream = tokio::time::timeout(config.handshake_timeout(), transport.connect(&member))
+                .await
+                .map_err(|_| "no connection within the handshake timeout".to_string())?
+                .map_err(|e| e.to_string())?;
             let client = crate::client::Client::handshake(stream, &config.group, config.cluster_token.as_deref())
                 .await
                 .map_err(|e| e.to_string())?
@@ -522,7 +514,7 @@ impl Node {
     /// last handle is dropped; dropping the node ends its threads.
     pub fn stop(&self) {
         self.listener.do_send(StopListener);
-        self.handle.election.do_send(StopPeerLinks);
+        self.handle.cluster.election().do_send(StopPeerLinks);
     }
 }
 
@@ -534,647 +526,33 @@ impl Drop for Node {
     }
 }
 
-/// The way into a running node: typed calls that send the right messages to its actors.
-/// Cheap to clone and `Send`: a handle may be used from other threads (the HTTP workers); the
-/// futures its calls return run on the caller's thread.
+/// The way into a running node, by concern: [`NodeHandle::kv`], [`NodeHandle::registry`],
+/// [`NodeHandle::cluster`] (see [`crate::handle`]). Cheap to clone and `Send`.
 #[derive(Clone)]
 pub struct NodeHandle {
-    config: Arc<Config>,
-    election: Addr<Election>,
-    log_store: Addr<LogStore>,
-    data_map: Addr<DataMap>,
-    registry: Addr<ServiceRegistry>,
-    key_watch: Addr<KeyWatch>,
-    listener: Addr<Listener>,
-    queries: QueryRouter,
-    /// Where wire clients' requests are served (`None`: on the connection's own thread).
-    clients: Option<ArbiterHandle>,
-    /// The bounds on client work pending (see [`Admission`]).
-    admission: Arc<Admission>,
-    /// The configuration in effect, kept current by `Election`.
-    members: Arc<MemberView>,
-    /// The node's metrics.
-    metrics: MetricsRef,
-    /// The node's TLS, when it has it.
-    tls: Option<Arc<Tls>>,
-}
-
-fn mailbox(e: MailboxError) -> ApiError {
-    ApiError::Unavailable(format!("actor stopped: {e}"))
-}
-
-/// Readies a built-in command received as bytes for the log ([`Command::prepare`]): a
-/// malformed one is refused, so a bad request costs an error, not a log entry every node must
-/// apply. A registry command that preparing changed (its instances given their checks) is
-/// encoded again; any other goes on as its bytes came.
-fn prepare(write: Write, config: &Config) -> Result<Write, ApiError> {
-    let refused = |e: String| ApiError::BadRequest(format!("{} command: {e}", write.namespace));
-    match write.namespace.as_str() {
-        KV_NAMESPACE => {
-            let mut c: KvCommand = serde_json::from_slice(&write.data).map_err(|e| refused(e.to_string()))?;
-            Command::prepare(&mut c, config).map_err(refused)?;
-            Ok(write)
-        }
-        REGISTRY_NAMESPACE => {
-            let mut c: RegistryCommand = serde_json::from_slice(&write.data).map_err(|e| refused(e.to_string()))?;
-            if Command::prepare(&mut c, config).map_err(refused)? {
-                return Ok(Write { data: encode(&c)?, ..write });
-            }
-            Ok(write)
-        }
-        _ => Ok(write),
-    }
-}
-
-/// A built-in command that can ready itself for the log before it is encoded.
-trait Command: serde::Serialize {
-    /// Completes what the log must hold (defaults that depend on the request, not on the
-    /// state), then refuses the command if it is malformed or this node's `config` forbids it.
-    /// Answers whether preparing changed it.
-    fn prepare(&mut self, config: &Config) -> Result<bool, String>;
-}
-
-impl Command for KvCommand {
-    fn prepare(&mut self, _: &Config) -> Result<bool, String> {
-        self.validate().map(|()| false)
-    }
-}
-
-impl Command for RegistryCommand {
-    fn prepare(&mut self, config: &Config) -> Result<bool, String> {
-        RegistryCommand::prepare(self, config.allow_script_checks)
-    }
-}
-
-fn encode<T: serde::Serialize>(value: &T) -> Result<Bytes, ApiError> {
-    serde_json::to_vec(value).map(Bytes::from).map_err(|e| ApiError::BadRequest(e.to_string()))
+    kv: KvHandle,
+    registry: RegistryHandle,
+    cluster: ClusterHandle,
 }
 
 impl NodeHandle {
-    /// This node's id.
-    pub fn id(&self) -> NodeId {
-        self.config.id
+    /// Keys and their watches.
+    pub fn kv(&self) -> &KvHandle {
+        &self.kv
     }
 
-    /// The configuration in effect on this node (the newest in its log).
-    pub fn members(&self) -> Arc<Members> {
-        self.members.get()
+    /// Services, instances, beats and balancing.
+    pub fn registry(&self) -> &RegistryHandle {
+        &self.registry
     }
 
-    /// The newest configuration this node knows committed.
-    pub fn committed_members(&self) -> Arc<Members> {
-        self.members.committed()
-    }
-
-    /// Changes the membership (see [`MemberChange`]): on the leader, or passed on to it.
-    /// Answers once the change is committed, with the index of its entry.
-    pub fn change_members(&self, change: MemberChange) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        self.change_members_from(change, false)
-    }
-
-    fn change_members_from(
-        &self,
-        change: MemberChange,
-        forwarded: bool,
-    ) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        let fut = self.election.send(ChangeMembers { change, forwarded });
-        async move { fut.await.map_err(mailbox)? }.boxed_local()
-    }
-
-    /// Hands leadership to `to` (or the most caught-up voter) and answers, once this leader
-    /// has stepped down, the node it handed to; writes meanwhile wait. Through any member.
-    pub fn transfer_leadership(&self, to: Option<NodeId>) -> LocalBoxFuture<'static, Result<NodeId, ApiError>> {
-        let fut = self.election.send(TransferLeadership { to, forwarded: false });
-        async move { fut.await.map_err(mailbox)? }.boxed_local()
-    }
-
-    /// Where wire clients' requests are served, when not on their connection's thread.
-    pub fn clients(&self) -> Option<&ArbiterHandle> {
-        self.clients.as_ref()
+    /// Members, leadership, status, and any state machine by namespace.
+    pub fn cluster(&self) -> &ClusterHandle {
+        &self.cluster
     }
 
     /// The node's configuration.
     pub fn config(&self) -> &Config {
-        &self.config
-    }
-
-    /// The `Election` actor.
-    pub fn election(&self) -> &Addr<Election> {
-        &self.election
-    }
-
-    /// The `LogStore` actor (subscribe to the commit stream with `Subscribe`).
-    pub fn log_store(&self) -> &Addr<LogStore> {
-        &self.log_store
-    }
-
-    /// The `DataMap` actor.
-    pub fn data_map(&self) -> &Addr<DataMap> {
-        &self.data_map
-    }
-
-    /// The `ServiceRegistry` actor.
-    pub fn registry(&self) -> &Addr<ServiceRegistry> {
-        &self.registry
-    }
-
-    /// Adds a state machine while the node runs; it is brought up to date first (the
-    /// snapshot's state for `namespace`, if any, then the entries committed after it).
-    pub fn register_state_machine(&self, namespace: &str, machine: StateMachineRef, query: Option<Recipient<Query>>) {
-        self.router().insert(namespace.to_string(), query);
-        self.log_store.do_send(Subscribe { namespace: namespace.to_string(), machine });
-    }
-
-    fn router(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Option<Recipient<Query>>>> {
-        self.queries.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn knows(&self, namespace: &str) -> bool {
-        self.router().contains_key(namespace)
-    }
-
-    /// `checked`: the command was validated already (built typed here, or validated by the
-    /// follower that forwarded it), so its bytes are not decoded again.
-    fn write_inner(
-        &self,
-        write: Write,
-        forwarded: bool,
-        checked: bool,
-    ) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        let write = if checked {
-            write
-        } else {
-            match prepare(write, &self.config) {
-                Ok(w) => w,
-                Err(e) => return async move { Err(e) }.boxed_local(),
-            }
-        };
-        let max = self.config.max_request_bytes;
-        if write.data.len() + write.namespace.len() > max {
-            let len = write.data.len();
-            return async move {
-                Err(ApiError::BadRequest(format!("write of {len} bytes is over max_request_bytes ({max})")))
-            }
-            .boxed_local();
-        }
-        // A place is held until the write is answered (`Election` holds it with the write):
-        // past the bound, refused at once.
-        let place = match self.admission.admit_write(write.data.len() + write.namespace.len()) {
-            Ok(p) => p,
-            Err(e) => return async move { Err(e) }.boxed_local(),
-        };
-        // The send is queued now, not when the future is first polled, so requests on one
-        // connection reach `Election` in the order they arrived.
-        let fut = self.election.send(ClientWrite { write, forwarded, place: Some(place), term: None });
-        let metrics = self.metrics.clone();
-        async move {
-            let answer = fut.await.map_err(mailbox).and_then(|r| r);
-            // As etcd's: a write that did not make it through Raft (no leader, timed out,
-            // dropped by a new leader, refused for load), counted once, where the client
-            // sent it; not one that committed and its state machine refused.
-            if let Err(e) = &answer
-                && !forwarded
-                && !matches!(e, ApiError::Apply(_) | ApiError::BadRequest(_) | ApiError::UnknownNamespace(_))
-            {
-                metrics.proposals_failed.inc();
-            }
-            answer
-        }
-        .boxed_local()
-    }
-
-    /// A place for a read (or a beat), held by the caller until it is answered.
-    fn admit_read(&self) -> Result<Admitted, ApiError> {
-        self.admission.admit_read()
-    }
-
-    /// The node's metrics (see [`crate::metrics`]).
-    pub fn metrics(&self) -> &MetricsRef {
-        &self.metrics
-    }
-
-    /// The node's TLS, when it has it: [`Tls::reload`] reads its files again.
-    pub fn tls(&self) -> Option<&Arc<Tls>> {
-        self.tls.as_ref()
-    }
-
-    /// How this node reaches other nodes as a client: its group, the cluster token, and TLS
-    /// with its own certificate when it has TLS.
-    pub fn dial(&self) -> crate::client::Dial {
-        crate::client::Dial::new(&self.config.group)
-            .token(self.config.cluster_token.as_deref())
-            .tls(self.tls.as_ref().map(|t| t.client()))
-    }
-
-    /// Client work pending on this node: writes, their bytes, reads.
-    pub fn pending(&self) -> (usize, usize, usize) {
-        self.admission.pending()
-    }
-
-    /// Replicates a command for the state machine owning `write.namespace`; answers once it
-    /// is committed and applied, with the state machine's output.
-    pub fn write(&self, write: Write) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        self.write_checked(write, false)
-    }
-
-    fn write_checked(&self, write: Write, checked: bool) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        // Only namespaces registered on this node are accepted, so a typo cannot put an
-        // entry no state machine applies into the log. Extensions register on every node.
-        if !self.knows(&write.namespace) {
-            let ns = write.namespace;
-            return async move { Err(ApiError::UnknownNamespace(ns)) }.boxed_local();
-        }
-        self.write_inner(write, false, checked)
-    }
-
-    /// Validates a built-in command as the typed value it is, encodes it (JSON) and writes
-    /// it to `namespace`: decoded once, where it is applied, not again on the way.
-    fn write_command<T: Command>(
-        &self,
-        namespace: &str,
-        mut command: T,
-    ) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        if let Err(e) = command.prepare(&self.config) {
-            let e = ApiError::BadRequest(format!("{namespace} command: {e}"));
-            return async move { Err(e) }.boxed_local();
-        }
-        match encode(&command) {
-            Ok(data) => self.write_checked(Write { namespace: namespace.into(), data }, true),
-            Err(e) => async move { Err(e) }.boxed_local(),
-        }
-    }
-
-    /// Sets every pair in one entry.
-    pub fn set(&self, pairs: Vec<(String, String)>) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        self.write_command(KV_NAMESPACE, KvCommand::Set(pairs))
-    }
-
-    /// Deletes every key in one entry; answers how many existed.
-    pub fn delete(&self, keys: Vec<String>) -> LocalBoxFuture<'static, Result<usize, ApiError>> {
-        let fut = self.write_command(KV_NAMESPACE, KvCommand::Delete(keys));
-        async move {
-            let reply = fut.await?;
-            let out: KvOutput = serde_json::from_slice(&reply.output).map_err(|e| ApiError::Apply(e.to_string()))?;
-            Ok(out.count)
-        }
-        .boxed_local()
-    }
-
-    /// The index a read must wait for: a ReadIndex for a linearizable read, 0 for a stale one.
-    pub fn read_index(&self, consistency: Consistency) -> LocalBoxFuture<'static, Result<u64, ApiError>> {
-        match consistency {
-            Consistency::Stale => async { Ok(0) }.boxed_local(),
-            Consistency::Linearizable => {
-                let fut = self.election.send(GetReadIndex { forwarded: false });
-                async move { fut.await.map_err(mailbox)? }.boxed_local()
-            }
-        }
-    }
-
-    /// Reads one key.
-    pub fn get(
-        &self,
-        key: String,
-        consistency: Consistency,
-    ) -> LocalBoxFuture<'static, Result<Option<String>, ApiError>> {
-        let place = match self.admit_read() {
-            Ok(p) => p,
-            Err(e) => return async move { Err(e) }.boxed_local(),
-        };
-        let index = self.read_index(consistency);
-        let data_map = self.data_map.clone();
-        async move {
-            let _place = place;
-            let min_applied = index.await?;
-            data_map.send(GetKey { key, min_applied }).await.map_err(mailbox)
-        }
-        .boxed_local()
-    }
-
-    /// Reads `keys` from this node's copy once it has applied `min_applied` (no read index:
-    /// the caller names the index, as a watch does).
-    pub fn get_keys_at(
-        &self,
-        keys: Vec<String>,
-        min_applied: u64,
-    ) -> LocalBoxFuture<'static, Result<Vec<Option<String>>, ApiError>> {
-        let reads: Vec<_> = keys.into_iter().map(|key| self.data_map.send(GetKey { key, min_applied })).collect();
-        async move {
-            let mut out = Vec::with_capacity(reads.len());
-            for r in reads {
-                out.push(r.await.map_err(mailbox)?);
-            }
-            Ok(out)
-        }
-        .boxed_local()
-    }
-
-    /// Starts waiting for any of `keys` to change (see [`Watching`]); `unwatch` it when
-    /// giving up before it fires.
-    pub fn watch_keys(&self, keys: Vec<String>) -> LocalBoxFuture<'static, Result<Watching, ApiError>> {
-        let fut = self.key_watch.send(WatchKeys { keys });
-        async move { fut.await.map_err(mailbox) }.boxed_local()
-    }
-
-    /// Drops a watch.
-    pub fn unwatch(&self, id: u64) {
-        self.key_watch.do_send(Unwatch(id));
-    }
-
-    /// Lists pairs whose key starts with `prefix`, in key order.
-    pub fn list(
-        &self,
-        prefix: String,
-        consistency: Consistency,
-    ) -> LocalBoxFuture<'static, Result<Vec<(String, String)>, ApiError>> {
-        let place = match self.admit_read() {
-            Ok(p) => p,
-            Err(e) => return async move { Err(e) }.boxed_local(),
-        };
-        let index = self.read_index(consistency);
-        let data_map = self.data_map.clone();
-        async move {
-            let _place = place;
-            let min_applied = index.await?;
-            data_map.send(ListKeys { prefix, min_applied }).await.map_err(mailbox)
-        }
-        .boxed_local()
-    }
-
-    /// Asks the state machine owning `namespace`.
-    pub fn query(
-        &self,
-        namespace: String,
-        data: Bytes,
-        consistency: Consistency,
-    ) -> LocalBoxFuture<'static, Result<Bytes, ApiError>> {
-        let Some(target) = self.router().get(&namespace).cloned().flatten() else {
-            return async move { Err(ApiError::UnknownNamespace(namespace)) }.boxed_local();
-        };
-        let place = match self.admit_read() {
-            Ok(p) => p,
-            Err(e) => return async move { Err(e) }.boxed_local(),
-        };
-        let index = self.read_index(consistency);
-        async move {
-            let _place = place;
-            let min_applied = index.await?;
-            target.send(Query { data, min_applied }).await.map_err(mailbox)?
-        }
-        .boxed_local()
-    }
-
-    /// Creates or replaces services.
-    pub fn set_services(&self, services: Vec<Service>) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        self.write_command(REGISTRY_NAMESPACE, RegistryCommand::Set(services))
-    }
-
-    /// Removes services by name.
-    pub fn remove_services(&self, names: Vec<String>) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        self.write_command(REGISTRY_NAMESPACE, RegistryCommand::Remove(names))
-    }
-
-    /// Creates or updates one instance (and its service, if new).
-    pub fn register_instance(
-        &self,
-        service: String,
-        kind: String,
-        node: ServiceNode,
-    ) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        self.write_command(REGISTRY_NAMESPACE, RegistryCommand::Register { service, kind, node })
-    }
-
-    /// Creates a service (refused if it exists, with `create`) or updates its own fields,
-    /// keeping its instances (refused if it does not exist, with `update`).
-    pub fn define_service(
-        &self,
-        service: Service,
-        create: bool,
-        update: bool,
-    ) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        self.write_command(REGISTRY_NAMESPACE, RegistryCommand::Define { service, create, update })
-    }
-
-    /// Removes a service that has no instance (refused otherwise).
-    pub fn drop_service(&self, name: String) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        self.write_command(REGISTRY_NAMESPACE, RegistryCommand::Drop(name))
-    }
-
-    /// Removes one instance.
-    pub fn deregister_instance(&self, key: InstanceKey) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
-        self.write_command(REGISTRY_NAMESPACE, RegistryCommand::Deregister(key))
-    }
-
-    /// One available instance of `name`, picked from this node's copy of the registry.
-    pub fn balance(&self, name: String, strategy: Strategy) -> LocalBoxFuture<'static, Result<ServiceNode, ApiError>> {
-        let fut = self.registry.send(Balance { name, strategy });
-        async move { fut.await.map_err(mailbox)? }.boxed_local()
-    }
-
-    /// An instance says it is alive: the leader's registry records it (a follower passes it
-    /// on, unless it was passed on already).
-    pub fn beat(&self, key: InstanceKey, forwarded: bool) -> LocalBoxFuture<'static, Result<(), ApiError>> {
-        let place = match self.admission.admit_beat() {
-            Ok(p) => p,
-            Err(e) => return async move { Err(e) }.boxed_local(),
-        };
-        let local = self.registry.send(Beat(key.clone()));
-        let election = self.election.clone();
-        async move {
-            let _place = place;
-            match local.await.map_err(mailbox)? {
-                Err(ApiError::NotLeader { .. }) if !forwarded => {
-                    match election
-                        .send(ForwardToLeader(Request::Beat { key, forwarded: true }))
-                        .await
-                        .map_err(mailbox)?
-                    {
-                        Ok(Response::Done) => Ok(()),
-                        Ok(other) => Err(ApiError::Unavailable(format!("unexpected answer to a beat: {other:?}"))),
-                        Err(e) => Err(e),
-                    }
-                }
-                other => other,
-            }
-        }
-        .boxed_local()
-    }
-
-    /// How many services and instances this node's registry holds, and what its checks are
-    /// doing (on the leader): counts only, nothing copied.
-    pub fn registry_stats(&self) -> LocalBoxFuture<'static, Result<RegistryStats, ApiError>> {
-        let fut = self.registry.send(GetRegistryStats);
-        async move { fut.await.map_err(mailbox) }.boxed_local()
-    }
-
-    /// One service.
-    pub fn get_service(
-        &self,
-        name: String,
-        consistency: Consistency,
-    ) -> LocalBoxFuture<'static, Result<Option<Service>, ApiError>> {
-        let place = match self.admit_read() {
-            Ok(p) => p,
-            Err(e) => return async move { Err(e) }.boxed_local(),
-        };
-        let index = self.read_index(consistency);
-        let registry = self.registry.clone();
-        async move {
-            let _place = place;
-            let min_applied = index.await?;
-            registry.send(GetService { name, min_applied }).await.map_err(mailbox)
-        }
-        .boxed_local()
-    }
-
-    /// Every service.
-    pub fn list_services(&self, consistency: Consistency) -> LocalBoxFuture<'static, Result<Vec<Service>, ApiError>> {
-        let place = match self.admit_read() {
-            Ok(p) => p,
-            Err(e) => return async move { Err(e) }.boxed_local(),
-        };
-        let index = self.read_index(consistency);
-        let registry = self.registry.clone();
-        async move {
-            let _place = place;
-            let min_applied = index.await?;
-            registry.send(ListServices { min_applied }).await.map_err(mailbox)
-        }
-        .boxed_local()
-    }
-
-    /// This node's view of itself and the cluster.
-    pub fn status(&self) -> LocalBoxFuture<'static, Result<StatusInfo, ApiError>> {
-        let e = self.election.send(GetElectionStatus);
-        let l = self.log_store.send(GetLogState);
-        let r = self.listener.send(GetRefusals);
-        let group = self.config.group.clone();
-        async move {
-            let e = e.await.map_err(mailbox)?;
-            let l = l.await.map_err(mailbox)?;
-            let refused = r.await.unwrap_or_default();
-            Ok(StatusInfo {
-                id: e.id,
-                group,
-                role: e.role,
-                term: e.term,
-                leader: e.leader,
-                commit_index: e.commit_index.max(l.commit),
-                applied_index: l.applied,
-                last_log_index: l.last.index,
-                last_log_term: l.last.term,
-                peers: e.peers,
-                members: e.members,
-                members_index: e.members_index,
-                members_pending: e.members_pending,
-                refused,
-                first_log_index: l.first_index,
-                snapshot_index: l.snapshot.map(|s| s.last.index).unwrap_or(0),
-                snapshot_term: l.snapshot.map(|s| s.last.term).unwrap_or(0),
-                snapshot_bytes: l.snapshot.map(|s| s.bytes).unwrap_or(0),
-                snapshots_installed: l.installed,
-            })
-        }
-        .boxed_local()
-    }
-
-    /// Counts a connection refused after its handshake.
-    pub fn count_refusal(&self, kind: crate::wire::RefusalKind) {
-        self.listener.do_send(CountRefusal(kind));
-    }
-
-    /// Tells `Election` that `peer`'s connection to this node closed.
-    pub fn peer_disconnected(&self, peer: NodeId) {
-        self.election.do_send(PeerDisconnected { peer });
-    }
-
-    /// Serves one wire request. `peer` is the configured peer the connection authenticated
-    /// as, if any; the caller has already refused peer-only requests from clients.
-    pub fn dispatch(&self, request: Request, peer: Option<NodeId>) -> LocalBoxFuture<'static, Response> {
-        fn answer<T>(r: Result<T, ApiError>, ok: impl FnOnce(T) -> Response) -> Response {
-            r.map(ok).unwrap_or_else(Response::Error)
-        }
-        match request {
-            Request::AppendEntries(r) => {
-                let fut = self.election.send(AppendEntries(r));
-                async move { answer(fut.await.map_err(mailbox), Response::AppendEntries) }.boxed_local()
-            }
-            Request::InstallSnapshot(r) => {
-                let fut = self.election.send(InstallSnapshot(r));
-                async move { answer(fut.await.map_err(mailbox), Response::InstallSnapshot) }.boxed_local()
-            }
-            Request::Vote(r) => {
-                let fut = self.election.send(RequestVote(r));
-                async move { answer(fut.await.map_err(mailbox), Response::Vote) }.boxed_local()
-            }
-            Request::ReadIndex => {
-                let fut = self.election.send(GetReadIndex { forwarded: peer.is_some() });
-                async move { answer(fut.await.map_err(mailbox).and_then(|r| r), Response::ReadIndex) }.boxed_local()
-            }
-            Request::Forward(w) => {
-                // The follower that forwarded it (a member) validated it.
-                let fut = if self.knows(&w.namespace) {
-                    self.write_inner(w, true, true)
-                } else {
-                    let ns = w.namespace;
-                    async move { Err(ApiError::UnknownNamespace(ns)) }.boxed_local()
-                };
-                async move { answer(fut.await, Response::Written) }.boxed_local()
-            }
-            Request::Write(w) => {
-                let fut = self.write(w);
-                async move { answer(fut.await, Response::Written) }.boxed_local()
-            }
-            Request::Get { key, consistency } => {
-                let fut = self.get(key, consistency);
-                async move { answer(fut.await, Response::Value) }.boxed_local()
-            }
-            Request::List { prefix, consistency } => {
-                let fut = self.list(prefix, consistency);
-                async move { answer(fut.await, Response::Pairs) }.boxed_local()
-            }
-            Request::Query { namespace, data, consistency } => {
-                let fut = self.query(namespace, data, consistency);
-                async move { answer(fut.await, Response::QueryReply) }.boxed_local()
-            }
-            Request::Beat { key, forwarded } => {
-                let fut = self.beat(key, forwarded);
-                async move { answer(fut.await, |()| Response::Done) }.boxed_local()
-            }
-            Request::Status => {
-                let fut = self.status();
-                async move { answer(fut.await, |s| Response::Status(Box::new(s))) }.boxed_local()
-            }
-            Request::TimeoutNow { term } => {
-                // Peer-only (the connection checked): `peer` is the leader handing over.
-                if let Some(from) = peer {
-                    self.election.do_send(TimeoutNow { from, term });
-                }
-                async { Response::Done }.boxed_local()
-            }
-            Request::TransferLeadership { to } => {
-                let fut = self.election.send(TransferLeadership { to, forwarded: peer.is_some() });
-                async move { answer(fut.await.map_err(mailbox).and_then(|r| r), Response::HandedTo) }.boxed_local()
-            }
-            Request::ChangeMembers { change, forwarded } => {
-                // Only a peer may say it passed the change on already.
-                let fut = self.change_members_from(change, forwarded && peer.is_some());
-                async move { answer(fut.await, Response::Written) }.boxed_local()
-            }
-            Request::TakeSnapshot => {
-                let fut = self.log_store.send(SnapshotNow);
-                async move {
-                    let r = fut.await.map_err(mailbox).and_then(|r| r);
-                    answer(r, |s| Response::Snapshot { last: s.last, bytes: s.bytes })
-                }
-                .boxed_local()
-            }
-            Request::ReadSnapshot { last, offset, max } => {
-                // A chunk at a time, so neither side holds more than one in memory.
-                let max = (max as usize).min(SNAPSHOT_CHUNK);
-                let fut = self.log_store.send(ReadSnapshotBytes { last, offset, max });
-                async move { answer(fut.await.map_err(mailbox).and_then(|r| r), Response::SnapshotBytes) }.boxed_local()
-            }
-        }
+        self.cluster.config()
     }
 }

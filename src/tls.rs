@@ -88,6 +88,22 @@ pub fn is_tls_error(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
 }
 
+/// The name a node at `addr` (`host:port`, `[v6]:port`) must hold in its certificate: the
+/// host, a DNS name or an IP address.
+fn server_name(addr: &str) -> Result<ServerName<'static>, String> {
+    let (host, _) = crate::config::parse_host_port(addr)?;
+    ServerName::try_from(host.clone()).map_err(|e| format!("{host}: not a name a certificate can hold: {e}"))
+}
+
+/// Whether `certificate` (already verified against the CA) names the host of `addr`: a peer
+/// claiming a member's id must hold a certificate for that member's address, so one node's
+/// certificate cannot speak for another.
+pub fn names_host(certificate: &CertificateDer<'_>, addr: &str) -> bool {
+    let Ok(name) = server_name(addr) else { return false };
+    rustls::server::ParsedCertificate::try_from(certificate)
+        .is_ok_and(|cert| rustls::client::verify_server_name(&cert, &name).is_ok())
+}
+
 /// Verifies nodes' certificates against a CA, for clients (the CLI, an application): no
 /// certificate of its own is presented.
 #[derive(Clone, Debug)]
@@ -115,9 +131,7 @@ impl ClientTls {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let (host, _) = crate::config::parse_host_port(addr).map_err(io::Error::other)?;
-        let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
-            .map_err(|e| io::Error::other(format!("{host}: not a name a certificate can hold: {e}")))?;
+        let name = server_name(addr).map_err(io::Error::other)?;
         tokio_rustls::TlsConnector::from(self.0.clone()).connect(name, stream).await
     }
 }
@@ -179,8 +193,9 @@ impl std::fmt::Debug for Tls {
 pub struct Secured {
     /// The stream, encrypted.
     pub stream: BoxStream,
-    /// Whether the other end presented a certificate the CA signed: required of peers.
-    pub certified: bool,
+    /// The certificate the other end presented, which the CA signed and is valid now (the
+    /// handshake refused any other): required of peers.
+    pub certificate: Option<CertificateDer<'static>>,
 }
 
 impl Tls {
@@ -211,8 +226,9 @@ impl Tls {
     pub async fn accept(&self, stream: BoxStream) -> io::Result<Secured> {
         let wire = self.current().wire.clone();
         let stream = tokio_rustls::TlsAcceptor::from(wire).accept(stream).await?;
-        let certified = stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
-        Ok(Secured { stream: Box::new(stream), certified })
+        let certificate =
+            stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
+        Ok(Secured { stream: Box::new(stream), certificate })
     }
 
     /// The client side, towards a peer at `addr`, presenting this node's certificate.
@@ -279,5 +295,18 @@ impl Transport for TlsTransport {
 
     fn probe(&self, addr: &str) -> LocalBoxFuture<'static, io::Result<()>> {
         self.inner.probe(addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_is_checked_by_the_host_it_is_dialled_at() {
+        assert_eq!(server_name("127.0.0.1:7070").unwrap(), ServerName::try_from("127.0.0.1").unwrap());
+        assert_eq!(server_name("[::1]:7070").unwrap(), ServerName::try_from("::1").unwrap());
+        assert_eq!(server_name("node1.example:7070").unwrap(), ServerName::try_from("node1.example").unwrap());
+        assert!(server_name("no-port").is_err());
     }
 }

@@ -184,7 +184,7 @@ async fn a_write_bound_to_a_term_is_refused_in_another() {
     let h = node.handle();
     let deadline = Instant::now() + Duration::from_secs(2);
     let term = loop {
-        let s = h.election().send(GetElectionStatus).await.unwrap();
+        let s = h.cluster().election().send(GetElectionStatus).await.unwrap();
         if s.role == Role::Leader {
             break s.term;
         }
@@ -197,9 +197,9 @@ async fn a_write_bound_to_a_term_is_refused_in_another() {
         place: None,
         term: Some(t),
     };
-    assert!(h.election().send(write(term)).await.unwrap().is_ok(), "the leader's own term");
+    assert!(h.cluster().election().send(write(term)).await.unwrap().is_ok(), "the leader's own term");
     for other in [term + 1, term - 1] {
-        let r = h.election().send(write(other)).await.unwrap();
+        let r = h.cluster().election().send(write(other)).await.unwrap();
         assert!(matches!(r, Err(dister::ApiError::NotLeader { .. })), "term {other}: {r:?}");
     }
     drop(node);

@@ -186,6 +186,43 @@ async fn refusals_are_counted_by_reason() {
     }
 }
 
+/// Handshakes under way are bounded: past `MAX_HANDSHAKES` silent connections, the next one
+/// is closed at once (not queued) and counted; once the silent ones go, clients get in again.
+#[actix_rt::test]
+async fn handshakes_under_way_are_bounded() {
+    use dister::actors::listener::MAX_HANDSHAKES;
+    let cluster = Cluster::start_with(1, |c| c.handshake_timeout_ms = 30_000);
+    cluster.wait_leader(Duration::from_secs(1)).await;
+    let addr = cluster.addr(0);
+    let mut silent = Vec::new();
+    for _ in 0..MAX_HANDSHAKES {
+        silent.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    // The listener has taken them all once one more is closed at once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut extra = TcpStream::connect(&addr).await.unwrap();
+        extra.write_all(&hello("default", None)).await.unwrap();
+        let mut buf = [0u8; 64];
+        let read =
+            tokio::time::timeout(Duration::from_millis(500), tokio::io::AsyncReadExt::read(&mut extra, &mut buf));
+        if let Ok(Ok(0) | Err(_)) = read.await {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "a connection past the bound was still served");
+    }
+    drop(silent);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = cluster.status(0).await {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "clients never got in again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.refused.too_many_connections >= 1, "{:?}", status.refused);
+}
+
 /// Secure by default: the binary refuses to listen beyond loopback without a cluster token
 /// and TLS, saying why, unless `--insecure` is given.
 #[test]

@@ -259,7 +259,6 @@ fn a_server_that_cannot_bind_its_http_port_exits() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("cannot listen on {taken_addr}")), "{err}");
-    assert!(std::net::TcpStream::connect(&listen).is_err(), "the failed node still listens");
     drop(taken);
     let http = format!("127.0.0.1:{}", common::free_port());
     let mut child = server(&http).stderr(std::process::Stdio::null()).spawn().unwrap();

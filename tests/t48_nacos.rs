@@ -395,6 +395,8 @@ async fn auth_guards_both_apis_and_the_wire() {
         }
         assert_eq!(http("GET", &format!("{url}&accessToken={own_token}"), &[], None).await.0, 200, "{url}");
         assert_eq!(http("GET", &cluster_param, &[], None).await.0, 200, "{cluster_param}");
+        let junk_bearer = [("Authorization", "Bearer from-a-gateway")];
+        assert_eq!(http("GET", &format!("{url}&accessToken={token}"), &junk_bearer, None).await.0, 200, "{url}");
         let r = http("GET", url, &[("accessToken", "forged.0")], None).await;
         assert_eq!(r.0, 403, "{url}: {r:?}");
         assert!(r.1.contains("log in first"), "one refusal for both APIs: {r:?}");

@@ -63,8 +63,9 @@ async fn served_certificate(tls: &ClientTls, addr: &str) -> Vec<u8> {
 /// 2. The CLI writes and reads with `--tls-ca` (and with `DISTER_TLS_CA`); without it the
 ///    connection is refused and the node logs why.
 /// 3. The HTTP port answers HTTPS checked by the CA, and refuses plain HTTP.
-/// 4. A connection that says it is a peer is refused without a certificate, and with one from
-///    another CA (the node logs the refusal with the connection's address).
+/// 4. A connection that says it is a peer is refused without a certificate, with one from
+///    another CA (the node logs the refusal with the connection's address), and with one from
+///    the cluster's CA for another host than the member it claims to be.
 /// 5. Node 3 gets a valid certificate and a SIGHUP: it now serves the new certificate on both
 ///    ports, joins, and holds every write acknowledged before.
 #[actix_rt::test]
@@ -146,6 +147,18 @@ async fn a_cluster_with_tls_serves_tls_only_and_takes_renewed_certificates() {
     };
     assert!(attempt.await.is_err(), "a certificate from another CA is refused");
     logged(&procs, leader, &["tls handshake failed", &format!("remote={from}"), "issuer"]);
+    // The cluster's CA, but for another host: it cannot speak for a member at 127.0.0.1.
+    let elsewhere = ca.issue_for(intruder_dir.path(), "elsewhere", &["elsewhere.example"], false);
+    let files = TlsFiles { cert: elsewhere.cert.clone(), key: elsewhere.key.clone(), ca: ca_path.clone() };
+    let impostor = Tls::load(files).unwrap();
+    let member = (leader + 1) % 3 + 1;
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let secured = impostor.connect(&addr, Box::new(tcp)).await.unwrap();
+    let hello = Hello { group: "default".into(), node_id: Some(member as u64), token: Some(TOKEN.into()) };
+    let Err(err) = handshake::connect(secured, hello, Duration::from_secs(5), 1024).await else {
+        panic!("a certificate for another host was taken as member {member}");
+    };
+    assert!(err.to_string().contains("does not name"), "{err}");
 
     // 5. Renewed on SIGHUP: node 3 joins with its new certificate.
     let renewed = ca.issue(procs.dir(), "node3", false);
@@ -201,8 +214,9 @@ fn bad_tls_files_are_named() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("node1.key"), "a key is no CA: {}", text(&o));
     let o = Command::new(env!("CARGO_BIN_EXE_dister")).args(["server", "--tls-cert"]).arg(&node.cert).output().unwrap();
     assert_eq!(o.status.code(), Some(2), "the three go together: {}", text(&o));
-    let o = cli("127.0.0.1:1", &["--tls-ca"], &[]);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = cli("127.0.0.1:1", &["--tls-ca", &node.key.display().to_string(), "kv", "get", "x"], &[]);
+    assert_eq!(o.status.code(), Some(2), "a key is no CA: {}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("node1.key"), "{}", text(&o));
     let o = cli("127.0.0.1:1", &["kv", "get", "x"], &[("DISTER_TLS_CA", &missing)]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("missing.pem"), "{}", text(&o));

@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
     let mut value = String::new();
     for by in [5, 10, -3] {
         let reply = loop {
-            match h1.write(Write { namespace: NAMESPACE.into(), data: add("visits", by) }).await {
+            match h1.cluster().write(Write { namespace: NAMESPACE.into(), data: add("visits", by) }).await {
                 Ok(r) => break r,
                 Err(e) if e.is_retryable() => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
                 Err(e) => return Err(e.into()),
@@ -53,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
         value = String::from_utf8_lossy(&reply.output).into_owned();
         println!("add {by:>3} -> visits = {value} (log index {})", reply.index);
     }
-    let read = h3.query(NAMESPACE.into(), value_of("visits"), Consistency::Linearizable).await?;
+    let read = h3.cluster().query(NAMESPACE.into(), value_of("visits"), Consistency::Linearizable).await?;
     println!("node 3 reads visits = {}", String::from_utf8_lossy(&read));
     assert_eq!(read, value.as_bytes());
     std::fs::remove_dir_all(&dir)?;

@@ -9,9 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use actix::prelude::*;
 
-use crate::actors::listener::ClientPlace;
 use crate::error::{ApiError, WireError};
-use crate::node::NodeHandle;
+use crate::handle::WireRouter;
 use crate::raft::NodeId;
 use crate::transport::BoxStream;
 use crate::wire::handshake::FrameReader;
@@ -53,25 +52,25 @@ impl Drop for Answer {
 
 /// One accepted connection.
 pub struct Connection {
-    node: NodeHandle,
+    node: WireRouter,
     peer: Option<NodeId>,
     remote: SocketAddr,
     writer: Option<FrameSender>,
     /// Requests dispatched and not yet answered (clients only).
     inflight: Arc<AtomicUsize>,
     /// A client's place among `max_client_connections`, given back when this stops.
-    _place: Option<ClientPlace>,
+    _place: Option<Place>,
 }
 
 impl Connection {
     /// Starts the actor for a connection that passed its handshake.
     pub fn start(
-        node: NodeHandle,
+        node: WireRouter,
         peer: Option<NodeId>,
         remote: SocketAddr,
         reader: FrameReader<BoxStream>,
         write: tokio::io::WriteHalf<BoxStream>,
-        place: Option<ClientPlace>,
+        place: Option<Place>,
     ) -> Addr<Connection> {
         Connection::create(move |ctx| {
             ctx.add_stream(reader);
@@ -168,5 +167,23 @@ impl StreamHandler<Result<Frame, WireError>> for Connection {
     fn finished(&mut self, ctx: &mut Context<Self>) {
         // The remote closed its side: answers still pending have nowhere to go.
         ctx.stop();
+    }
+}
+
+/// A place counted in a shared count (a client connection's among `max_client_connections`,
+/// a handshake's among those under way); given back on drop.
+#[derive(Debug)]
+pub struct Place(Arc<AtomicUsize>);
+
+impl Place {
+    pub(crate) fn take(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Place(count)
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }

@@ -13,35 +13,21 @@ use actix::prelude::*;
 use futures::stream;
 use subtle::ConstantTimeEq;
 
-use crate::actors::connection::Connection;
+use crate::actors::connection::{Connection, Place};
 use crate::auth::Auth;
 use crate::config::Config;
-use crate::node::NodeHandle;
+use crate::handle::WireRouter;
+use crate::messages::client::{CountRefusal, GetRefusals, StopListener};
 use crate::raft::members::Members;
 use crate::tls::Tls;
 use crate::transport::{BoxStream, Listener as BoundListener};
 use crate::wire::handshake::AcceptError;
 use crate::wire::{Hello, Refusal, RefusalKind, RefusedConnections, Welcome, handshake};
 
-/// Stop accepting.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct StopListener;
-
-/// A connection was refused after its handshake (a client sent Raft traffic): count it.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct CountRefusal(pub RefusalKind);
-
-/// Ask for the refusal counts.
-#[derive(Debug, Message)]
-#[rtype(result = "RefusedConnections")]
-pub struct GetRefusals;
-
 /// The accepting actor; owns the counts of refused connections.
 pub struct Listener {
     bound: Option<Box<dyn BoundListener>>,
-    node: NodeHandle,
+    node: WireRouter,
     /// Built once: the key behind login tokens is derived at start, not per connection.
     auth: Option<Auth>,
     refused: RefusedConnections,
@@ -49,11 +35,17 @@ pub struct Listener {
     clients: Arc<AtomicUsize>,
     /// TLS, when the node has it: every connection's first exchange.
     tls: Option<Arc<Tls>>,
+    /// Connections accepted whose handshake is not over (at most [`MAX_HANDSHAKES`]).
+    handshakes: Arc<AtomicUsize>,
 }
+
+/// Most handshakes (TLS's and the hello) under way at once; a connection accepted past it is
+/// closed at once and counted as `too_many_connections`.
+pub const MAX_HANDSHAKES: usize = 128;
 
 impl Listener {
     /// A listener on an already bound socket.
-    pub fn new(bound: Box<dyn BoundListener>, node: NodeHandle) -> Self {
+    pub fn new(bound: Box<dyn BoundListener>, node: WireRouter) -> Self {
         let auth = Auth::from_config(node.config());
         let tls = node.tls().cloned();
         Listener {
@@ -63,6 +55,7 @@ impl Listener {
             auth,
             refused: RefusedConnections::default(),
             clients: Arc::new(AtomicUsize::new(0)),
+            handshakes: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
@@ -89,15 +82,18 @@ pub fn admit(
     admit_secured(config, members, auth, hello, clients, None)
 }
 
-/// [`admit`] on a TLS port: `certified` says whether the connection presented a certificate
-/// the CA signed, which a peer must (mutual TLS, on top of the cluster token).
+/// [`admit`] on a TLS port: `certificate` is what the connection presented (`Some(None)`:
+/// nothing), verified against the CA. A peer must present one (mutual TLS, on top of the
+/// cluster token), and one naming its address when this node knows the id as a member: a
+/// certificate speaks for its own host only. (An id this node does not know yet, a member
+/// added since, cannot be checked so: the CA should be the cluster's own.)
 pub fn admit_secured(
     config: &Config,
     members: &Members,
     auth: Option<&Auth>,
     hello: &Hello,
     clients: usize,
-    certified: Option<bool>,
+    certificate: Option<Option<&rustls_pki_types::CertificateDer<'static>>>,
 ) -> Result<usize, Refusal> {
     if hello.group != config.group {
         let m = format!("wrong group {:?}: this node belongs to {:?}", hello.group, config.group);
@@ -129,32 +125,21 @@ pub fn admit_secured(
             RefusalKind::UnknownNode,
             format!("node id {id} was removed from this cluster and is not a member"),
         )),
-        Some(id) if certified == Some(false) => Err(Refusal::new(
+        Some(id) if certificate == Some(None) => Err(Refusal::new(
             RefusalKind::Tls,
             format!("node {id} presented no certificate: peers of a cluster with TLS must present one from its CA"),
         )),
-        Some(_) => Ok(config.peer_max_frame()),
+        Some(id) => match (certificate.flatten(), members.addr(id)) {
+            (Some(cert), Some(addr)) if !crate::tls::names_host(cert, addr) => Err(Refusal::new(
+                RefusalKind::Tls,
+                format!("node {id}'s certificate does not name {addr}, its address in this cluster"),
+            )),
+            _ => Ok(config.peer_max_frame()),
+        },
     }
 }
 
 type Accepted = io::Result<(BoxStream, SocketAddr)>;
-
-/// A client connection's place among `max_client_connections`; given back on drop.
-#[derive(Debug)]
-pub struct ClientPlace(Arc<AtomicUsize>);
-
-impl ClientPlace {
-    fn take(count: Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        ClientPlace(count)
-    }
-}
-
-impl Drop for ClientPlace {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
-}
 
 impl Actor for Listener {
     type Context = Context<Self>;
@@ -179,6 +164,14 @@ impl StreamHandler<Accepted> for Listener {
                 return;
             }
         };
+        if self.handshakes.load(std::sync::atomic::Ordering::Acquire) >= MAX_HANDSHAKES {
+            // Shed, not queued: a handshake costs this (Raft's) thread a key exchange with
+            // TLS, and a flood of them must not take its time from heartbeats. Peers retry.
+            tracing::debug!(%remote, "too many handshakes under way; connection closed");
+            self.refused.count(RefusalKind::TooManyConnections);
+            return;
+        }
+        let handshaking = Place::take(self.handshakes.clone());
         let node = self.node.clone();
         let auth = self.auth.clone();
         let welcome = Welcome { group: node.config().group.clone(), node_id: node.id() };
@@ -186,10 +179,11 @@ impl StreamHandler<Accepted> for Listener {
         let clients = self.clients.clone();
         let tls = self.tls.clone();
         let fut = async move {
-            let (stream, certified) = match tls {
+            let _handshaking = handshaking;
+            let (stream, certificate) = match tls {
                 None => (stream, None),
                 Some(tls) => match tokio::time::timeout(timeout, tls.accept(stream)).await {
-                    Ok(Ok(secured)) => (secured.stream, Some(secured.certified)),
+                    Ok(Ok(secured)) => (secured.stream, Some(secured.certificate)),
                     Ok(Err(e)) => {
                         // A plain-text client, or a certificate refused (foreign, expired):
                         // the other end is known only by its address yet.
@@ -207,12 +201,12 @@ impl StreamHandler<Accepted> for Listener {
             let members = node.committed_members();
             let admitted = move |h: &Hello| {
                 let open = open.load(std::sync::atomic::Ordering::Acquire);
-                admit_secured(&config, &members, auth.as_ref(), h, open, certified)
+                admit_secured(&config, &members, auth.as_ref(), h, open, certificate.as_ref().map(Option::as_ref))
             };
             match handshake::accept(stream, welcome, timeout, admitted).await {
                 Ok((reader, write, hello)) => {
                     tracing::debug!(%remote, peer = ?hello.node_id, "connection accepted");
-                    let place = hello.node_id.is_none().then(|| ClientPlace::take(clients));
+                    let place = hello.node_id.is_none().then(|| Place::take(clients));
                     Connection::start(node, hello.node_id, remote, reader, write, place);
                     None
                 }

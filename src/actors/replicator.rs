@@ -17,7 +17,7 @@
 //!
 //! Snapshots: when the follower needs an entry the log no longer holds (compacted), the
 //! replicator sends the newest snapshot instead (InstallSnapshot), in chunks of at most
-//! [`crate::node::SNAPSHOT_CHUNK`] read from `LogStore`, one in flight, resuming from where
+//! [`crate::wire::SNAPSHOT_CHUNK`] read from `LogStore`, one in flight, resuming from where
 //! the follower says its bytes end; heartbeats go on meanwhile (empty appends after index 0,
 //! which match any log). Once the follower has installed it, entries flow from after it. A
 //! snapshot replaced by a newer one while it is sent is started again with the newer.
@@ -330,7 +330,7 @@ impl Replicator {
             return;
         };
         let offset = send.offset;
-        let max = crate::node::SNAPSHOT_CHUNK.min(self.config.max_append_bytes);
+        let max = crate::wire::SNAPSHOT_CHUNK.min(self.config.max_append_bytes);
         let read = ReadSnapshotBytes { last, offset, max };
         ctx.spawn(self.log_store.send(read).into_actor(self).map(move |data, act, ctx| {
             if act.stopped {

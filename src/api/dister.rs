@@ -164,11 +164,11 @@ async fn kv_get(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) -> Http
     guard!(node, req, q);
     match q.get("k") {
         Some(k) if k.is_empty() => bad("k must not be empty".into()),
-        Some(k) => match node.get(k.clone(), consistency(&q)).await {
+        Some(k) => match node.kv().get(k.clone(), consistency(&q)).await {
             Ok(v) => ok(v),
             Err(e) => api_fail(e),
         },
-        None => match node.list(q.get("prefix").cloned().unwrap_or_default(), consistency(&q)).await {
+        None => match node.kv().list(q.get("prefix").cloned().unwrap_or_default(), consistency(&q)).await {
             Ok(pairs) => ok(pairs.into_iter().collect::<BTreeMap<_, _>>()),
             Err(e) => api_fail(e),
         },
@@ -192,7 +192,7 @@ async fn kv_set(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, payload
             other => return bad(format!("the value of {k:?} must be a string, not {other}")),
         }
     }
-    match node.set(pairs).await {
+    match node.kv().set(pairs).await {
         Ok(w) => ok(json!({ "index": w.index })),
         Err(e) => api_fail(e),
     }
@@ -208,7 +208,7 @@ async fn kv_delete(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, payl
         Ok(k) => k,
         Err(m) => return bad(m),
     };
-    match node.delete(keys).await {
+    match node.kv().delete(keys).await {
         Ok(n) => ok(json!({ "deleted": n })),
         Err(e) => api_fail(e),
     }
@@ -276,7 +276,7 @@ async fn node_change(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, pa
         Ok(b) => b,
         Err(r) => return r,
     };
-    let members = node.members();
+    let members = node.cluster().members();
     let mut changes = Vec::new();
     if req.method() == actix_web::http::Method::POST {
         let items: Vec<NodeToAdd> =
@@ -291,7 +291,7 @@ async fn node_change(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, pa
                     if let Err(m) = crate::config::parse_host_port(&addr) {
                         return bad(m);
                     }
-                    match crate::client::Client::node_id_at(&addr, &node.dial()).await {
+                    match crate::client::Client::node_id_at(&addr, &node.cluster().dial()).await {
                         Ok(id) => (id, addr, false),
                         Err(e) => return bad(format!("cannot learn the id of the node at {addr}: {e}")),
                     }
@@ -334,7 +334,7 @@ async fn node_change(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, pa
             MemberChange::Promote { id } => (*id, "promoted"),
             MemberChange::Remove { id } => (*id, "removed"),
         };
-        match node.change_members(change).await {
+        match node.cluster().change_members(change).await {
             Ok(w) => done.push(json!({ "id": id, what: true, "index": w.index })),
             Err(e) => return api_fail(e),
         }
@@ -345,12 +345,12 @@ async fn node_change(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, pa
 async fn service_get(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) -> HttpResponse {
     guard!(node, req, q);
     match q.get("name") {
-        Some(name) => match node.get_service(name.clone(), consistency(&q)).await {
+        Some(name) => match node.registry().get_service(name.clone(), consistency(&q)).await {
             Ok(Some(s)) => ok(s),
             Ok(None) => fail(StatusCode::NOT_FOUND, format!("service {name:?} is not registered")),
             Err(e) => api_fail(e),
         },
-        None => match node.list_services(consistency(&q)).await {
+        None => match node.registry().list_services(consistency(&q)).await {
             Ok(all) => ok(all),
             Err(e) => api_fail(e),
         },
@@ -368,7 +368,7 @@ async fn service_set(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, pa
         Ok(s) => s,
         Err(e) => return bad(format!("bad service: {e}")),
     };
-    match node.set_services(services).await {
+    match node.registry().set_services(services).await {
         Ok(w) => ok(json!({ "index": w.index })),
         Err(e) => api_fail(e),
     }
@@ -391,7 +391,7 @@ async fn instance_put(node: web::Data<NodeHandle>, req: HttpRequest, q: Query, p
         Ok(n) => n,
         Err(e) => return bad(format!("bad instance: {e}")),
     };
-    match node.register_instance(service.clone(), String::new(), instance).await {
+    match node.registry().register_instance(service.clone(), String::new(), instance).await {
         Ok(w) => ok(json!({ "index": w.index })),
         Err(e) => api_fail(e),
     }
@@ -412,7 +412,7 @@ async fn service_delete(
         Ok(n) => n,
         Err(m) => return bad(m),
     };
-    match node.remove_services(names).await {
+    match node.registry().remove_services(names).await {
         Ok(w) => ok(json!({ "index": w.index })),
         Err(e) => api_fail(e),
     }
@@ -427,7 +427,7 @@ async fn balance(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) -> Htt
         Ok(s) => s.unwrap_or_default(),
         Err(e) => return bad(e),
     };
-    match node.balance(name.clone(), strategy).await {
+    match node.registry().balance(name.clone(), strategy).await {
         Ok(n) => ok(n),
         Err(e) => api_fail(e),
     }
@@ -442,14 +442,14 @@ async fn beat(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) -> HttpRe
         Ok(hp) => hp,
         Err(e) => return bad(format!("addr {e}")),
     };
-    match node.beat(InstanceKey { service: service.clone(), host, port }, false).await {
+    match node.registry().beat(InstanceKey { service: service.clone(), host, port }, false).await {
         Ok(()) => ok(Value::Null),
         Err(e) => api_fail(e),
     }
 }
 
 async fn health(node: web::Data<NodeHandle>) -> HttpResponse {
-    match node.status().await {
+    match node.cluster().status().await {
         Ok(s) if s.leader.is_some() => ok(json!({ "id": s.id, "role": s.role, "leader": s.leader })),
         Ok(s) => fail(StatusCode::SERVICE_UNAVAILABLE, format!("node {} is up but knows no leader", s.id)),
         Err(e) => api_fail(e),
@@ -471,9 +471,9 @@ fn data_bytes(dir: &std::path::Path) -> u64 {
 /// `/health` is and as etcd's `/metrics`: it tells counts and timings, no key or value.
 pub(crate) async fn metrics(node: web::Data<NodeHandle>) -> HttpResponse {
     use crate::messages::kv::CountKeys;
-    let keys = node.data_map().send(CountKeys { prefix: super::nacos::config::CONFIG_PREFIX.into() });
-    let (status, registry) = (node.status(), node.registry_stats());
-    let (pending, _, _) = node.pending();
+    let keys = node.kv().data_map().send(CountKeys { prefix: super::nacos::config::CONFIG_PREFIX.into() });
+    let (status, registry) = (node.cluster().status(), node.registry().stats());
+    let (pending, _, _) = node.cluster().pending();
     let dir = node.config().data_dir.clone();
     let (s, r, keys) = match (status.await, registry.await, keys.await) {
         (Ok(s), Ok(r), Ok(k)) => (s, r, k),
@@ -497,12 +497,12 @@ pub(crate) async fn metrics(node: web::Data<NodeHandle>) -> HttpResponse {
         keys: keys.0 as u64,
         configs: keys.1 as u64,
     };
-    HttpResponse::Ok().content_type(crate::metrics::CONTENT_TYPE).body(node.metrics().render(&sample))
+    HttpResponse::Ok().content_type(crate::metrics::CONTENT_TYPE).body(node.cluster().metrics().render(&sample))
 }
 
 async fn status(node: web::Data<NodeHandle>, req: HttpRequest, q: Query) -> HttpResponse {
     guard!(node, req, q);
-    match node.status().await {
+    match node.cluster().status().await {
         Ok(s) => ok(s),
         Err(e) => api_fail(e),
     }

@@ -493,12 +493,13 @@ async fn run_server(config: Config) -> anyhow::Result<()> {
     tracing::info!(addr = %node.local_addr(), "serving");
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let mut hangup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = interrupt.recv() => break,
             _ = term.recv() => break,
-            _ = hangup.recv() => match node.handle().tls() {
+            _ = hangup.recv() => match node.handle().cluster().tls() {
                 // As nginx or etcd: renewed certificates are taken without a restart.
                 Some(tls) => match tls.reload() {
                     Ok(()) => tracing::info!(cert = %tls.files().cert.display(), "tls files reloaded"),
@@ -512,9 +513,9 @@ async fn run_server(config: Config) -> anyhow::Result<()> {
     // A leader hands over first, so stopping it costs the cluster no election timeout
     // (a rolling restart): writes meanwhile wait for the new leader.
     let handle = node.handle();
-    if handle.status().await.is_ok_and(|s| s.role == dister::raft::Role::Leader) {
+    if handle.cluster().status().await.is_ok_and(|s| s.role == dister::raft::Role::Leader) {
         let wait = Duration::from_millis(2 * handle.config().election_timeout_max_ms);
-        match tokio::time::timeout(wait, handle.transfer_leadership(None)).await {
+        match tokio::time::timeout(wait, handle.cluster().transfer_leadership(None)).await {
             Ok(Ok(to)) => {
                 tracing::info!(to, "handed leadership over");
                 // Writes held during the handover, and those peers passed on to this node,

@@ -1,4 +1,5 @@
-//! Client requests as they reach `Election`: writes to be replicated and read indexes.
+//! Client requests as they reach `Election` (writes to be replicated, read indexes,
+//! membership and leadership changes), and what the `Listener` is asked about connections.
 
 use actix::Message;
 
@@ -102,3 +103,18 @@ pub struct TimeoutNow {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct StopPeerLinks;
+
+/// Stop accepting.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StopListener;
+
+/// A connection was refused after its handshake (a client sent Raft traffic): count it.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct CountRefusal(pub crate::wire::RefusalKind);
+
+/// Ask for the refusal counts.
+#[derive(Debug, Message)]
+#[rtype(result = "crate::wire::RefusedConnections")]
+pub struct GetRefusals;

@@ -19,3 +19,6 @@ pub use codec::{Frame, FrameCodec, HEADER_LEN, MAGIC, PROTOCOL_VERSION};
 pub use handshake::{Hello, Refusal, RefusalKind, Welcome};
 pub use messages::*;
 pub use writer::{FrameSender, spawn_writer};
+
+/// Most snapshot bytes one `ReadSnapshot` answers.
+pub const SNAPSHOT_CHUNK: usize = 1 << 20;

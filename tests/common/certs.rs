@@ -46,7 +46,12 @@ impl Ca {
     /// A node certificate for 127.0.0.1 and localhost, for serving and for presenting to
     /// peers, written to `dir/NAME.pem` and `dir/NAME.key`; expired since 2021 if `expired`.
     pub fn issue(&self, dir: &Path, name: &str, expired: bool) -> Issued {
-        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        self.issue_for(dir, name, &["127.0.0.1", "localhost"], expired)
+    }
+
+    /// The same, for `hosts` (IP addresses or DNS names).
+    pub fn issue_for(&self, dir: &Path, name: &str, hosts: &[&str], expired: bool) -> Issued {
+        let mut params = CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>()).unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

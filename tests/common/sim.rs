@@ -441,8 +441,11 @@ where
                     .await?;
                 let handle = node.handle();
                 let recorder = Recorder { node: i as u64 + 1, records }.start();
-                handle.log_store().do_send(Follow { namespace: None, recipient: recorder.clone().recipient() });
-                handle.election().do_send(WatchLeadership(recorder.recipient()));
+                handle
+                    .cluster()
+                    .log_store()
+                    .do_send(Follow { namespace: None, recipient: recorder.clone().recipient() });
+                handle.cluster().election().do_send(WatchLeadership(recorder.recipient()));
                 std::future::pending::<()>().await;
                 Ok(())
             }

@@ -76,8 +76,8 @@ pub fn md5_of(content: Option<&str>) -> String {
 /// `GET /cs/configs`: the raw content, 404 when there is none.
 pub async fn get(api: web::Data<Api>, p: Params) -> Reply {
     let id = ConfigId::from_params(&p)?;
-    let min = api.node.read_index(Consistency::Linearizable).await?;
-    let mut values = api.node.get_keys_at(vec![id.key(), id.type_key()], min).await?.into_iter();
+    let min = api.node.cluster().read_index(Consistency::Linearizable).await?;
+    let mut values = api.node.kv().get_keys_at(vec![id.key(), id.type_key()], min).await?.into_iter();
     let (content, kind) = (values.next().flatten(), values.next().flatten());
     let Some(content) = content else {
         return Err(NacosError(StatusCode::NOT_FOUND, "config data not exist".into()));
@@ -94,14 +94,14 @@ pub async fn publish(api: web::Data<Api>, p: Params) -> Reply {
     let id = ConfigId::from_params(&p)?;
     let content = p.required("content")?;
     let kind = p.get("type").unwrap_or("text");
-    api.node.set(vec![(id.key(), content.to_string()), (id.type_key(), kind.to_string())]).await?;
+    api.node.kv().set(vec![(id.key(), content.to_string()), (id.type_key(), kind.to_string())]).await?;
     Ok(text("true"))
 }
 
 /// `DELETE /cs/configs`: removes a config (absent is fine); answers `true`.
 pub async fn remove(api: web::Data<Api>, p: Params) -> Reply {
     let id = ConfigId::from_params(&p)?;
-    api.node.delete(vec![id.key(), id.type_key()]).await?;
+    api.node.kv().delete(vec![id.key(), id.type_key()]).await?;
     Ok(text("true"))
 }
 
@@ -174,9 +174,9 @@ pub async fn listen(api: web::Data<Api>, req: HttpRequest, p: Params) -> Reply {
         // in what is read or wakes the watch, never lost between the two. The guard
         // drops the watch however this ends (the client may hang up mid-wait, and
         // actix drops this future then).
-        let watch = api.node.watch_keys(keys.clone()).await?;
+        let watch = api.node.kv().watch_keys(keys.clone()).await?;
         let _guard = Unwatch { node: &api.node, id: watch.id };
-        let values = api.node.get_keys_at(keys.clone(), watch.seen).await?;
+        let values = api.node.kv().get_keys_at(keys.clone(), watch.seen).await?;
         let changed: Vec<&Probe> =
             probes.iter().zip(&values).filter(|(pr, v)| md5_of(v.as_deref()) != pr.md5).map(|(pr, _)| pr).collect();
         if !changed.is_empty() || no_hangup {
@@ -198,7 +198,7 @@ struct Unwatch<'a> {
 
 impl Drop for Unwatch<'_> {
     fn drop(&mut self) {
-        self.node.unwatch(self.id);
+        self.node.kv().unwatch(self.id);
     }
 }
 

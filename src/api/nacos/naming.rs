@@ -217,7 +217,7 @@ fn beat_interval_ms(api: &Api) -> u64 {
 /// `POST|PUT /ns/instance`: registers an instance, or replaces it.
 pub async fn register(api: web::Data<Api>, p: Params) -> Reply {
     let (id, node) = instance_from(&p)?;
-    api.node.register_instance(id.registry_name(), String::new(), node).await?;
+    api.node.registry().register_instance(id.registry_name(), String::new(), node).await?;
     Ok(text("ok"))
 }
 
@@ -225,12 +225,12 @@ pub async fn register(api: web::Data<Api>, p: Params) -> Reply {
 pub async fn deregister(api: web::Data<Api>, p: Params) -> Reply {
     let id = ServiceId::from_params(&p)?;
     let key = InstanceKey { service: id.registry_name(), host: p.required("ip")?.into(), port: port_of(&p)? };
-    api.node.deregister_instance(key).await?;
+    api.node.registry().deregister_instance(key).await?;
     Ok(text("ok"))
 }
 
 async fn service_of(api: &Api, id: &ServiceId) -> Result<Option<Service>, NacosError> {
-    Ok(api.node.get_service(id.registry_name(), Consistency::Linearizable).await?)
+    Ok(api.node.registry().get_service(id.registry_name(), Consistency::Linearizable).await?)
 }
 
 /// `GET /ns/instance`: one instance's details; 404 if there is none.
@@ -314,14 +314,14 @@ pub async fn beat(api: web::Data<Api>, p: Params) -> Reply {
         None => port_of(&p)?,
     };
     let key = InstanceKey { service: id.registry_name(), host: ip, port };
-    let code = match api.node.beat(key.clone(), false).await {
+    let code = match api.node.registry().beat(key.clone(), false).await {
         Ok(()) => 10_200,
         // As Nacos does: a full beat for an instance that is gone (removed while its
         // beats could not arrive) registers it again from what the beat says, since
         // some clients (the Python one) never re-register on their own.
         Err(ApiError::NotFound(_)) if beat.as_object().is_some_and(|b| !b.is_empty()) => {
             let node = instance_from_beat(&beat, &key)?;
-            api.node.register_instance(key.service, String::new(), node).await?;
+            api.node.registry().register_instance(key.service, String::new(), node).await?;
             10_200
         }
         // A light beat (no instance details): the code on which clients register again.
@@ -353,21 +353,21 @@ fn service_fields(p: &Params, id: &ServiceId) -> Result<Service, NacosError> {
 /// `POST /ns/service`: creates a service; refused if it exists.
 pub async fn service_create(api: web::Data<Api>, p: Params) -> Reply {
     let id = ServiceId::from_params(&p)?;
-    api.node.define_service(service_fields(&p, &id)?, true, false).await?;
+    api.node.registry().define_service(service_fields(&p, &id)?, true, false).await?;
     Ok(text("ok"))
 }
 
 /// `PUT /ns/service`: updates a service's threshold, metadata and selector.
 pub async fn service_update(api: web::Data<Api>, p: Params) -> Reply {
     let id = ServiceId::from_params(&p)?;
-    api.node.define_service(service_fields(&p, &id)?, false, true).await?;
+    api.node.registry().define_service(service_fields(&p, &id)?, false, true).await?;
     Ok(text("ok"))
 }
 
 /// `DELETE /ns/service`: removes a service with no instance.
 pub async fn service_delete(api: web::Data<Api>, p: Params) -> Reply {
     let id = ServiceId::from_params(&p)?;
-    api.node.drop_service(id.registry_name()).await?;
+    api.node.registry().drop_service(id.registry_name()).await?;
     Ok(text("ok"))
 }
 
@@ -404,7 +404,7 @@ pub async fn service_list(api: web::Data<Api>, p: Params) -> Reply {
     if page == 0 || size == 0 {
         return Err(NacosError::bad("pageNo and pageSize must be 1 or more"));
     }
-    let all = api.node.list_services(Consistency::Linearizable).await?;
+    let all = api.node.registry().list_services(Consistency::Linearizable).await?;
     let names: Vec<String> = all
         .iter()
         .map(|s| ServiceId::from_registry_name(&s.name))
@@ -418,8 +418,8 @@ pub async fn service_list(api: web::Data<Api>, p: Params) -> Reply {
 /// `GET /ns/operator/metrics`: `UP` while the node knows a leader (it can serve writes),
 /// `DOWN` with a 503 otherwise; with the registry's counts.
 pub async fn metrics(api: web::Data<Api>) -> Reply {
-    let status = api.node.status().await?;
-    let stats = api.node.registry_stats().await?;
+    let status = api.node.cluster().status().await?;
+    let stats = api.node.registry().stats().await?;
     let up = status.leader.is_some();
     let body = json!({
         "status": if up { "UP" } else { "DOWN" },
@@ -439,35 +439,44 @@ pub async fn metrics(api: web::Data<Api>) -> Reply {
 
 /// `GET /ns/operator/servers`: the cluster's members, by the address they listen on for
 /// each other, as the leader sees them ([`cluster_view`]): `UP` or `DOWN`; when the leader
-/// cannot be asked, this node is `UP` and the others `UNKNOWN`.
+/// cannot be asked, this node is `UP` and the others `UNKNOWN`. A node not (yet) a member
+/// lists itself too.
 pub async fn servers(api: web::Data<Api>, _: Params) -> Reply {
     let view = cluster_view(&api.node).await?;
-    let (me, http) = (api.node.id(), api.node.config().http.clone());
-    let servers: Vec<Value> = view
+    let (me, http) = (api.node.cluster().id(), api.node.config().http.clone());
+    let server = |id: u64, addr: &str, state: &str, role: &str, member_role: Value| {
+        let (ip, port) = crate::config::parse_host_port(addr).unwrap_or_else(|_| (addr.to_string(), 0));
+        json!({
+            "ip": ip,
+            "port": port,
+            "address": addr,
+            "state": state,
+            "failAccessCnt": 0,
+            "extendInfo": {
+                "nodeId": id,
+                "raftRole": role,
+                "memberRole": member_role,
+                "httpAddress": if id == me { http.clone() } else { None },
+            },
+        })
+    };
+    let mut servers: Vec<Value> = view
         .members
         .iter()
         .map(|m| {
             let (state, role) = seen(&view, m);
-            let (ip, port) = crate::config::parse_host_port(&m.addr).unwrap_or_else(|_| (m.addr.clone(), 0));
-            json!({
-                "ip": ip,
-                "port": port,
-                "address": m.addr,
-                "state": match state {
-                    Seen::Up => "UP",
-                    Seen::Down => "DOWN",
-                    Seen::Unknown => "UNKNOWN",
-                },
-                "failAccessCnt": 0,
-                "extendInfo": {
-                    "nodeId": m.id,
-                    "raftRole": role,
-                    "memberRole": m.role,
-                    "httpAddress": if m.id == me { http.clone() } else { None },
-                },
-            })
+            let state = match state {
+                Seen::Up => "UP",
+                Seen::Down => "DOWN",
+                Seen::Unknown => "UNKNOWN",
+            };
+            server(m.id, &m.addr, state, &role, json!(m.role))
         })
         .collect();
+    if !view.members.iter().any(|m| m.id == me) {
+        // Not a member (yet): it answers, so it is up, and says it is none.
+        servers.push(server(me, api.node.config().advertised(), "UP", "none", Value::Null));
+    }
     Ok(HttpResponse::Ok().json(json!({ "servers": servers })))
 }
 

@@ -1,0 +1,115 @@
+//! [`KvHandle`]: keys, read linearizably or from this node's copy, and watches on them.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use futures::FutureExt;
+use futures::future::LocalBoxFuture;
+
+use super::{Core, mailbox, ready};
+use crate::actors::data_map::DataMap;
+use crate::actors::key_watch::{KeyWatch, Unwatch, WatchKeys, Watching};
+use crate::error::ApiError;
+use crate::messages::kv::{GetKey, KV_NAMESPACE, KvCommand, KvOutput, ListKeys};
+use crate::wire::{Consistency, WriteReply};
+
+/// The key/value store of a node.
+#[derive(Clone)]
+pub struct KvHandle {
+    pub(crate) core: Arc<Core>,
+    pub(crate) data_map: Addr<DataMap>,
+    pub(crate) key_watch: Addr<KeyWatch>,
+}
+
+impl KvHandle {
+    /// The `DataMap` actor.
+    pub fn data_map(&self) -> &Addr<DataMap> {
+        &self.data_map
+    }
+
+    /// Sets every pair in one entry.
+    pub fn set(&self, pairs: Vec<(String, String)>) -> LocalBoxFuture<'static, Result<WriteReply, ApiError>> {
+        self.core.write_command(KV_NAMESPACE, KvCommand::Set(pairs))
+    }
+
+    /// Deletes every key in one entry; answers how many existed.
+    pub fn delete(&self, keys: Vec<String>) -> LocalBoxFuture<'static, Result<usize, ApiError>> {
+        let fut = self.core.write_command(KV_NAMESPACE, KvCommand::Delete(keys));
+        async move {
+            let reply = fut.await?;
+            let out: KvOutput = serde_json::from_slice(&reply.output).map_err(|e| ApiError::Apply(e.to_string()))?;
+            Ok(out.count)
+        }
+        .boxed_local()
+    }
+
+    /// Reads one key.
+    pub fn get(
+        &self,
+        key: String,
+        consistency: Consistency,
+    ) -> LocalBoxFuture<'static, Result<Option<String>, ApiError>> {
+        let place = match self.core.admit_read() {
+            Ok(p) => p,
+            Err(e) => return ready(Err(e)),
+        };
+        let index = self.core.read_index(consistency);
+        let data_map = self.data_map.clone();
+        async move {
+            let _place = place;
+            let min_applied = index.await?;
+            data_map.send(GetKey { key, min_applied }).await.map_err(mailbox)
+        }
+        .boxed_local()
+    }
+
+    /// Reads `keys` from this node's copy once it has applied `min_applied` (no read index:
+    /// the caller names the index, as a watch does).
+    pub fn get_keys_at(
+        &self,
+        keys: Vec<String>,
+        min_applied: u64,
+    ) -> LocalBoxFuture<'static, Result<Vec<Option<String>>, ApiError>> {
+        let reads: Vec<_> = keys.into_iter().map(|key| self.data_map.send(GetKey { key, min_applied })).collect();
+        async move {
+            let mut out = Vec::with_capacity(reads.len());
+            for r in reads {
+                out.push(r.await.map_err(mailbox)?);
+            }
+            Ok(out)
+        }
+        .boxed_local()
+    }
+
+    /// Starts waiting for any of `keys` to change (see [`Watching`]); `unwatch` it when
+    /// giving up before it fires.
+    pub fn watch_keys(&self, keys: Vec<String>) -> LocalBoxFuture<'static, Result<Watching, ApiError>> {
+        let fut = self.key_watch.send(WatchKeys { keys });
+        async move { fut.await.map_err(mailbox) }.boxed_local()
+    }
+
+    /// Drops a watch.
+    pub fn unwatch(&self, id: u64) {
+        self.key_watch.do_send(Unwatch(id));
+    }
+
+    /// Lists pairs whose key starts with `prefix`, in key order.
+    pub fn list(
+        &self,
+        prefix: String,
+        consistency: Consistency,
+    ) -> LocalBoxFuture<'static, Result<Vec<(String, String)>, ApiError>> {
+        let place = match self.core.admit_read() {
+            Ok(p) => p,
+            Err(e) => return ready(Err(e)),
+        };
+        let index = self.core.read_index(consistency);
+        let data_map = self.data_map.clone();
+        async move {
+            let _place = place;
+            let min_applied = index.await?;
+            data_map.send(ListKeys { prefix, min_applied }).await.map_err(mailbox)
+        }
+        .boxed_local()
+    }
+}
