@@ -140,6 +140,8 @@ pub struct Metrics {
     pub leader_changes: Counter,
     /// Client writes that failed.
     pub proposals_failed: Counter,
+    /// Read indexes a follower asked its leader for, each for every read waiting then.
+    pub read_indexes_forwarded: Counter,
     /// Durations of the log's fsyncs.
     pub wal_fsync: Histogram,
     peer_rtt: HistogramFamily<PeerLabels>,
@@ -167,6 +169,7 @@ impl Metrics {
             registry: Registry::default(),
             leader_changes: Counter::default(),
             proposals_failed: Counter::default(),
+            read_indexes_forwarded: Counter::default(),
             wal_fsync: fsync_histogram(),
             peer_rtt: Family::new_with_constructor(rtt_histogram),
             peer_failures: Family::default(),
@@ -176,6 +179,11 @@ impl Metrics {
         let r = m.registry.sub_registry_with_prefix("dister");
         r.register("server_leader_changes_seen", "Leader changes this node saw", m.leader_changes.clone());
         r.register("server_proposals_failed", "Client writes that failed", m.proposals_failed.clone());
+        r.register(
+            "server_read_indexes_forwarded",
+            "Read indexes this follower asked its leader for, one for every read waiting then",
+            m.read_indexes_forwarded.clone(),
+        );
         r.register("disk_wal_fsync_duration_seconds", "Durations of the log's fsyncs", m.wal_fsync.clone());
         r.register(
             "network_peer_round_trip_time_seconds",

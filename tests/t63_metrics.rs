@@ -150,3 +150,25 @@ async fn metrics_follow_the_cluster() {
     let m = until(&http(leader), |m| peers.iter().all(|&p| failures(m, p) > failures(&before, p))).await;
     assert!(value(&m, "dister_server_proposals_failed_total") >= 1.0);
 }
+
+/// A follower asks its leader one read index for many reads: 400 linearizable reads sent at
+/// once through a follower all see the write made before them, with far fewer read indexes
+/// asked of the leader than reads (`dister_server_read_indexes_forwarded_total`).
+#[actix_rt::test]
+async fn a_follower_batches_the_read_indexes_it_asks_for() {
+    let cluster = Cluster::start_with(3, |c| c.http = Some(format!("127.0.0.1:{}", common::free_port())));
+    let leader = cluster.wait_leader(Duration::from_secs(2)).await;
+    let follower = (leader + 1) % 3;
+    cluster.client(leader).await.set("seen", "yes").await.unwrap();
+    let c = cluster.client(follower).await;
+    let reads: Vec<_> = (0..400).map(|_| c.get("seen", Consistency::Linearizable)).collect();
+    for r in futures::future::join_all(reads).await {
+        assert_eq!(r.unwrap().as_deref(), Some("yes"), "a read older than the write before it");
+    }
+    let http = cluster.configs[follower].http.clone().unwrap();
+    let (_, m) = scrape(&http, "/metrics").await;
+    let asked = value(&m, "dister_server_read_indexes_forwarded_total");
+    assert!((1.0..100.0).contains(&asked), "{asked} read indexes asked for 400 reads");
+    let (_, m) = scrape(&cluster.configs[leader].http.clone().unwrap(), "/metrics").await;
+    assert_eq!(value(&m, "dister_server_read_indexes_forwarded_total"), 0.0, "the leader asks nobody");
+}

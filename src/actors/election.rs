@@ -100,6 +100,18 @@ impl Answers {
     }
 }
 
+/// A follower's linearizable reads, passed on to the leader as one ReadIndex for every read
+/// waiting, not one per read (the dissertation's §6.4 batching, on the follower's side). A
+/// read that arrives while one is asked waits for the next: the answer to a request sent
+/// before it arrived may be older than a write it must see.
+#[derive(Default)]
+struct ForwardedReads {
+    /// A ReadIndex is asked of the leader now.
+    asking: bool,
+    /// The reads that wait for the next one.
+    waiting: Vec<oneshot::Sender<Result<u64, ApiError>>>,
+}
+
 /// The election and commit actor.
 pub struct Election {
     core: Core,
@@ -121,6 +133,8 @@ pub struct Election {
     forwarded_to: Option<NodeId>,
     /// `forwards` is pruned of answered ones when it grows this long.
     forwards_prune_at: usize,
+    /// A follower's reads waiting for a read index from the leader (see [`ForwardedReads`]).
+    forwarded_reads: ForwardedReads,
     /// Writes that arrived while leadership was being handed over: they wait for the new
     /// leader (or for this one, if the transfer fails) instead of failing.
     held: Vec<(ClientWrite, oneshot::Sender<Result<WriteReply, ApiError>>)>,
@@ -182,6 +196,7 @@ impl Election {
             forwards: Vec::new(),
             forwarded_to: None,
             forwards_prune_at: 64,
+            forwarded_reads: ForwardedReads::default(),
             held: Vec::new(),
             transfer: None,
             handed_over_until: None,
@@ -689,17 +704,58 @@ impl Handler<GetReadIndex> for Election {
     type Result = ResponseFuture<Result<u64, ApiError>>;
 
     fn handle(&mut self, msg: GetReadIndex, ctx: &mut Context<Self>) -> Self::Result {
-        if self.core.role() != Role::Leader {
-            return self.pass_on(msg.forwarded, Request::ReadIndex, |r| match r {
-                Response::ReadIndex(i) => Ok(i),
-                other => Err(unexpected(other)),
-            });
-        }
-        let token = self.answers.token();
         let (tx, rx) = oneshot::channel();
-        self.answers.reads.insert(token, tx);
-        self.step(ctx, Input::ReadIndex { token });
+        if self.core.role() == Role::Leader {
+            let token = self.answers.token();
+            self.answers.reads.insert(token, tx);
+            self.step(ctx, Input::ReadIndex { token });
+        } else if msg.forwarded {
+            // Passed on once already: a follower does not pass it on again.
+            let e = self.not_leader();
+            return Box::pin(async move { Err(e) });
+        } else {
+            self.forwarded_reads.waiting.push(tx);
+            if !self.forwarded_reads.asking {
+                self.ask_read_index(ctx);
+            }
+        }
         Box::pin(answer(rx, self.config.request_timeout()))
+    }
+}
+
+impl Election {
+    /// Asks the leader for one read index for every read waiting (or, if this node leads
+    /// now, serves them itself); when it answers, the reads that arrived meanwhile go next.
+    fn ask_read_index(&mut self, ctx: &mut Context<Self>) {
+        let mut batch = std::mem::take(&mut self.forwarded_reads.waiting);
+        // Reads whose client gave up are not asked for.
+        batch.retain(|tx| !tx.is_canceled());
+        if batch.is_empty() {
+            return;
+        }
+        if self.core.role() == Role::Leader {
+            for tx in batch {
+                let token = self.answers.token();
+                self.answers.reads.insert(token, tx);
+                self.step(ctx, Input::ReadIndex { token });
+            }
+            return;
+        }
+        self.forwarded_reads.asking = true;
+        self.metrics.read_indexes_forwarded.inc();
+        let asked = self.forward(Request::ReadIndex, |r| match r {
+            Response::ReadIndex(i) => Ok(i),
+            other => Err(unexpected(other)),
+        });
+        ctx.spawn(asked.into_actor(self).map(move |result, act, ctx| {
+            for tx in batch {
+                let _ = tx.send(result.clone());
+            }
+            act.forwarded_reads.asking = false;
+            if !act.forwarded_reads.waiting.is_empty() {
+                act.ask_read_index(ctx);
+            }
+        }));
     }
 }
 
