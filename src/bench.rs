@@ -1,9 +1,10 @@
 //! The benchmark behind `dister bench`: N closed-loop clients, each on its own connection
 //! (spread over the given nodes), running one workload for a fixed time; reports throughput
-//! and latency percentiles. Workloads: `kv` sets keys over the wire protocol; `nacos-register`,
-//! `nacos-publish` and `nacos-get` drive the Nacos Open API over HTTP (instance registration,
-//! config publish, config read). What they write stays in the store (`bench/` keys, `bench-N`
-//! services, `bench-N` configs): run it against a throwaway cluster.
+//! and latency percentiles. Workloads: `kv` sets keys and `kv-get` reads them over the wire
+//! protocol; `nacos-register`, `nacos-publish`, `nacos-get` and `nacos-list` drive the Nacos
+//! Open API over HTTP (instance registration, config publish, config read, instance list).
+//! What they write stays in the store (`bench/` keys, `bench-N` services, `bench-N` configs):
+//! run it against a throwaway cluster.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -27,6 +28,18 @@ pub enum Workload {
     NacosPublish,
     /// `GET /nacos/v1/cs/configs` (linearizable): each client reads its own config.
     NacosGet,
+    /// `get` (linearizable) over the wire protocol: each client reads its own key.
+    KvGet,
+    /// `GET /nacos/v1/ns/instance/list` (linearizable): each client lists its own service, of
+    /// three instances.
+    NacosList,
+}
+
+impl Workload {
+    /// Whether it runs over the wire protocol (else over HTTP).
+    fn on_the_wire(self) -> bool {
+        matches!(self, Workload::Kv | Workload::KvGet)
+    }
 }
 
 impl std::str::FromStr for Workload {
@@ -38,7 +51,11 @@ impl std::str::FromStr for Workload {
             "nacos-register" => Ok(Workload::NacosRegister),
             "nacos-publish" => Ok(Workload::NacosPublish),
             "nacos-get" => Ok(Workload::NacosGet),
-            other => Err(format!("unknown workload {other:?}: kv, nacos-register, nacos-publish or nacos-get")),
+            "kv-get" => Ok(Workload::KvGet),
+            "nacos-list" => Ok(Workload::NacosList),
+            other => Err(format!(
+                "unknown workload {other:?}: kv, kv-get, nacos-register, nacos-publish, nacos-get or nacos-list"
+            )),
         }
     }
 }
@@ -128,7 +145,7 @@ enum Conn {
 
 impl Conn {
     async fn open(opts: &BenchOptions, addr: &str) -> Result<Conn, ClientError> {
-        if opts.workload == Workload::Kv {
+        if opts.workload.on_the_wire() {
             let client = Client::dial(addr, &opts.dial)
                 .await
                 .map_err(|e| ClientError::Unexpected(format!("cannot reach {addr}: {e}")))?;
@@ -174,6 +191,15 @@ impl Conn {
                     }
                     None => padded(format!("bench/{me:x}/{seq:x}/"), opts.key_size),
                 };
+                if opts.workload == Workload::KvGet {
+                    // The key its setup wrote (sequence 0).
+                    let key = padded(format!("bench/{me:x}/0/"), opts.key_size);
+                    return match c.get(&key, crate::wire::Consistency::Linearizable).await {
+                        Ok(Some(_)) => Ok(()),
+                        Ok(None) => Err(format!("{key} not found")),
+                        Err(e) => Err(e.to_string()),
+                    };
+                }
                 c.set(&key, value).await.map(|_| ()).map_err(|e| e.to_string())
             }
             Conn::Http { client, base, token } => {
@@ -193,7 +219,14 @@ impl Conn {
                         form.extend(auth);
                         client.post(format!("{base}/cs/configs")).send_form(&form).await
                     }
-                    Workload::NacosGet | Workload::Kv => {
+                    Workload::NacosList => {
+                        let service = format!("bench-{me}");
+                        let mut q = vec![("serviceName", service.as_str())];
+                        q.extend(auth);
+                        let url = format!("{base}/ns/instance/list");
+                        client.get(url).query(&q).map_err(|e| e.to_string())?.send().await
+                    }
+                    Workload::NacosGet | Workload::Kv | Workload::KvGet => {
                         let data_id = format!("bench-{me}");
                         let mut q = vec![("dataId", data_id.as_str()), ("group", "BENCH")];
                         q.extend(auth);
@@ -219,11 +252,20 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, ClientError> {
         conns.push(Conn::open(&opts, &opts.addrs[i % opts.addrs.len()]).await?);
     }
     let value = padded(String::new(), opts.value_size);
-    if opts.workload == Workload::NacosGet {
-        // Something to read: each client's config, published once.
-        let publish = BenchOptions { workload: Workload::NacosPublish, ..opts.clone() };
+    // Something to read: each client's config published once, its key set once, or its
+    // service's three instances registered.
+    let setup: &[(Workload, u64)] = match opts.workload {
+        Workload::NacosGet => &[(Workload::NacosPublish, 0)],
+        Workload::KvGet => &[(Workload::Kv, 0)],
+        Workload::NacosList => {
+            &[(Workload::NacosRegister, 0), (Workload::NacosRegister, 1), (Workload::NacosRegister, 2)]
+        }
+        _ => &[],
+    };
+    for &(workload, seq) in setup {
+        let first = BenchOptions { workload, keys: None, ..opts.clone() };
         for (i, conn) in conns.iter().enumerate() {
-            conn.op(&publish, i, 0, &value).await.map_err(|e| ClientError::Unexpected(format!("setup: {e}")))?;
+            conn.op(&first, i, seq, &value).await.map_err(|e| ClientError::Unexpected(format!("setup: {e}")))?;
         }
     }
     let hist = Rc::new(RefCell::new(

@@ -205,3 +205,22 @@ async fn dister_command_names_work_as_in_dister() {
         expect(&dister(addr, args, None), 2);
     }
 }
+
+/// `dister bench` runs each read workload without an error: `kv-get` over the wire,
+/// `nacos-get` and `nacos-list` over HTTP (each sets up what it reads first). Only that they
+/// work is checked here; their speed is the bench's to report.
+#[actix_rt::test]
+async fn the_read_benches_run_without_errors() {
+    let cluster = Cluster::start_with(3, |c| c.http = Some(format!("127.0.0.1:{}", common::free_port())));
+    cluster.wait_leader(Duration::from_secs(2)).await;
+    let wire: Vec<String> = (0..3).map(|i| cluster.addr(i)).collect();
+    let http: Vec<String> = cluster.configs.iter().map(|c| c.http.clone().unwrap()).collect();
+    for (workload, nodes) in [("kv-get", &wire), ("nacos-get", &http), ("nacos-list", &http)] {
+        let nodes = nodes.join(",");
+        let args = ["bench", "--workload", workload, "--nodes", &nodes, "--clients", "6", "--secs", "1"];
+        let o = dister(&wire[0], &args, None);
+        expect(&o, 0);
+        let out = stdout(&o);
+        assert!(out.contains("errors=0") && !out.contains("ops=0 "), "{workload}: {out}");
+    }
+}

@@ -387,7 +387,8 @@ enum KvCommand {
 
 #[derive(Args, Debug)]
 struct BenchArgs {
-    /// What to send: kv (wire writes), nacos-register, nacos-publish, nacos-get (HTTP).
+    /// What to send: kv, kv-get (wire writes, reads), nacos-register, nacos-publish,
+    /// nacos-get, nacos-list (HTTP).
     #[arg(long, default_value = "kv")]
     workload: bench::Workload,
     /// Nodes to spread clients over (comma separated): wire addresses for kv, HTTP addresses
