@@ -142,17 +142,9 @@ impl ClusterHandle {
         let Some(target) = self.core.router().get(&namespace).cloned().flatten() else {
             return ready(Err(ApiError::UnknownNamespace(namespace)));
         };
-        let place = match self.core.admit_read() {
-            Ok(p) => p,
-            Err(e) => return ready(Err(e)),
-        };
-        let index = self.core.read_index(consistency);
-        async move {
-            let _place = place;
-            let min_applied = index.await?;
+        self.core.read(consistency, move |min_applied| async move {
             target.send(Query { data, min_applied }).await.map_err(mailbox)?
-        }
-        .boxed_local()
+        })
     }
 
     /// This node's view of itself and the cluster.

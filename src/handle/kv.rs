@@ -6,7 +6,7 @@ use actix::prelude::*;
 use futures::FutureExt;
 use futures::future::LocalBoxFuture;
 
-use super::{Core, mailbox, ready};
+use super::{Core, mailbox};
 use crate::actors::data_map::DataMap;
 use crate::actors::key_watch::{KeyWatch, Unwatch, WatchKeys, Watching};
 use crate::error::ApiError;
@@ -49,18 +49,10 @@ impl KvHandle {
         key: String,
         consistency: Consistency,
     ) -> LocalBoxFuture<'static, Result<Option<String>, ApiError>> {
-        let place = match self.core.admit_read() {
-            Ok(p) => p,
-            Err(e) => return ready(Err(e)),
-        };
-        let index = self.core.read_index(consistency);
         let data_map = self.data_map.clone();
-        async move {
-            let _place = place;
-            let min_applied = index.await?;
+        self.core.read(consistency, move |min_applied| async move {
             data_map.send(GetKey { key, min_applied }).await.map_err(mailbox)
-        }
-        .boxed_local()
+        })
     }
 
     /// Reads `keys` from this node's copy once it has applied `min_applied` (no read index:
@@ -99,17 +91,9 @@ impl KvHandle {
         prefix: String,
         consistency: Consistency,
     ) -> LocalBoxFuture<'static, Result<Vec<(String, String)>, ApiError>> {
-        let place = match self.core.admit_read() {
-            Ok(p) => p,
-            Err(e) => return ready(Err(e)),
-        };
-        let index = self.core.read_index(consistency);
         let data_map = self.data_map.clone();
-        async move {
-            let _place = place;
-            let min_applied = index.await?;
+        self.core.read(consistency, move |min_applied| async move {
             data_map.send(ListKeys { prefix, min_applied }).await.map_err(mailbox)
-        }
-        .boxed_local()
+        })
     }
 }

@@ -169,6 +169,30 @@ impl Core {
     pub(crate) fn admit_read(&self) -> Result<Admitted, ApiError> {
         self.admission.admit_read()
     }
+
+    /// Every read's path: a place among the pending reads (refused at once past the bound),
+    /// the index to wait for (a ReadIndex, or 0 when stale), then `ask` with that index; the
+    /// place is held until the answer.
+    pub(crate) fn read<T, Fut>(
+        &self,
+        consistency: Consistency,
+        ask: impl FnOnce(u64) -> Fut + 'static,
+    ) -> LocalBoxFuture<'static, Result<T, ApiError>>
+    where
+        T: 'static,
+        Fut: std::future::Future<Output = Result<T, ApiError>> + 'static,
+    {
+        let place = match self.admit_read() {
+            Ok(p) => p,
+            Err(e) => return ready(Err(e)),
+        };
+        let index = self.read_index(consistency);
+        async move {
+            let _place = place;
+            ask(index.await?).await
+        }
+        .boxed_local()
+    }
 }
 
 /// Readies a built-in command received as bytes for the log ([`Command::prepare`]): a

@@ -122,33 +122,17 @@ impl RegistryHandle {
         name: String,
         consistency: Consistency,
     ) -> LocalBoxFuture<'static, Result<Option<Service>, ApiError>> {
-        let place = match self.core.admit_read() {
-            Ok(p) => p,
-            Err(e) => return ready(Err(e)),
-        };
-        let index = self.core.read_index(consistency);
         let registry = self.registry.clone();
-        async move {
-            let _place = place;
-            let min_applied = index.await?;
+        self.core.read(consistency, move |min_applied| async move {
             registry.send(GetService { name, min_applied }).await.map_err(mailbox)
-        }
-        .boxed_local()
+        })
     }
 
     /// Every service.
     pub fn list_services(&self, consistency: Consistency) -> LocalBoxFuture<'static, Result<Vec<Service>, ApiError>> {
-        let place = match self.core.admit_read() {
-            Ok(p) => p,
-            Err(e) => return ready(Err(e)),
-        };
-        let index = self.core.read_index(consistency);
         let registry = self.registry.clone();
-        async move {
-            let _place = place;
-            let min_applied = index.await?;
+        self.core.read(consistency, move |min_applied| async move {
             registry.send(ListServices { min_applied }).await.map_err(mailbox)
-        }
-        .boxed_local()
+        })
     }
 }
