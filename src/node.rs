@@ -281,7 +281,7 @@ impl NodeBuilder {
         // The state machines first: Raft's commit stream needs their addresses. The registry
         // learns `Election`'s address (to propose check outcomes) once it exists.
         let proposer = Proposer::default();
-        let (data_map, registry, key_watch) = {
+        let (data_map, registry, key_watch, pairs, services) = {
             let (config, proposer, probes) = (config.clone(), proposer.clone(), probes.clone());
             state
                 .run(move || async move {
@@ -289,8 +289,9 @@ impl NodeBuilder {
                     if let Some(p) = prober {
                         registry = registry.with_prober(p);
                     }
-                    let registry = registry.start();
-                    (DataMap::new().start(), registry, KeyWatch::new().start())
+                    let (data_map, services) = (DataMap::new(), registry.reader());
+                    let pairs = data_map.reader();
+                    (data_map.start(), registry.start(), KeyWatch::new().start(), pairs, services)
                 })
                 .await?
         };
@@ -361,8 +362,8 @@ impl NodeBuilder {
                     metrics,
                     tls,
                 });
-                let kv = KvHandle { core: core.clone(), data_map, key_watch };
-                let registry = RegistryHandle { core: core.clone(), registry };
+                let kv = KvHandle { core: core.clone(), data_map, key_watch, pairs };
+                let registry = RegistryHandle { core: core.clone(), registry, services };
                 let cluster = ClusterHandle { core, refusals: listener_ctx.address().recipient() };
                 let router = WireRouter {
                     kv: kv.clone(),

@@ -5,7 +5,12 @@
 //! applied), `TakeSnapshot` and `RestoreSnapshot`. Sends nothing: it answers.
 //!
 //! The pairs are a persistent map: a snapshot's view is a clone that costs nothing, and
-//! writes applied while it is being written copy only the paths they touch.
+//! writes applied while it is being written copy only the paths they touch. The same clone is
+//! published after every applied batch ([`DataMap::reader`]): the handles read from it on
+//! their own thread, without a message to this actor.
+
+use std::ops::Bound;
+use std::sync::Arc;
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -15,15 +20,23 @@ use crate::messages::apply::{ApplyEntries, Query};
 use crate::messages::kv::{CountKeys, GetKey, KvCommand, KvOutput, ListKeys};
 use crate::raft::Payload;
 use crate::snapshot::{RestoreSnapshot, SnapshotView, TakeSnapshot, read_record, write_record_with};
-use crate::state_machine::{AppliedGate, read_after};
+use crate::state_machine::{AppliedGate, Publisher, Reader, read_after, views};
 
-type Pairs = imbl::OrdMap<String, String>;
+/// The pairs, by key. A value is shared (`Arc`), so views, snapshots and readers that hold it
+/// copy nothing, and a reader may tell by its address whether it changed.
+pub type Pairs = imbl::OrdMap<String, Arc<str>>;
 
 /// The key/value state machine.
-#[derive(Default)]
 pub struct DataMap {
     pairs: Pairs,
     gate: AppliedGate,
+    views: Publisher<Pairs>,
+}
+
+impl Default for DataMap {
+    fn default() -> Self {
+        DataMap { pairs: Pairs::new(), gate: AppliedGate::default(), views: views(Pairs::new()).0 }
+    }
 }
 
 impl DataMap {
@@ -32,13 +45,22 @@ impl DataMap {
         Self::default()
     }
 
+    /// A reader of the pairs as applied, published after every batch.
+    pub fn reader(&self) -> Reader<Pairs> {
+        self.views.reader()
+    }
+
+    fn publish(&self) {
+        self.views.publish(self.gate.applied(), self.pairs.clone());
+    }
+
     fn apply(&mut self, data: &[u8]) -> Result<Bytes, String> {
         let cmd: KvCommand = serde_json::from_slice(data).map_err(|e| format!("bad kv command: {e}"))?;
         let count = match cmd {
             KvCommand::Set(pairs) => {
                 let n = pairs.len();
                 for (k, v) in pairs {
-                    self.pairs.insert(k, v);
+                    self.pairs.insert(k, v.into());
                 }
                 n
             }
@@ -48,12 +70,17 @@ impl DataMap {
     }
 
     fn list(&self, prefix: &str) -> Vec<(String, String)> {
-        self.pairs
-            .range::<_, String>(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        list(&self.pairs, prefix)
     }
+}
+
+/// The pairs whose key starts with `prefix`, in key order.
+pub fn list(pairs: &Pairs, prefix: &str) -> Vec<(String, String)> {
+    pairs
+        .range::<_, str>((Bound::Included(prefix), Bound::Unbounded))
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| (k.clone(), v.to_string()))
+        .collect()
 }
 
 impl Actor for DataMap {
@@ -77,6 +104,7 @@ impl Handler<ApplyEntries> for DataMap {
             })
             .collect();
         self.gate.advance(msg.applied_to);
+        self.publish();
         out
     }
 }
@@ -107,11 +135,12 @@ impl Handler<RestoreSnapshot> for DataMap {
         let mut pairs = Pairs::new();
         let mut buf = Vec::new();
         while let Some((k, v)) = read_record::<(String, String)>(&mut msg.data, &mut buf).map_err(|e| e.to_string())? {
-            pairs.insert(k, v);
+            pairs.insert(k, v.into());
         }
         tracing::info!(index = msg.index, keys = pairs.len(), "kv restored from a snapshot");
         self.pairs = pairs;
         self.gate.advance(msg.index);
+        self.publish();
         Ok(())
     }
 }
@@ -120,7 +149,7 @@ impl Handler<GetKey> for DataMap {
     type Result = ResponseActFuture<Self, Option<String>>;
 
     fn handle(&mut self, msg: GetKey, _: &mut Context<Self>) -> Self::Result {
-        read_after(self, |a| &mut a.gate, msg.min_applied, move |a| a.pairs.get(&msg.key).cloned())
+        read_after(self, |a| &mut a.gate, msg.min_applied, move |a| a.pairs.get(&msg.key).map(|v| v.to_string()))
     }
 }
 
@@ -137,7 +166,10 @@ impl Handler<CountKeys> for DataMap {
 
     /// Every key costs nothing to count; those under `prefix` cost one step each.
     fn handle(&mut self, msg: CountKeys, _: &mut Context<Self>) -> Self::Result {
-        let under = self.pairs.range::<_, String>(msg.prefix.clone()..).take_while(|(k, _)| k.starts_with(&msg.prefix));
+        let under = self
+            .pairs
+            .range::<_, str>((Bound::Included(msg.prefix.as_str()), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(&msg.prefix));
         MessageResult((self.pairs.len(), under.count()))
     }
 }
@@ -164,7 +196,6 @@ impl Handler<Query> for DataMap {
 mod tests {
     use super::*;
     use crate::raft::Entry;
-    use std::sync::Arc;
 
     fn set(index: u64, key: &str, value: &str) -> ApplyEntries {
         let data = serde_json::to_vec(&KvCommand::Set(vec![(key.into(), value.into())])).unwrap();

@@ -33,9 +33,9 @@ use crate::messages::registry::{
 };
 use crate::raft::{Entry, NodeId, Payload};
 use crate::registry::checks::{CheckSettings, HealthChecks, ProbeJob};
-use crate::registry::{Registry, pick};
+use crate::registry::{Registry, Services, pick};
 use crate::snapshot::{RestoreSnapshot, SnapshotView, TakeSnapshot, read_frame, write_frame};
-use crate::state_machine::{AppliedGate, read_after};
+use crate::state_machine::{AppliedGate, Publisher, Reader, read_after, views};
 use crate::transport::TransportRef;
 use crate::wire::Write;
 
@@ -126,9 +126,20 @@ pub struct ServiceRegistry {
     /// Where probes run (`None`: on this actor's thread).
     prober: Option<ArbiterHandle>,
     leading: Option<Leading>,
+    /// The services as applied, published after every batch for readers on other threads.
+    views: Publisher<Services>,
 }
 
 impl ServiceRegistry {
+    /// A reader of the services as applied, published after every batch.
+    pub fn reader(&self) -> Reader<Services> {
+        self.views.reader()
+    }
+
+    fn publish(&self) {
+        self.views.publish(self.gate.applied(), self.registry.view());
+    }
+
     /// A registry for node `config.id`, proposing check outcomes to `proposer` (`Election`)
     /// and probing through `transport`.
     pub fn new(config: Arc<Config>, proposer: Proposer, transport: TransportRef) -> Self {
@@ -144,6 +155,7 @@ impl ServiceRegistry {
             transport,
             prober: None,
             leading: None,
+            views: views(Services::new()).0,
         }
     }
 
@@ -304,6 +316,7 @@ impl Handler<ApplyEntries> for ServiceRegistry {
             })
             .collect();
         self.gate.advance(msg.applied_to);
+        self.publish();
         out
     }
 }
@@ -376,6 +389,7 @@ impl Handler<RestoreSnapshot> for ServiceRegistry {
         tracing::info!(index = msg.index, services, instances, "registry restored from a snapshot");
         self.registry = registry;
         self.gate.advance(msg.index);
+        self.publish();
         if let Some(l) = self.leading.as_mut() {
             // The checks follow the registry: start them over on what it now holds.
             let settings = CheckSettings::from_config(&self.config);

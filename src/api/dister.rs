@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{Api, Seen, authorize, cluster_view, read_body, seen, status_of, with_retry_after};
-use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::messages::registry::{InstanceKey, Strategy};
 use crate::metrics::Sample;
@@ -124,7 +123,7 @@ fn refuse_without_token(
     let api = match req.app_data::<web::Data<Api>>() {
         Some(a) => a.get_ref(),
         None => {
-            built = Api { node: node.clone(), auth: Auth::from_config(node.config()) };
+            built = Api::new(node.clone());
             &built
         }
     };

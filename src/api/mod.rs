@@ -12,6 +12,7 @@ pub mod nacos;
 pub mod ui;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use actix_web::dev::ServerHandle;
@@ -33,6 +34,15 @@ pub struct Api {
     /// Credentials, when the node has them (built once: the key behind login tokens is
     /// derived at start, not per request).
     pub auth: Option<Auth>,
+    /// The Nacos answers rendered once per change.
+    pub rendered: Arc<nacos::rendered::Rendered>,
+}
+
+impl Api {
+    /// The API of `node`.
+    pub fn new(node: NodeHandle) -> Api {
+        Api { auth: Auth::from_config(node.config()), node, rendered: Arc::default() }
+    }
 }
 
 /// A running HTTP server.
@@ -47,7 +57,7 @@ pub struct HttpApi {
 /// parsing stays off the node's own threads); HTTPS only when the node has TLS. Call it
 /// inside the actix system the node runs in; stop it with `handle.stop(true)`.
 pub fn serve(node: NodeHandle, addr: &str) -> std::io::Result<HttpApi> {
-    let api = Api { auth: Auth::from_config(node.config()), node: node.clone() };
+    let api = Api::new(node.clone());
     let max_connections = node.config().max_client_connections;
     let tls = node.cluster().tls().cloned();
     let server = HttpServer::new(move || {

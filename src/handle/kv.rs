@@ -7,10 +7,11 @@ use futures::FutureExt;
 use futures::future::LocalBoxFuture;
 
 use super::{Core, mailbox};
-use crate::actors::data_map::DataMap;
+use crate::actors::data_map::{self, DataMap, Pairs};
 use crate::actors::key_watch::{KeyWatch, Unwatch, WatchKeys, Watching};
 use crate::error::ApiError;
-use crate::messages::kv::{GetKey, KV_NAMESPACE, KvCommand, KvOutput, ListKeys};
+use crate::messages::kv::{KV_NAMESPACE, KvCommand, KvOutput};
+use crate::state_machine::{Reader, View};
 use crate::wire::{Consistency, WriteReply};
 
 /// The key/value store of a node.
@@ -19,6 +20,9 @@ pub struct KvHandle {
     pub(crate) core: Arc<Core>,
     pub(crate) data_map: Addr<DataMap>,
     pub(crate) key_watch: Addr<KeyWatch>,
+    /// The pairs as `DataMap` applied them: reads are answered from here, on the caller's
+    /// thread.
+    pub(crate) pairs: Reader<Pairs>,
 }
 
 impl KvHandle {
@@ -49,26 +53,35 @@ impl KvHandle {
         key: String,
         consistency: Consistency,
     ) -> LocalBoxFuture<'static, Result<Option<String>, ApiError>> {
-        let data_map = self.data_map.clone();
-        self.core.read(consistency, move |min_applied| async move {
-            data_map.send(GetKey { key, min_applied }).await.map_err(mailbox)
-        })
+        let fut = self.view(consistency);
+        async move { Ok(fut.await?.state.get(&key).map(|v| v.to_string())) }.boxed_local()
     }
 
-    /// Reads `keys` from this node's copy once it has applied `min_applied` (no read index:
-    /// the caller names the index, as a watch does).
+    /// The pairs as of a read index (linearizable) or as this node has them (stale): shared,
+    /// nothing copied; hold it no longer than the read.
+    pub fn view(&self, consistency: Consistency) -> LocalBoxFuture<'static, Result<Arc<View<Pairs>>, ApiError>> {
+        let pairs = self.pairs.clone();
+        self.core.read(consistency, move |min_applied| async move { pairs.at(min_applied).await })
+    }
+
+    /// The pairs once this node has applied `min_applied` (no read index: the caller names
+    /// the index, as a watch does).
+    pub fn view_at(&self, min_applied: u64) -> LocalBoxFuture<'static, Result<Arc<View<Pairs>>, ApiError>> {
+        let pairs = self.pairs.clone();
+        async move { pairs.at(min_applied).await }.boxed_local()
+    }
+
+    /// Reads `keys` from this node's copy once it has applied `min_applied` (see
+    /// [`KvHandle::view_at`]).
     pub fn get_keys_at(
         &self,
         keys: Vec<String>,
         min_applied: u64,
     ) -> LocalBoxFuture<'static, Result<Vec<Option<String>>, ApiError>> {
-        let reads: Vec<_> = keys.into_iter().map(|key| self.data_map.send(GetKey { key, min_applied })).collect();
+        let view = self.view_at(min_applied);
         async move {
-            let mut out = Vec::with_capacity(reads.len());
-            for r in reads {
-                out.push(r.await.map_err(mailbox)?);
-            }
-            Ok(out)
+            let view = view.await?;
+            Ok(keys.iter().map(|k| view.state.get(k).map(|v| v.to_string())).collect())
         }
         .boxed_local()
     }
@@ -91,9 +104,7 @@ impl KvHandle {
         prefix: String,
         consistency: Consistency,
     ) -> LocalBoxFuture<'static, Result<Vec<(String, String)>, ApiError>> {
-        let data_map = self.data_map.clone();
-        self.core.read(consistency, move |min_applied| async move {
-            data_map.send(ListKeys { prefix, min_applied }).await.map_err(mailbox)
-        })
+        let fut = self.view(consistency);
+        async move { Ok(data_map::list(&fut.await?.state, &prefix)) }.boxed_local()
     }
 }

@@ -11,9 +11,11 @@ use crate::actors::service_registry::ServiceRegistry;
 use crate::error::ApiError;
 use crate::messages::raft::ForwardToLeader;
 use crate::messages::registry::{
-    Balance, Beat, GetRegistryStats, GetService, InstanceKey, ListServices, REGISTRY_NAMESPACE, RegistryCommand,
-    RegistryStats, Service, ServiceNode, Strategy,
+    Balance, Beat, GetRegistryStats, InstanceKey, REGISTRY_NAMESPACE, RegistryCommand, RegistryStats, Service,
+    ServiceNode, Strategy,
 };
+use crate::registry::Services;
+use crate::state_machine::{Reader, View};
 use crate::wire::{Consistency, Request, Response, WriteReply};
 
 /// The service registry of a node.
@@ -21,6 +23,9 @@ use crate::wire::{Consistency, Request, Response, WriteReply};
 pub struct RegistryHandle {
     pub(crate) core: Arc<Core>,
     pub(crate) registry: Addr<ServiceRegistry>,
+    /// The services as `ServiceRegistry` applied them: reads are answered from here, on the
+    /// caller's thread.
+    pub(crate) services: Reader<Services>,
 }
 
 impl RegistryHandle {
@@ -116,23 +121,36 @@ impl RegistryHandle {
         async move { fut.await.map_err(mailbox) }.boxed_local()
     }
 
+    /// The services as of a read index (linearizable) or as this node has them (stale):
+    /// shared, nothing copied; hold it no longer than the read.
+    pub fn view(&self, consistency: Consistency) -> LocalBoxFuture<'static, Result<Arc<View<Services>>, ApiError>> {
+        let services = self.services.clone();
+        self.core.read(consistency, move |min_applied| async move { services.at(min_applied).await })
+    }
+
+    /// One service, shared with the view it came from.
+    pub fn service(
+        &self,
+        name: String,
+        consistency: Consistency,
+    ) -> LocalBoxFuture<'static, Result<Option<Arc<Service>>, ApiError>> {
+        let view = self.view(consistency);
+        async move { Ok(view.await?.state.get(&name).cloned()) }.boxed_local()
+    }
+
     /// One service.
     pub fn get_service(
         &self,
         name: String,
         consistency: Consistency,
     ) -> LocalBoxFuture<'static, Result<Option<Service>, ApiError>> {
-        let registry = self.registry.clone();
-        self.core.read(consistency, move |min_applied| async move {
-            registry.send(GetService { name, min_applied }).await.map_err(mailbox)
-        })
+        let view = self.view(consistency);
+        async move { Ok(view.await?.state.get(&name).map(|s| Service::clone(s))) }.boxed_local()
     }
 
     /// Every service.
     pub fn list_services(&self, consistency: Consistency) -> LocalBoxFuture<'static, Result<Vec<Service>, ApiError>> {
-        let registry = self.registry.clone();
-        self.core.read(consistency, move |min_applied| async move {
-            registry.send(ListServices { min_applied }).await.map_err(mailbox)
-        })
+        let view = self.view(consistency);
+        async move { Ok(view.await?.state.values().map(|s| Service::clone(s)).collect()) }.boxed_local()
     }
 }

@@ -7,7 +7,8 @@ pub mod checks;
 pub mod input;
 pub mod probe;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use rand::RngExt;
 
@@ -16,11 +17,15 @@ use crate::messages::registry::{
     Change, CheckOutcome, Health, InstanceKey, RegistryCommand, Service, ServiceNode, Strategy,
 };
 
+/// Services by name, shared: a published view or a snapshot holds them for nothing, and a
+/// change copies only the service it touches (and the map's path to it).
+pub type Services = imbl::OrdMap<String, Arc<Service>>;
+
 /// Services by name, as the log made them, with an index from each instance's key to its
 /// place in its service, so that a lookup (a probe's result, a beat) never scans a service.
 #[derive(Debug, Default, Clone)]
 pub struct Registry {
-    services: BTreeMap<String, Service>,
+    services: Services,
     /// Services that exist only because an instance registered into them: they go when their
     /// last instance goes.
     implicit: BTreeSet<String>,
@@ -61,7 +66,12 @@ impl Registry {
     /// Every service, with whether it exists only for its instances (implicit): what a
     /// snapshot keeps.
     pub fn snapshot_services(&self) -> impl Iterator<Item = (bool, &Service)> {
-        self.services.values().map(|s| (self.implicit.contains(&s.name), s))
+        self.services.values().map(|s| (self.implicit.contains(&s.name), &**s))
+    }
+
+    /// The services as they are now, for readers: a clone that copies nothing.
+    pub fn view(&self) -> Services {
+        self.services.clone()
     }
 
     /// Puts back a service a snapshot kept.
@@ -74,12 +84,17 @@ impl Registry {
 
     /// One service.
     pub fn get(&self, name: &str) -> Option<&Service> {
-        self.services.get(name)
+        self.services.get(name).map(|s| &**s)
     }
 
     /// Every service, by name.
     pub fn services(&self) -> impl Iterator<Item = &Service> {
-        self.services.values()
+        self.services.values().map(|s| &**s)
+    }
+
+    /// A service to change: copied first if a view still holds it.
+    fn service_mut(&mut self, name: &str) -> Option<&mut Service> {
+        self.services.get_mut(name).map(Arc::make_mut)
     }
 
     /// How many services and instances there are.
@@ -108,7 +123,7 @@ impl Registry {
 
     fn instance_mut(&mut self, key: &InstanceKey) -> Option<&mut ServiceNode> {
         let slot = *self.slots.get(key)?;
-        self.services.get_mut(&key.service)?.nodes.get_mut(slot)
+        self.service_mut(&key.service)?.nodes.get_mut(slot)
     }
 
     /// Every instance with its key, in service order.
@@ -132,7 +147,7 @@ impl Registry {
             self.slots.insert(key.clone(), i);
             applied.registered.push(key);
         }
-        self.services.insert(s.name.clone(), s);
+        self.services.insert(s.name.clone(), Arc::new(s));
     }
 
     fn remove_service(&mut self, name: &str, applied: &mut Applied) -> bool {
@@ -149,7 +164,7 @@ impl Registry {
     /// Removes one instance (and its service if it was implicit and this was its last).
     fn remove_instance(&mut self, key: &InstanceKey, applied: &mut Applied) -> bool {
         let Some(slot) = self.slots.remove(key) else { return false };
-        let Some(s) = self.services.get_mut(&key.service) else { return false };
+        let Some(s) = self.services.get_mut(&key.service).map(Arc::make_mut) else { return false };
         s.nodes.swap_remove(slot);
         if let Some(moved) = s.nodes.get(slot) {
             self.slots.insert(moved.key(&key.service), slot);
@@ -193,7 +208,11 @@ impl Registry {
                         if !self.services.contains_key(&service) {
                             self.implicit.insert(service.clone());
                         }
-                        let s = self.services.entry(service.clone()).or_insert_with(|| Service::new(service, kind));
+                        let s = Arc::make_mut(
+                            self.services
+                                .entry(service.clone())
+                                .or_insert_with(|| Arc::new(Service::new(service, kind))),
+                        );
                         node.health = node.initial_health(None);
                         s.nodes.push(node);
                         self.slots.insert(key.clone(), s.nodes.len() - 1);
@@ -231,7 +250,7 @@ impl Registry {
                 }
                 n
             }
-            RegistryCommand::Define { service, create, update } => match self.services.get_mut(&service.name) {
+            RegistryCommand::Define { service, create, update } => match self.service_mut(&service.name) {
                 Some(_) if create => return Err(format!("service {:?} already exists", service.name)),
                 None if update => return Err(format!("service {:?} does not exist", service.name)),
                 Some(s) => {
@@ -243,7 +262,7 @@ impl Registry {
                 }
                 None => {
                     let name = service.name.clone();
-                    self.services.insert(name, Service { nodes: Vec::new(), ..service });
+                    self.services.insert(name, Arc::new(Service { nodes: Vec::new(), ..service }));
                     1
                 }
             },
@@ -335,6 +354,7 @@ mod tests {
     use crate::messages::registry::CheckKind;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
+    use std::collections::BTreeMap;
 
     fn node(host: &str, port: u16, weight: u32) -> ServiceNode {
         ServiceNode { weight: f64::from(weight), ..ServiceNode::new(host, port) }

@@ -4,6 +4,7 @@
 //! `nacos/config-type/TENANT/GROUP/DATA_ID`, both written in one entry. A listener's long poll
 //! waits on `KeyWatch` for the content keys it names.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
@@ -11,7 +12,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use md5::{Digest, Md5};
 
 use super::naming::{DEFAULT_GROUP, PUBLIC, valid_id};
-use super::{NacosError, Params, Reply, text};
+use super::{NacosError, Params, Reply, rendered, text};
+use crate::actors::data_map::Pairs;
 use crate::api::Api;
 use crate::auth::hex;
 use crate::wire::Consistency;
@@ -73,20 +75,25 @@ pub fn md5_of(content: Option<&str>) -> String {
     content.map(|c| hex(&Md5::digest(c.as_bytes()))).unwrap_or_default()
 }
 
+/// The config `id` as served (body, MD5, type) from `pairs`, rendered once per change.
+fn rendered(api: &Api, pairs: &Pairs, id: &ConfigId) -> Option<Arc<rendered::Config>> {
+    let key = id.key();
+    let content = pairs.get(&key)?;
+    Some(api.rendered.config(&key, content, pairs.get(&id.type_key()), pairs.len()))
+}
+
 /// `GET /cs/configs`: the raw content, 404 when there is none.
 pub async fn get(api: web::Data<Api>, p: Params) -> Reply {
     let id = ConfigId::from_params(&p)?;
-    let min = api.node.cluster().read_index(Consistency::Linearizable).await?;
-    let mut values = api.node.kv().get_keys_at(vec![id.key(), id.type_key()], min).await?.into_iter();
-    let (content, kind) = (values.next().flatten(), values.next().flatten());
-    let Some(content) = content else {
+    let view = api.node.kv().view(Consistency::Linearizable).await?;
+    let Some(config) = rendered(&api, &view.state, &id) else {
         return Err(NacosError(StatusCode::NOT_FOUND, "config data not exist".into()));
     };
     Ok(HttpResponse::Ok()
         .content_type("text/plain; charset=utf-8")
-        .insert_header(("Content-MD5", md5_of(Some(&content))))
-        .insert_header(("Config-Type", kind.unwrap_or_else(|| "text".into())))
-        .body(content))
+        .insert_header(("Content-MD5", config.md5.as_str()))
+        .insert_header(("Config-Type", config.kind()))
+        .body(config.body.clone()))
 }
 
 /// `POST /cs/configs`: publishes (creates or replaces) a config; answers `true`.
@@ -168,6 +175,7 @@ pub async fn listen(api: web::Data<Api>, req: HttpRequest, p: Params) -> Reply {
         .is_some_and(|v| v.to_str().is_ok_and(|s| s.eq_ignore_ascii_case("true")));
     let probes = parse_probes(p.required("Listening-Configs")?)?;
     let keys: Vec<String> = probes.iter().map(|pr| pr.id.key()).collect();
+    let no_md5 = String::new();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         // Watch first, then read at the index the watch has seen: a change is either
@@ -176,9 +184,14 @@ pub async fn listen(api: web::Data<Api>, req: HttpRequest, p: Params) -> Reply {
         // actix drops this future then).
         let watch = api.node.kv().watch_keys(keys.clone()).await?;
         let _guard = Unwatch { node: &api.node, id: watch.id };
-        let values = api.node.kv().get_keys_at(keys.clone(), watch.seen).await?;
-        let changed: Vec<&Probe> =
-            probes.iter().zip(&values).filter(|(pr, v)| md5_of(v.as_deref()) != pr.md5).map(|(pr, _)| pr).collect();
+        let view = api.node.kv().view_at(watch.seen).await?;
+        let current: Vec<_> = probes.iter().map(|pr| rendered(&api, &view.state, &pr.id)).collect();
+        let changed: Vec<&Probe> = probes
+            .iter()
+            .zip(&current)
+            .filter(|(pr, c)| c.as_ref().map_or(&no_md5, |c| &c.md5) != &pr.md5)
+            .map(|(pr, _)| pr)
+            .collect();
         if !changed.is_empty() || no_hangup {
             return Ok(text_owned(changed_body(&changed)));
         }

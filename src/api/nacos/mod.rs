@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod naming;
+pub mod rendered;
 
 use std::collections::BTreeMap;
 

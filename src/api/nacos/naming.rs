@@ -9,8 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use md5::{Digest, Md5};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
+use super::rendered::{self, ListQuery};
 use super::{NacosError, Params, Reply, text};
 use crate::api::{Api, Seen, cluster_view, seen};
 use crate::auth::hex;
@@ -255,16 +256,38 @@ pub async fn detail(api: web::Data<Api>, p: Params) -> Reply {
 pub async fn list(api: web::Data<Api>, p: Params) -> Reply {
     let id = ServiceId::from_params(&p)?;
     let healthy_only = p.flag("healthyOnly", false)?;
-    let clusters: Vec<&str> = p.get("clusters").map(|c| c.split(',').map(str::trim).collect()).unwrap_or_default();
-    let service = service_of(&api, &id).await?;
+    let clusters = p.get("clusters");
+    let view = api.node.registry().view(Consistency::Linearizable).await?;
+    let name = id.registry_name();
+    let render = |s: Option<&Service>| list_fields(&api, &id, s, healthy_only, clusters);
+    let body = match view.state.get(&name) {
+        Some(service) => {
+            let query = ListQuery { service: name, healthy_only, clusters: clusters.map(str::to_string) };
+            api.rendered.list(query, service, view.state.len(), |s| render(Some(s))).body(now_ms())
+        }
+        None => rendered::once(render(None), now_ms()),
+    };
+    Ok(HttpResponse::Ok().content_type("application/json").body(body))
+}
+
+/// The fields of an instance list but `lastRefTime`, rendered once per change of the service
+/// and query (see [`rendered`]).
+fn list_fields(
+    api: &Api,
+    id: &ServiceId,
+    service: Option<&Service>,
+    healthy_only: bool,
+    clusters: Option<&str>,
+) -> Map<String, Value> {
+    let wanted: Vec<&str> = clusters.map(|c| c.split(',').map(str::trim).collect()).unwrap_or_default();
     let served: Vec<&ServiceNode> = service
         .iter()
         .flat_map(|s| s.nodes.iter())
         .filter(|n| n.enabled)
-        .filter(|n| clusters.is_empty() || clusters.contains(&cluster_of(n)))
+        .filter(|n| wanted.is_empty() || wanted.contains(&cluster_of(n)))
         .collect();
     let healthy = served.iter().filter(|n| n.health == Health::Healthy).count();
-    let threshold = service.as_ref().map_or(0.0, protect_threshold);
+    let threshold = service.map_or(0.0, protect_threshold);
     let protected = protection_reached(threshold, healthy, served.len());
     if protected {
         tracing::debug!(service = %id.grouped(), healthy, total = served.len(), threshold, "protect threshold reached");
@@ -273,7 +296,7 @@ pub async fn list(api: web::Data<Api>, p: Params) -> Reply {
         .into_iter()
         .filter(|n| protected || !healthy_only || n.health == Health::Healthy)
         .map(|n| {
-            let mut h = host_json(&api, &id, n);
+            let mut h = host_json(api, id, n);
             if protected {
                 h["healthy"] = json!(true);
             }
@@ -281,19 +304,22 @@ pub async fn list(api: web::Data<Api>, p: Params) -> Reply {
         })
         .collect();
     let checksum = hex(&Md5::digest(serde_json::to_vec(&hosts).unwrap_or_default()));
-    Ok(HttpResponse::Ok().json(json!({
+    let fields = json!({
         "name": id.grouped(),
         "dom": id.grouped(),
         "groupName": id.group,
-        "clusters": p.get("clusters").unwrap_or(""),
+        "clusters": clusters.unwrap_or(""),
         "cacheMillis": 10_000,
         "hosts": hosts,
-        "lastRefTime": now_ms(),
         "checksum": checksum,
         "allIPs": false,
         "reachProtectionThreshold": protected,
         "valid": true,
-    })))
+    });
+    match fields {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
 }
 
 /// `PUT /ns/instance/beat`: an ephemeral instance is alive. An unknown one is registered
@@ -404,10 +430,11 @@ pub async fn service_list(api: web::Data<Api>, p: Params) -> Reply {
     if page == 0 || size == 0 {
         return Err(NacosError::bad("pageNo and pageSize must be 1 or more"));
     }
-    let all = api.node.registry().list_services(Consistency::Linearizable).await?;
-    let names: Vec<String> = all
-        .iter()
-        .map(|s| ServiceId::from_registry_name(&s.name))
+    let view = api.node.registry().view(Consistency::Linearizable).await?;
+    let names: Vec<String> = view
+        .state
+        .keys()
+        .map(|name| ServiceId::from_registry_name(name))
         .filter(|id| id.namespace == namespace && id.group == group)
         .map(|id| id.name)
         .collect();
