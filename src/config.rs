@@ -44,6 +44,20 @@ pub fn parse_host_port(addr: &str) -> Result<(String, u16), String> {
         .ok_or_else(|| format!("{addr:?} is not HOST:PORT"))
 }
 
+/// How a linearizable read learns the index it must wait for (thesis §6.4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadMode {
+    /// The leader confirms it still leads with a round of heartbeats (one round serves every
+    /// read waiting for it): safe whatever the clocks do.
+    #[default]
+    Index,
+    /// The leader answers at once while a majority's last answers keep it leader (a lease
+    /// of 85% of the shortest election timeout, renewed while reads come): no round trip,
+    /// but it relies on every clock running within 5% of true time.
+    Lease,
+}
+
 /// Everything a node needs to start.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -81,6 +95,12 @@ pub struct Config {
     pub election_timeout_max_ms: u64,
     /// How often the leader sends heartbeats.
     pub heartbeat_interval_ms: u64,
+    /// How a linearizable read gets its read index (see [`ReadMode`]).
+    pub read_mode: ReadMode,
+    /// Simulations only: this node's Raft clock runs this many parts per million fast
+    /// (above 0) or slow (below), to test what clock drift does to lease reads. Not a file key.
+    #[serde(skip)]
+    pub clock_skew_ppm: i32,
     /// How long a client request may take before it fails with a timeout.
     pub request_timeout_ms: u64,
     /// Largest client request frame accepted, in bytes (etcd's `--max-request-bytes`).
@@ -164,6 +184,8 @@ impl Default for Config {
             election_timeout_min_ms: 300,
             election_timeout_max_ms: 600,
             heartbeat_interval_ms: 50,
+            read_mode: ReadMode::Index,
+            clock_skew_ppm: 0,
             request_timeout_ms: 5_000,
             max_request_bytes: 1_572_864,
             max_append_entries: 4_096,

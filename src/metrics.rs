@@ -142,6 +142,8 @@ pub struct Metrics {
     pub proposals_failed: Counter,
     /// Read indexes a follower asked its leader for, each for every read waiting then.
     pub read_indexes_forwarded: Counter,
+    /// Read indexes this leader answered from its lease, without a round (`read_mode = "lease"`).
+    pub read_indexes_by_lease: Counter,
     /// Durations of the log's fsyncs.
     pub wal_fsync: Histogram,
     peer_rtt: HistogramFamily<PeerLabels>,
@@ -170,6 +172,7 @@ impl Metrics {
             leader_changes: Counter::default(),
             proposals_failed: Counter::default(),
             read_indexes_forwarded: Counter::default(),
+            read_indexes_by_lease: Counter::default(),
             wal_fsync: fsync_histogram(),
             peer_rtt: Family::new_with_constructor(rtt_histogram),
             peer_failures: Family::default(),
@@ -183,6 +186,11 @@ impl Metrics {
             "server_read_indexes_forwarded",
             "Read indexes this follower asked its leader for, one for every read waiting then",
             m.read_indexes_forwarded.clone(),
+        );
+        r.register(
+            "server_read_indexes_by_lease",
+            "Read indexes this leader answered from its lease, without a round of heartbeats",
+            m.read_indexes_by_lease.clone(),
         );
         r.register("disk_wal_fsync_duration_seconds", "Durations of the log's fsyncs", m.wal_fsync.clone());
         r.register(

@@ -12,6 +12,7 @@ mod counter_actor;
 mod t10_basic;
 mod t15_raft_properties;
 mod t16_membership_core;
+mod t17_lease_core;
 mod t20_lifecycle;
 mod t30_wire;
 mod t35_codec_fuzz;

@@ -53,7 +53,8 @@ const SPARES: usize = 2;
 const NETWORK_CAPACITY: usize = 64;
 
 /// The timing of every node: the defaults of `Config`.
-const TIMING: Timing = Timing { election_min: Duration::from_millis(300), election_max: Duration::from_millis(600) };
+const TIMING: Timing =
+    Timing { election_min: Duration::from_millis(300), election_max: Duration::from_millis(600), lease: None };
 
 /// What the generated sequence does next. Node and message choices are taken modulo what
 /// exists, so every sequence is valid and shrinks towards "the first one".

@@ -10,7 +10,8 @@ use dister::raft::members::{MemberChange, MemberLog, Members};
 use dister::raft::{Entry, HardState, LogId, Payload, Role};
 use dister::wire::AppendEntriesRequest;
 
-const TIMING: Timing = Timing { election_min: Duration::from_millis(300), election_max: Duration::from_millis(600) };
+const TIMING: Timing =
+    Timing { election_min: Duration::from_millis(300), election_max: Duration::from_millis(600), lease: None };
 
 fn voters(ids: &[u64]) -> Members {
     Members::of_voters(ids.iter().map(|&i| (i, format!("127.0.0.1:{}", 7000 + i))))

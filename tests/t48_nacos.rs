@@ -486,3 +486,94 @@ async fn the_protect_threshold_lists_every_instance_when_too_few_are_healthy() {
     assert_eq!(down.map(|h| h["healthy"].clone()), Some(json!(false)), "{all}");
     drop(up);
 }
+
+/// Answers rendered once per change follow every change, on every node, whatever wrote it:
+/// a config's body, `Content-MD5` and `Config-Type` after a publish on another node, a type
+/// change alone and a write through the key/value API; an instance list's hosts and
+/// `checksum` after an instance comes and goes, per query shape, with `lastRefTime` the time
+/// of each answer. The cluster reads by lease (`read_mode = "lease"`), so both read modes
+/// serve the Nacos API in the suite.
+#[actix_rt::test]
+async fn renderings_follow_every_change_on_every_node() {
+    let cluster = Cluster::start_with(3, |c| {
+        nacos_config(c);
+        c.read_mode = dister::config::ReadMode::Lease;
+    });
+    cluster.wait_leader(Duration::from_secs(3)).await;
+    let get = |i: usize| {
+        let url = format!("{}/cs/configs?dataId=app.yaml&group=G", base(&cluster, i));
+        async move {
+            let client = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
+            let mut resp = client.get(&url).send().await.unwrap();
+            let header = |h: &str| resp.headers().get(h).map(|v| v.to_str().unwrap().to_string());
+            let (md5, kind) = (header("Content-MD5"), header("Config-Type"));
+            let body = resp.body().await.unwrap();
+            (resp.status().as_u16(), String::from_utf8_lossy(&body).into_owned(), md5, kind)
+        }
+    };
+    let md5 = |s: &str| dister::api::nacos::config::md5_of(Some(s));
+    let publish = |i: usize, content: &str, kind: &str| {
+        let url = format!("{}/cs/configs", base(&cluster, i));
+        let form = format!("dataId=app.yaml&group=G&content={}&type={kind}", enc(content));
+        async move { assert_eq!(http("POST", &url, &[], Some(&form)).await.1, "true") }
+    };
+    assert_eq!(get(0).await.0, 404);
+    publish(0, "one", "yaml").await;
+    for i in 0..3 {
+        assert_eq!(get(i).await, (200, "one".into(), Some(md5("one")), Some("yaml".into())), "node {i}");
+    }
+    publish(1, "two", "yaml").await;
+    for i in 0..3 {
+        assert_eq!(get(i).await, (200, "two".into(), Some(md5("two")), Some("yaml".into())), "node {i}");
+    }
+    publish(2, "two", "properties").await;
+    assert_eq!(get(0).await.3.as_deref(), Some("properties"), "a change of type alone");
+    let kv = format!("http://{}/kv", cluster.configs[1].http.clone().unwrap());
+    let set = awc::Client::new().post(&kv).send_body(r#"{"nacos/config/public/G/app.yaml":"three"}"#).await.unwrap();
+    assert_eq!(set.status().as_u16(), 200);
+    for i in 0..3 {
+        assert_eq!(get(i).await.2, Some(md5("three")), "a write by the kv API, on node {i}");
+    }
+    assert_eq!(
+        http("DELETE", &format!("{}/cs/configs?dataId=app.yaml&group=G", base(&cluster, 2)), &[], None).await.1,
+        "true"
+    );
+    assert_eq!(get(0).await.0, 404);
+
+    let b = |i: usize| base(&cluster, i);
+    let list = |i: usize, q: &'static str| {
+        let url = format!("{}/ns/instance/list?serviceName=svc{q}", b(i));
+        async move { json_of(&http("GET", &url, &[], None).await) }
+    };
+    let register = |ip: &'static str, cluster_name: &'static str| {
+        let url =
+            format!("{}/ns/instance?serviceName=svc&ip={ip}&port=9&ephemeral=false&clusterName={cluster_name}", b(0));
+        async move { assert_eq!(http("POST", &url, &[], None).await.1, "ok") }
+    };
+    register("127.0.0.21", "A").await;
+    let first = list(1, "").await;
+    assert_eq!(first["hosts"].as_array().unwrap().len(), 1);
+    let again = list(1, "").await;
+    assert_eq!(again["checksum"], first["checksum"], "nothing changed, the same rendering");
+    assert!(again["lastRefTime"].as_u64() >= first["lastRefTime"].as_u64());
+    register("127.0.0.22", "B").await;
+    for i in 0..3 {
+        let two = list(i, "").await;
+        assert_eq!(two["hosts"].as_array().unwrap().len(), 2, "node {i}: {two}");
+        assert_ne!(two["checksum"], first["checksum"], "node {i}: the checksum did not follow the change");
+        let only_b = list(i, "&clusters=B").await;
+        assert_eq!(only_b["hosts"].as_array().unwrap().len(), 1, "node {i}: {only_b}");
+        assert_eq!(only_b["hosts"][0]["ip"], json!("127.0.0.22"));
+        assert_eq!(only_b["clusters"], json!("B"));
+    }
+    let url = format!("{}/ns/instance?serviceName=svc&ip=127.0.0.22&port=9&ephemeral=false&clusterName=B", b(2));
+    assert_eq!(http("DELETE", &url, &[], None).await.1, "ok");
+    for i in 0..3 {
+        let one = list(i, "").await;
+        assert_eq!(one["hosts"].as_array().unwrap().len(), 1, "node {i}: {one}");
+        assert_eq!(list(i, "&clusters=B").await["hosts"], json!([]), "node {i}");
+    }
+    let unknown = json_of(&http("GET", &format!("{}/ns/instance/list?serviceName=nothing", b(0)), &[], None).await);
+    assert_eq!((unknown["hosts"].clone(), unknown["name"].clone()), (json!([]), json!("DEFAULT_GROUP@@nothing")));
+    assert!(unknown["lastRefTime"].as_u64().is_some());
+}

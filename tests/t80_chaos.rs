@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dister::check::{History, Op, Outcome};
+use dister::config::ReadMode;
 use dister::raft::Role;
 use dister::raft::members::{MemberChange, MemberRole};
 use dister::wire::messages::StatusInfo;
@@ -48,15 +49,19 @@ pub(crate) struct Layout {
     pub spares: usize,
     /// Whether an operator changes the membership during the chaos.
     pub membership: bool,
+    /// Lease reads (`read_mode = "lease"`), every node's clock running up to 4% fast or slow.
+    pub lease: bool,
 }
 
 impl Layout {
     /// Three fixed members: the suite before membership could change.
-    pub const FIXED3: Layout = Layout { founders: 3, spares: 0, membership: false };
+    pub const FIXED3: Layout = Layout { founders: 3, spares: 0, membership: false, lease: false };
     /// Three founders, four spares, membership changing.
-    const CHANGING3: Layout = Layout { founders: 3, spares: 4, membership: true };
+    const CHANGING3: Layout = Layout { founders: 3, spares: 4, membership: true, lease: false };
+    /// The same with lease reads and clocks that drift.
+    const CHANGING3_LEASE: Layout = Layout { lease: true, ..Layout::CHANGING3 };
     /// Five founders, three spares, membership changing.
-    const CHANGING5: Layout = Layout { founders: 5, spares: 3, membership: true };
+    const CHANGING5: Layout = Layout { founders: 5, spares: 3, membership: true, lease: false };
 }
 
 /// Node `i` of three fixed founders.
@@ -89,6 +94,13 @@ fn layout_config(i: usize, seed: u64, layout: Layout, join: Option<usize>) -> Co
         // installs, restarts restore them, and a node that falls behind gets a snapshot.
         snapshot_entries: 20 + seed % 40,
         snapshot_catchup_entries: seed % 3 * 8,
+        read_mode: if layout.lease { ReadMode::Lease } else { ReadMode::Index },
+        // Within the 5% the lease allows for: from 4% slow to 4% fast, per node and seed.
+        clock_skew_ppm: if layout.lease {
+            (seed.wrapping_mul(7).wrapping_add(i as u64 * 13) % 81) as i32 * 1_000 - 40_000
+        } else {
+            0
+        },
         ..Config::default()
     }
 }
@@ -465,6 +477,8 @@ struct Summary {
     terms: usize,
     faults: usize,
     changes: Changes,
+    /// Read indexes leaders answered from their lease.
+    lease_reads: u64,
     /// A digest of every operation (with its times and outcome), of the fault schedule and
     /// of the operator's log: equal digests mean the same run.
     digest: u64,
@@ -644,6 +658,7 @@ fn run_seed(seed: u64, secs: u64, layout: Layout) -> Result<Summary, String> {
         terms: r.leaders.len(),
         faults: nemesis.log.len(),
         changes,
+        lease_reads: r.metrics.iter().map(|m| m.read_indexes_by_lease.get()).sum(),
         digest,
     })
 }
@@ -655,8 +670,8 @@ fn env_u64(name: &str, default: u64) -> u64 {
 /// The seeds to run: `DISTER_SEED` alone, or `DISTER_SEEDS` of them (default 200 in release
 /// builds, 10 in debug ones, which simulate about 14 times slower) from `first` (or
 /// `DISTER_FIRST_SEED`, for longer hunts past the ones CI runs).
-fn seeds(first: u64) -> Vec<u64> {
-    let default_seeds = if cfg!(debug_assertions) { 10 } else { 200 };
+fn seeds(first: u64, release_seeds: u64) -> Vec<u64> {
+    let default_seeds = if cfg!(debug_assertions) { 10 } else { release_seeds };
     let first = env_u64("DISTER_FIRST_SEED", first);
     match std::env::var("DISTER_SEED").ok().and_then(|s| s.parse().ok()) {
         Some(seed) => vec![seed],
@@ -666,14 +681,14 @@ fn seeds(first: u64) -> Vec<u64> {
 
 /// Runs every seed of `layout`; panics with the seed and its schedule at the first that
 /// breaks a check. Answers the changes made over all runs.
-fn run_suite(name: &str, first: u64, layout: Layout) -> Changes {
+fn run_suite(name: &str, first: u64, layout: Layout, release_seeds: u64) -> Changes {
     let secs = env_u64("DISTER_SIM_SECS", 10);
-    let seeds = seeds(first);
+    let seeds = seeds(first, release_seeds);
     if cfg!(debug_assertions) && std::env::var("DISTER_SEEDS").is_err() {
         eprintln!("{name}: debug build, {} seeds (CI runs 200 in release: cargo test --release)", seeds.len());
     }
     let started = std::time::Instant::now();
-    let (mut ops, mut acked, mut terms, mut faults) = (0, 0, 0, 0);
+    let (mut ops, mut acked, mut terms, mut faults, mut lease_reads) = (0, 0, 0, 0, 0);
     let mut changes = Changes::default();
     for &seed in &seeds {
         match run_seed(seed, secs, layout) {
@@ -682,6 +697,7 @@ fn run_suite(name: &str, first: u64, layout: Layout) -> Changes {
                 acked += s.acked_writes;
                 terms += s.terms;
                 faults += s.faults;
+                lease_reads += s.lease_reads;
                 changes += s.changes;
             }
             Err(e) => {
@@ -692,10 +708,13 @@ fn run_suite(name: &str, first: u64, layout: Layout) -> Changes {
         }
     }
     eprintln!(
-        "{name}: {} seeds x {secs} s simulated in {:.1} s: {ops} client ops, {acked} acknowledged writes, {terms} terms, {faults} fault events, changes {changes:?}",
+        "{name}: {} seeds x {secs} s simulated in {:.1} s: {ops} client ops, {acked} acknowledged writes, {terms} terms, {faults} fault events, {lease_reads} lease reads, changes {changes:?}",
         seeds.len(),
         started.elapsed().as_secs_f64()
     );
+    if layout.lease && std::env::var("DISTER_SEED").is_err() {
+        assert!(lease_reads > 0, "{name}: no read was answered from a lease: the suite proved nothing of them");
+    }
     changes
 }
 
@@ -725,15 +744,25 @@ fn assert_changes_made(name: &str, c: Changes) {
 #[test]
 fn chaos_seeds_stay_linearizable_and_safe() {
     common::init_tracing();
-    let changes = run_suite("chaos_seeds_stay_linearizable_and_safe", 1, Layout::CHANGING3);
+    let changes = run_suite("chaos_seeds_stay_linearizable_and_safe", 1, Layout::CHANGING3, 200);
     assert_changes_made("three founders", changes);
+}
+
+/// The same with lease reads (`read_mode = "lease"`) and every node's clock running between
+/// 4% slow and 4% fast: reads answered from a lease stay linearizable through partitions,
+/// pauses, crashes, transfers and membership changes. Fails if no read used a lease.
+#[test]
+fn chaos_lease_reads_stay_linearizable() {
+    common::init_tracing();
+    let changes = run_suite("chaos_lease_reads_stay_linearizable", 20_001, Layout::CHANGING3_LEASE, 100);
+    assert_changes_made("three founders, lease reads", changes);
 }
 
 /// The same on five founders (eight hosts over a run), on other seeds.
 #[test]
 fn chaos_five_nodes() {
     common::init_tracing();
-    let changes = run_suite("chaos_five_nodes", 10_001, Layout::CHANGING5);
+    let changes = run_suite("chaos_five_nodes", 10_001, Layout::CHANGING5, 200);
     assert_changes_made("five founders", changes);
 }
 

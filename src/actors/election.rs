@@ -26,7 +26,7 @@ use crate::actors::log_store::LogStore;
 use crate::actors::peer_link::{Call, PeerLink, StopLink};
 use crate::actors::replicator::{Replicator, ReplicatorLinks};
 use crate::admission::Admitted;
-use crate::config::Config;
+use crate::config::{Config, ReadMode};
 use crate::error::ApiError;
 use crate::messages::apply::EntriesApplied;
 use crate::messages::client::{
@@ -39,7 +39,7 @@ use crate::messages::raft::{
     StopReplication, WatchLeadership,
 };
 use crate::metrics::MetricsRef;
-use crate::raft::core::{Action, Core, Input, Timing};
+use crate::raft::core::{Action, Core, Input, Timing, lease_for};
 use crate::raft::members::{MemberChange, MemberLog, Members};
 use crate::raft::{HardState, LogId, NodeId, Payload, Role};
 use crate::transport::TransportRef;
@@ -115,6 +115,9 @@ struct ForwardedReads {
 /// The election and commit actor.
 pub struct Election {
     core: Core,
+    clock: Clock,
+    /// The core's lease reads already counted in `metrics`.
+    lease_reads_counted: u64,
     config: Arc<Config>,
     transport: TransportRef,
     view: Arc<MemberView>,
@@ -161,9 +164,33 @@ enum LaterInput {
     ReadRound,
 }
 
-/// The core's clock: tokio's, so a simulation's paused time is the core's time too.
-fn now() -> std::time::Instant {
-    Instant::now().into_std()
+/// The core's clock: tokio's, so a simulation's paused time is the core's time too; in a
+/// simulation it may run fast or slow (`clock_skew_ppm`), as a real machine's may.
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    start: Instant,
+    skew_ppm: i32,
+}
+
+impl Clock {
+    fn new(skew_ppm: i32) -> Clock {
+        Clock { start: Instant::now(), skew_ppm }
+    }
+
+    fn now(&self) -> std::time::Instant {
+        let now = Instant::now();
+        if self.skew_ppm == 0 {
+            return now.into_std();
+        }
+        let elapsed = now.saturating_duration_since(self.start);
+        let skewed = elapsed.mul_f64(1.0 + f64::from(self.skew_ppm) / 1e6);
+        (self.start + skewed).into_std()
+    }
+
+    /// How long, in tokio's time, until this clock shows `at`.
+    fn until(&self, at: std::time::Instant) -> Duration {
+        at.saturating_duration_since(self.now()).div_f64(1.0 + f64::from(self.skew_ppm) / 1e6)
+    }
 }
 
 impl Election {
@@ -179,14 +206,18 @@ impl Election {
         metrics: MetricsRef,
     ) -> Self {
         let (hard_state, last_log, configs) = start;
+        let election_min = Duration::from_millis(config.election_timeout_min_ms);
         let timing = Timing {
-            election_min: Duration::from_millis(config.election_timeout_min_ms),
+            election_min,
             election_max: Duration::from_millis(config.election_timeout_max_ms),
+            lease: (config.read_mode == ReadMode::Lease).then(|| lease_for(election_min)),
         };
         let seed = config.seed.unwrap_or_else(rand::random);
-        let core = Core::new(config.id, configs, timing, hard_state, last_log, seed, now());
+        let clock = Clock::new(config.clock_skew_ppm);
+        let core = Core::new(config.id, configs, timing, hard_state, last_log, seed, clock.now());
         Election {
             core,
+            clock,
             config,
             transport,
             view,
@@ -207,12 +238,18 @@ impl Election {
             watchers: Vec::new(),
             seen_leader: None,
             metrics,
+            lease_reads_counted: 0,
         }
     }
 
     /// Feeds one input to the core and carries out what it decided.
     fn step(&mut self, ctx: &mut Context<Self>, input: Input) {
-        self.core.step(now(), input);
+        self.core.step(self.clock.now(), input);
+        let by_lease = self.core.lease_reads();
+        if by_lease > self.lease_reads_counted {
+            self.metrics.read_indexes_by_lease.inc_by(by_lease - self.lease_reads_counted);
+            self.lease_reads_counted = by_lease;
+        }
         self.act(ctx);
     }
 
@@ -277,7 +314,7 @@ impl Election {
             if let Some((_, handle)) = self.timer.take() {
                 ctx.cancel_future(handle);
             }
-            let wait = wakeup.saturating_duration_since(Instant::now());
+            let wait = self.clock.until(wakeup.into_std());
             let handle = ctx.run_later(wait, |act, ctx| {
                 act.timer = None;
                 act.step(ctx, Input::Tick);
@@ -810,7 +847,7 @@ impl Handler<GetElectionStatus> for Election {
     type Result = MessageResult<GetElectionStatus>;
 
     fn handle(&mut self, _: GetElectionStatus, _: &mut Context<Self>) -> Self::Result {
-        let now = now();
+        let now = self.clock.now();
         let me = self.core.id();
         let peers = self
             .core
@@ -888,7 +925,7 @@ impl Handler<ChangeMembers> for Election {
             let index = self.core.member_log().latest_index();
             return Box::pin(async move { Ok(WriteReply { index, output: Default::default() }) });
         }
-        let index = match self.core.propose_change(now(), msg.change) {
+        let index = match self.core.propose_change(self.clock.now(), msg.change) {
             Ok(index) => index,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
@@ -923,7 +960,7 @@ impl Handler<TransferLeadership> for Election {
             let e = ApiError::ChangeInProgress("a leadership transfer is under way".into());
             return Box::pin(async move { Err(e) });
         }
-        let target = match self.core.transfer_leadership(now(), msg.to) {
+        let target = match self.core.transfer_leadership(self.clock.now(), msg.to) {
             Ok(t) => t,
             Err(e) => return Box::pin(async move { Err(e) }),
         };

@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use dister::bench::{self, BenchOptions};
 use dister::client::{ClientTls, Dial};
-use dister::config::parse_host_port;
+use dister::config::{ReadMode, parse_host_port};
 use dister::messages::registry::{InstanceKey, Strategy};
 use dister::raft::members::MemberChange;
 use dister::registry::input::parse_services;
@@ -341,6 +341,10 @@ struct ServerArgs {
     /// Serve the HTTP API on HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
     http: Option<String>,
+    /// How linearizable reads get their read index: `index` (a heartbeat round, the
+    /// default) or `lease` (none while the leader's lease holds; relies on clocks within 5%).
+    #[arg(long, value_enum, env = "DISTER_READ_MODE")]
+    read_mode: Option<ReadMode>,
     /// Seed for the node's random choices (replays a run).
     #[arg(long)]
     seed: Option<u64>,
@@ -477,6 +481,9 @@ fn server_config(args: ServerArgs) -> anyhow::Result<Config> {
     }
     if args.http.is_some() {
         config.http = args.http;
+    }
+    if let Some(mode) = args.read_mode {
+        config.read_mode = mode;
     }
     config.validate()?;
     Ok(config)

@@ -62,6 +62,22 @@ pub struct Timing {
     pub election_min: Duration,
     /// Longest election timeout; also check-quorum's window.
     pub election_max: Duration,
+    /// Lease reads (`read_mode = "lease"`): how long after issuing a round a majority
+    /// confirmed the leader answers read indexes without a round of its own. Shorter than
+    /// `election_min` by the clock drift allowed ([`lease_for`]); `None`: every read index
+    /// takes a round.
+    pub lease: Option<Duration>,
+}
+
+/// The share of the shortest election timeout a leader's lease lasts: the lease is measured on
+/// the leader's clock from before the round, the wait it relies on on each voter's clock from
+/// after it, so this holds while no clock runs more than 5% fast or slow:
+/// `(1 - 0.05) / (1 + 0.05) = 0.905`, and a little more margin.
+pub const LEASE_SHARE: f64 = 0.85;
+
+/// The lease for an election timeout of `election_min`.
+pub fn lease_for(election_min: Duration) -> Duration {
+    election_min.mul_f64(LEASE_SHARE)
 }
 
 /// Something that happened, for the core to decide on.
@@ -417,6 +433,13 @@ struct Lead {
     /// The newest read round issued, the rounds each peer confirmed, and the reads waiting.
     round: u64,
     round_scheduled: bool,
+    /// When each round not yet confirmed by a majority was issued (lease reads only).
+    issued: VecDeque<(u64, Instant)>,
+    /// Read indexes are answered without a round until then (lease reads only).
+    lease_until: Option<Instant>,
+    /// No lease for the rest of this term: a transfer began, and the target's election
+    /// does not wait for this leader's lease to run out.
+    lease_revoked: bool,
     acked_round: BTreeMap<NodeId, u64>,
     last_ack: BTreeMap<NodeId, Instant>,
     reads: VecDeque<PendingRead>,
@@ -461,6 +484,8 @@ pub struct Core {
     campaign: Option<Campaign>,
     lead: Option<Lead>,
     votes_to_answer: Vec<VoteToAnswer>,
+    /// Read indexes answered from a lease, without a round.
+    lease_reads: u64,
     /// The term a leader handed over into (a TimeoutNow candidate asked for it): the old
     /// leader is alive, so what was passed on to it will be answered.
     handover_term: Option<u64>,
@@ -511,9 +536,15 @@ impl Core {
             appends_to_follow: BTreeMap::new(),
             campaign_due: None,
             handover_term: None,
+            lease_reads: 0,
             storage_failed: false,
             actions: Vec::new(),
         };
+        if core.timing.lease.is_some() {
+            // Before it crashed this node may have answered a round a leader's lease counts
+            // on: it votes for no one until `election_min` has passed.
+            core.last_leader_contact = Some(now);
+        }
         core.configs.commit_to(core.commit);
         core.members_changed();
         if core.is_alone() {
@@ -546,9 +577,13 @@ impl Core {
             Input::LocalAppended { term, result } => self.on_local_appended(now, term, result),
             Input::Flush => self.flush(),
             Input::ReadRound => {
+                let lease = self.timing.lease.is_some();
                 if let Some(lead) = self.lead.as_mut() {
                     lead.round += 1;
                     lead.round_scheduled = false;
+                    if lease {
+                        lead.issued.push_back((lead.round, now));
+                    }
                 }
                 self.broadcast();
                 self.serve_reads();
@@ -564,7 +599,7 @@ impl Core {
                 }
             }
             Input::PeerDisconnected { peer } => self.on_peer_disconnected(now, peer),
-            Input::ReadIndex { token } => self.on_read_index(token),
+            Input::ReadIndex { token } => self.on_read_index(now, token),
             Input::TimeoutNow { from, term } => {
                 // A view of the members that lags the log cannot say whether this node votes:
                 // the campaign then waits for it.
@@ -607,6 +642,10 @@ impl Core {
         };
         tracing::info!(id = self.id, term = self.term, target, "transferring leadership");
         lead.transfer = Some(Transfer { target, deadline: now + self.timing.election_max, sent: false });
+        // The target's election skips the voters' wait for this leader's silence (it was
+        // asked for), so no lease may be relied on from now on in this term.
+        lead.lease_revoked = true;
+        lead.lease_until = None;
         self.try_hand_over();
         Ok(target)
     }
@@ -749,6 +788,16 @@ impl Core {
     /// The leader this node follows (itself when leading), if it knows one.
     pub fn leader(&self) -> Option<NodeId> {
         self.leader
+    }
+
+    /// How many read indexes this node answered from a lease, without a round.
+    pub fn lease_reads(&self) -> u64 {
+        self.lease_reads
+    }
+
+    /// The newest read round this leader issued (0 when it does not lead).
+    pub fn read_round(&self) -> u64 {
+        self.lead.as_ref().map_or(0, |l| l.round)
     }
 
     /// The commit index as this node knows it.
@@ -1109,6 +1158,9 @@ impl Core {
             flush_scheduled: false,
             round: 0,
             round_scheduled: false,
+            issued: VecDeque::new(),
+            lease_until: None,
+            lease_revoked: false,
             reads: VecDeque::new(),
             next_quorum_check: now + self.timing.election_max,
             transfer: None,
@@ -1218,9 +1270,23 @@ impl Core {
     /// their read index.
     fn serve_reads(&mut self) {
         let commit = self.commit;
+        let lease = self.timing.lease;
         let Some(lead) = self.lead.as_mut() else { return };
         let rounds = per_voter(self.configs.latest(), self.id, lead.round, &lead.acked_round);
         let confirmed = majority_value(&rounds);
+        // A majority heard from this leader after the newest confirmed round was issued: none
+        // of them votes for another before `election_min` has passed since, on its clock.
+        while let Some(&(round, issued)) = lead.issued.front() {
+            if round > confirmed {
+                break;
+            }
+            lead.issued.pop_front();
+            if let Some(lease) = lease
+                && !lead.lease_revoked
+            {
+                lead.lease_until = lead.lease_until.max(Some(issued + lease));
+            }
+        }
         while let Some(r) = lead.reads.front() {
             if r.round > confirmed || r.read_index > commit {
                 break;
@@ -1231,8 +1297,9 @@ impl Core {
         }
     }
 
-    fn on_read_index(&mut self, token: u64) {
+    fn on_read_index(&mut self, now: Instant, token: u64) {
         let commit = self.commit;
+        let lease = self.timing.lease;
         let Some(lead) = self.lead.as_mut() else {
             let result = Err(ApiError::NotLeader { node: self.id, leader: self.leader });
             self.actions.push(Action::AnswerRead { token, result });
@@ -1242,6 +1309,21 @@ impl Core {
         // term, which may commit entries of earlier terms this leader does not yet know are
         // committed (§6.4).
         let read_index = commit.max(lead.term_start);
+        // Under a lease no other leader can have been elected yet: the commit index is the
+        // read index, once this term's no-op is committed (TiKV's lease read).
+        if let (Some(lease), Some(until)) = (lease, lead.lease_until)
+            && now < until
+            && commit >= lead.term_start
+        {
+            self.actions.push(Action::AnswerRead { token, result: Ok(commit) });
+            self.lease_reads += 1;
+            // Renewed ahead of its end while reads come, so they never wait for a round.
+            if until.saturating_duration_since(now) < lease / 2 && !lead.round_scheduled {
+                lead.round_scheduled = true;
+                self.actions.push(Action::ScheduleReadRound);
+            }
+            return;
+        }
         lead.reads.push_back(PendingRead { token, round: lead.round + 1, read_index });
         if !lead.round_scheduled {
             lead.round_scheduled = true;
@@ -1280,9 +1362,17 @@ impl Core {
         if self.role != Role::Follower || self.leader != Some(peer) {
             return;
         }
-        self.last_leader_contact = None;
         let half = self.timing.election_min.as_millis() as u64 / 2;
-        let soon = now + Duration::from_millis(self.rng.random_range(0..=half));
+        let mut soon = now + Duration::from_millis(self.rng.random_range(0..=half));
+        if self.timing.lease.is_some() {
+            // The leader may hold a lease on this node's word: keep it until `election_min`
+            // has passed since the leader was last heard, connection or not.
+            if let Some(heard) = self.last_leader_contact {
+                soon = soon.max(heard + self.timing.election_min);
+            }
+        } else {
+            self.last_leader_contact = None;
+        }
         if soon < self.deadline {
             tracing::info!(id = self.id, leader = peer, "leader connection closed; election soon");
             self.deadline = soon;

@@ -314,6 +314,8 @@ pub struct Records {
     pub registered: BTreeSet<InstanceKey>,
     /// Safety violations seen as they happened.
     pub violations: Vec<String>,
+    /// Every node's metrics, one per start (a restarted node's earlier counts stay).
+    pub metrics: Vec<dister::metrics::MetricsRef>,
 }
 
 impl Records {
@@ -440,6 +442,7 @@ where
                     .start()
                     .await?;
                 let handle = node.handle();
+                records.lock().unwrap().metrics.push(handle.cluster().metrics().clone());
                 let recorder = Recorder { node: i as u64 + 1, records }.start();
                 handle
                     .cluster()
