@@ -339,14 +339,16 @@ impl NodeBuilder {
                 committed.commit_to(hard_state.commit.min(last_log.index));
                 let view = Arc::new(MemberView::new(committed.latest().clone(), committed.committed().clone()));
                 let start = (hard_state, last_log, members);
-                let election = election_ctx.run(Election::new(
+                let election = Election::new(
                     config.clone(),
                     transport.clone(),
                     view.clone(),
                     start,
                     log_store.clone(),
                     metrics.clone(),
-                ));
+                );
+                let lease = election.lease();
+                let election = election_ctx.run(election);
                 let _ = proposer.set(election.clone().recipient());
                 election.do_send(WatchLeadership(registry.clone().recipient()));
                 log_store
@@ -361,6 +363,8 @@ impl NodeBuilder {
                     members: view,
                     metrics,
                     tls,
+                    lease,
+                    read_indexes: Arc::default(),
                 });
                 let kv = KvHandle { core: core.clone(), data_map, key_watch, pairs };
                 let registry = RegistryHandle { core: core.clone(), registry, services };

@@ -201,3 +201,22 @@ fn a_transfer_ends_the_lease() {
     confirmed_round(&mut c, t + ms(4));
     assert!(read(&mut c, t + ms(5), 3).0.is_empty(), "the lease came back in the term of a transfer");
 }
+
+/// A voter that took a newer term without voting (from a refusal of an old pre-vote of its
+/// own) still refuses a vote in that term while it hears from the leader: the rule that keeps
+/// a lease holds for a request of the voter's own term too (found by review).
+#[test]
+fn a_term_taken_from_a_refusal_does_not_open_a_vote_inside_the_lease() {
+    let (mut f, t) = follower(true);
+    let old = VoteRequest { term: 2, candidate: 2, last_log: LogId::default(), pre_vote: true, transfer: false };
+    let refusal = VoteResponse { term: 2, granted: false };
+    f.step(t + ms(1), Input::VoteResponse { from: 3, request: old, response: refusal });
+    f.take_actions();
+    assert_eq!(f.term(), 2, "the refusal's term was not taken (the case this covers no longer arises)");
+    let request = VoteRequest { term: 2, candidate: 3, last_log: LogId::new(1, 1), pre_vote: false, transfer: false };
+    f.step(t + ms(2), Input::VoteRequest { token: 9, request });
+    let actions = f.take_actions();
+    let granted = actions.iter().any(|a| matches!(a, Do::AnswerVote { response, .. } if response.granted))
+        || actions.iter().any(|a| matches!(a, Do::SaveHardState { .. }));
+    assert!(!granted, "a vote in the voter's own term was granted inside the leader's lease: {actions:?}");
+}

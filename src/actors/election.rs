@@ -15,7 +15,7 @@
 //! `Replicate` to replicators, `Call` (votes, forwarded writes and reads) to `PeerLink`s.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -118,6 +118,7 @@ pub struct Election {
     clock: Clock,
     /// The core's lease reads already counted in `metrics`.
     lease_reads_counted: u64,
+    lease: Arc<LeaseShare>,
     config: Arc<Config>,
     transport: TransportRef,
     view: Arc<MemberView>,
@@ -193,7 +194,35 @@ impl Clock {
     }
 }
 
+/// What a leader's lease lets readers on other threads take without asking `Election`: the
+/// commit index, until half the lease is gone (a read past that goes through `Election`,
+/// which renews the lease). Published after every step, before its actions are carried out:
+/// a transfer's revocation is in place before TimeoutNow leaves, and a commit index before
+/// any write it covers is acknowledged.
+#[derive(Debug)]
+pub struct LeaseShare {
+    clock: Clock,
+    grant: Mutex<Option<(std::time::Instant, u64)>>,
+}
+
+impl LeaseShare {
+    /// The read index the lease gives now, if it gives one.
+    pub fn read_index(&self) -> Option<u64> {
+        let grant = *self.grant.lock().unwrap_or_else(|p| p.into_inner());
+        grant.filter(|(until, _)| self.clock.now() < *until).map(|(_, commit)| commit)
+    }
+
+    fn set(&self, grant: Option<(std::time::Instant, u64)>) {
+        *self.grant.lock().unwrap_or_else(|p| p.into_inner()) = grant;
+    }
+}
+
 impl Election {
+    /// What this node's lease lets other threads read without asking (see [`LeaseShare`]).
+    pub fn lease(&self) -> Arc<LeaseShare> {
+        self.lease.clone()
+    }
+
     /// An election actor starting from the durable state recovered by `LogStore`: its hard
     /// state, last entry and the configurations its log holds. It opens a link (through
     /// `transport`) to each node the configurations name, and keeps `view` current.
@@ -239,6 +268,7 @@ impl Election {
             seen_leader: None,
             metrics,
             lease_reads_counted: 0,
+            lease: Arc::new(LeaseShare { clock, grant: Mutex::new(None) }),
         }
     }
 
@@ -255,6 +285,11 @@ impl Election {
 
     /// Carries out the core's actions, in order, then keeps the timer on its wakeup.
     fn act(&mut self, ctx: &mut Context<Self>) {
+        // Before any action: what the core decided about its lease (a transfer revoking it,
+        // a new commit index) is what readers see before TimeoutNow or any answer leaves.
+        if self.config.read_mode == ReadMode::Lease {
+            self.lease.set(self.core.lease_grant());
+        }
         let leader = self.core.leader();
         if leader != self.seen_leader {
             // As etcd counts: a leader where there was another or none; losing one is no change

@@ -790,6 +790,19 @@ impl Core {
         self.leader
     }
 
+    /// What the lease lets readers take without asking the core: the commit index, until
+    /// half the lease is gone (past that, a read through the core renews it). `None` without
+    /// a lease in force, before this term's no-op is committed, or once a transfer began.
+    pub fn lease_grant(&self) -> Option<(Instant, u64)> {
+        let lease = self.timing.lease?;
+        let lead = self.lead.as_ref()?;
+        let until = lead.lease_until?;
+        if lead.lease_revoked || self.commit < lead.term_start {
+            return None;
+        }
+        Some((until - lease / 2, self.commit))
+    }
+
     /// How many read indexes this node answered from a lease, without a round.
     pub fn lease_reads(&self) -> u64 {
         self.lease_reads
@@ -1403,6 +1416,18 @@ impl Core {
             if req.transfer {
                 self.handover_term = Some(req.term);
             }
+        }
+        if self.timing.lease.is_some()
+            && self.leader_is_live(now)
+            && !req.transfer
+            && self.voted_for != Some(req.candidate)
+        {
+            // In the current term too (this node may have taken it from a refusal of its own
+            // old pre-vote, without voting): a leader heard within `election_min` may hold a
+            // lease on this node's word (thesis §4.2.3 applies to every request then).
+            let response = VoteResponse { term: self.term, granted: false };
+            self.actions.push(Action::AnswerVote { token, response });
+            return;
         }
         let voter = VoterState { term: self.term, voted_for: self.voted_for, last_log: self.last_log };
         let granted = !self.storage_failed && (self.rules.grant_vote)(voter, candidacy);

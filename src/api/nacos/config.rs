@@ -184,14 +184,17 @@ pub async fn listen(api: web::Data<Api>, req: HttpRequest, p: Params) -> Reply {
         // actix drops this future then).
         let watch = api.node.kv().watch_keys(keys.clone()).await?;
         let _guard = Unwatch { node: &api.node, id: watch.id };
-        let view = api.node.kv().view_at(watch.seen).await?;
-        let current: Vec<_> = probes.iter().map(|pr| rendered(&api, &view.state, &pr.id)).collect();
-        let changed: Vec<&Probe> = probes
-            .iter()
-            .zip(&current)
-            .filter(|(pr, c)| c.as_ref().map_or(&no_md5, |c| &c.md5) != &pr.md5)
-            .map(|(pr, _)| pr)
-            .collect();
+        // The view and renderings are dropped before the wait: a poller pins no old state.
+        let changed: Vec<&Probe> = {
+            let view = api.node.kv().view_at(watch.seen).await?;
+            let current: Vec<_> = probes.iter().map(|pr| rendered(&api, &view.state, &pr.id)).collect();
+            probes
+                .iter()
+                .zip(&current)
+                .filter(|(pr, c)| c.as_ref().map_or(&no_md5, |c| &c.md5) != &pr.md5)
+                .map(|(pr, _)| pr)
+                .collect()
+        };
         if !changed.is_empty() || no_hangup {
             return Ok(text_owned(changed_body(&changed)));
         }

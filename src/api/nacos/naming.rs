@@ -259,13 +259,23 @@ pub async fn list(api: web::Data<Api>, p: Params) -> Reply {
     let clusters = p.get("clusters");
     let view = api.node.registry().view(Consistency::Linearizable).await?;
     let name = id.registry_name();
-    let render = |s: Option<&Service>| list_fields(&api, &id, s, healthy_only, clusters);
+    let wanted: Option<Vec<&str>> = clusters.map(|c| c.split(',').map(str::trim).collect());
+    let render = |s: Option<&Service>| list_fields(&api, &id, s, healthy_only, wanted.as_deref());
+    let echo = clusters.unwrap_or("");
     let body = match view.state.get(&name) {
         Some(service) => {
-            let query = ListQuery { service: name, healthy_only, clusters: clusters.map(str::to_string) };
-            api.rendered.list(query, service, view.state.len(), |s| render(Some(s))).body(now_ms())
+            // The filter as it applies to this service: the clusters it has that are named.
+            let clusters = wanted.as_ref().map(|w| {
+                let mut named: Vec<String> =
+                    service.nodes.iter().map(cluster_of).filter(|c| w.contains(c)).map(str::to_string).collect();
+                named.sort_unstable();
+                named.dedup();
+                named
+            });
+            let query = ListQuery { service: name, healthy_only, clusters };
+            api.rendered.list(query, service, view.state.len(), |s| render(Some(s))).body(echo, now_ms())
         }
-        None => rendered::once(render(None), now_ms()),
+        None => rendered::once(render(None), echo, now_ms()),
     };
     Ok(HttpResponse::Ok().content_type("application/json").body(body))
 }
@@ -277,14 +287,13 @@ fn list_fields(
     id: &ServiceId,
     service: Option<&Service>,
     healthy_only: bool,
-    clusters: Option<&str>,
+    wanted: Option<&[&str]>,
 ) -> Map<String, Value> {
-    let wanted: Vec<&str> = clusters.map(|c| c.split(',').map(str::trim).collect()).unwrap_or_default();
     let served: Vec<&ServiceNode> = service
         .iter()
         .flat_map(|s| s.nodes.iter())
         .filter(|n| n.enabled)
-        .filter(|n| wanted.is_empty() || wanted.contains(&cluster_of(n)))
+        .filter(|n| wanted.is_none_or(|w| w.contains(&cluster_of(n))))
         .collect();
     let healthy = served.iter().filter(|n| n.health == Health::Healthy).count();
     let threshold = service.map_or(0.0, protect_threshold);
@@ -308,7 +317,6 @@ fn list_fields(
         "name": id.grouped(),
         "dom": id.grouped(),
         "groupName": id.group,
-        "clusters": clusters.unwrap_or(""),
         "cacheMillis": 10_000,
         "hosts": hosts,
         "checksum": checksum,

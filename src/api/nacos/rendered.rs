@@ -5,8 +5,9 @@
 //! rendering is never served after its source changed, and holding the old value keeps its
 //! address from being reused.
 //!
-//! Each cache holds at most [`MAX_RENDERED`] renderings, or as many as its source has
-//! entries if that is more; past that it is emptied and refills as reads come.
+//! Each cache holds at most [`MAX_RENDERED`] renderings (or as many as its source has
+//! entries, if that is more) and [`MAX_RENDERED_BYTES`] of them; past either it is emptied
+//! and refills as reads come. Rendering happens outside the caches' locks.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,6 +20,8 @@ use crate::messages::registry::Service;
 
 /// Fewest renderings a cache may hold before it is emptied.
 pub const MAX_RENDERED: usize = 16_384;
+/// Most bytes of renderings a cache holds before it is emptied.
+pub const MAX_RENDERED_BYTES: usize = 64 << 20;
 
 /// A config as served: its body, MD5 and type.
 #[derive(Debug)]
@@ -47,33 +50,65 @@ pub struct List {
 }
 
 impl List {
-    /// The object as served at `now_ms`: the rendering plus `lastRefTime`.
-    pub fn body(&self, now_ms: u64) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.head.len() + 32);
+    /// The object as served at `now_ms` to a query that gave `clusters`: the rendering plus
+    /// `clusters` (as the query spelt it) and `lastRefTime`.
+    pub fn body(&self, clusters: &str, now_ms: u64) -> Bytes {
+        let clusters = serde_json::to_string(clusters).unwrap_or_else(|_| "\"\"".into());
+        let mut out = BytesMut::with_capacity(self.head.len() + clusters.len() + 48);
         out.put_slice(&self.head);
-        out.put_slice(if self.head.len() > 1 { b",\"lastRefTime\":" } else { b"\"lastRefTime\":" });
+        out.put_slice(if self.head.len() > 1 { b",\"clusters\":" } else { b"\"clusters\":" });
+        out.put_slice(clusters.as_bytes());
+        out.put_slice(b",\"lastRefTime\":");
         out.put_slice(now_ms.to_string().as_bytes());
         out.put_u8(b'}');
         out.freeze()
     }
 }
 
-/// What an instance list is rendered for: the service, and the query's filters.
+/// What an instance list is rendered for: the service, and the query's filters as they
+/// apply to it (so spellings of one query share a rendering).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ListQuery {
     /// The registry's name of the service.
     pub service: String,
     /// `healthyOnly`.
     pub healthy_only: bool,
-    /// `clusters`, as given.
-    pub clusters: Option<String>,
+    /// With a `clusters` filter: the service's clusters it names, sorted; without: `None`.
+    pub clusters: Option<Vec<String>>,
+}
+
+/// A cache and the bytes its renderings hold.
+#[derive(Debug)]
+struct Cache<K, V> {
+    entries: HashMap<K, Arc<V>>,
+    bytes: usize,
+}
+
+impl<K, V> Default for Cache<K, V> {
+    fn default() -> Self {
+        Cache { entries: HashMap::new(), bytes: 0 }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V> Cache<K, V> {
+    /// Makes room for `bytes` more: empties the cache when it is full for a source of
+    /// `entries`.
+    fn insert(&mut self, key: K, value: Arc<V>, bytes: usize, entries: usize) {
+        if self.entries.len() >= MAX_RENDERED.max(entries) || self.bytes + bytes > MAX_RENDERED_BYTES {
+            tracing::debug!(renderings = self.entries.len(), bytes = self.bytes, "rendered answers emptied");
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        self.bytes += bytes;
+        self.entries.insert(key, value);
+    }
 }
 
 /// The renderings of one node's Nacos API.
 #[derive(Debug, Default)]
 pub struct Rendered {
-    configs: Mutex<HashMap<String, Arc<Config>>>,
-    lists: Mutex<HashMap<ListQuery, Arc<List>>>,
+    configs: Mutex<Cache<String, Config>>,
+    lists: Mutex<Cache<ListQuery, List>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -88,21 +123,12 @@ fn same(a: &Option<Arc<str>>, b: Option<&Arc<str>>) -> bool {
     }
 }
 
-/// Empties `cache` when it is full for a source of `entries`.
-fn bound<K, V>(cache: &mut HashMap<K, V>, entries: usize) {
-    if cache.len() >= MAX_RENDERED.max(entries) {
-        tracing::debug!(renderings = cache.len(), "rendered answers emptied");
-        cache.clear();
-    }
-}
-
 impl Rendered {
     /// The config stored under `key` with `content` and `kind`, rendered now if the content or
     /// type changed since the last rendering (or there was none); `entries`: how many keys the
     /// store holds.
     pub fn config(&self, key: &str, content: &Arc<str>, kind: Option<&Arc<str>>, entries: usize) -> Arc<Config> {
-        let mut cache = lock(&self.configs);
-        if let Some(r) = cache.get(key)
+        if let Some(r) = lock(&self.configs).entries.get(key)
             && Arc::ptr_eq(&r.content, content)
             && same(&r.kind, kind)
         {
@@ -111,11 +137,10 @@ impl Rendered {
         let r = Arc::new(Config {
             content: content.clone(),
             kind: kind.cloned(),
-            body: Bytes::copy_from_slice(content.as_bytes()),
+            body: Bytes::from_owner(Shared(content.clone())),
             md5: hex(&Md5::digest(content.as_bytes())),
         });
-        bound(&mut cache, entries);
-        cache.insert(key.to_string(), r.clone());
+        lock(&self.configs).insert(key.to_string(), r.clone(), content.len() + key.len(), entries);
         r
     }
 
@@ -129,17 +154,25 @@ impl Rendered {
         services: usize,
         render: impl FnOnce(&Service) -> serde_json::Map<String, serde_json::Value>,
     ) -> Arc<List> {
-        let mut cache = lock(&self.lists);
-        if let Some(r) = cache.get(&query)
+        if let Some(r) = lock(&self.lists).entries.get(&query)
             && Arc::ptr_eq(&r.service, service)
         {
             return r.clone();
         }
         let r = Arc::new(List { service: service.clone(), head: head_of(render(service)) });
         // Every query shape of every service may be rendered: bound by a few per service.
-        bound(&mut cache, services.saturating_mul(4));
-        cache.insert(query, r.clone());
+        let bytes = r.head.len() + query.service.len();
+        lock(&self.lists).insert(query, r.clone(), bytes, services.saturating_mul(4));
         r
+    }
+}
+
+/// A shared content as the bytes of an answer body, without a copy.
+struct Shared(Arc<str>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
     }
 }
 
@@ -151,8 +184,8 @@ pub fn head_of(fields: serde_json::Map<String, serde_json::Value>) -> Bytes {
 }
 
 /// An instance list rendered for one answer (no service to keep it for).
-pub fn once(fields: serde_json::Map<String, serde_json::Value>, now_ms: u64) -> Bytes {
-    List { service: Arc::new(Service::new("", "")), head: head_of(fields) }.body(now_ms)
+pub fn once(fields: serde_json::Map<String, serde_json::Value>, clusters: &str, now_ms: u64) -> Bytes {
+    List { service: Arc::new(Service::new("", "")), head: head_of(fields) }.body(clusters, now_ms)
 }
 
 #[cfg(test)]
@@ -179,7 +212,12 @@ mod tests {
         for n in 0..MAX_RENDERED + 10 {
             r.config(&format!("k{n}"), &a, None, 1);
         }
-        assert!(lock(&r.configs).len() <= MAX_RENDERED);
+        assert!(lock(&r.configs).entries.len() <= MAX_RENDERED);
+        let big: Arc<str> = "x".repeat(1 << 20).into();
+        for n in 0..100 {
+            r.config(&format!("big{n}"), &big, None, 1);
+        }
+        assert!(lock(&r.configs).bytes <= MAX_RENDERED_BYTES, "the bytes are bounded too");
 
         let service = Arc::new(Service::new("s", ""));
         let q = ListQuery { service: "s".into(), healthy_only: false, clusters: None };
@@ -192,9 +230,9 @@ mod tests {
         r.list(q.clone(), &service, 1, &mut render);
         r.list(q, &Arc::new(Service::clone(&service)), 1, &mut render);
         assert_eq!(renders, 2, "rendered again only for a new value");
-        let body: serde_json::Value = serde_json::from_slice(&list.body(7)).unwrap();
-        assert_eq!(body, json!({ "hosts": [], "lastRefTime": 7 }));
-        let empty: serde_json::Value = serde_json::from_slice(&once(serde_json::Map::new(), 3)).unwrap();
-        assert_eq!(empty, json!({ "lastRefTime": 3 }));
+        let body: serde_json::Value = serde_json::from_slice(&list.body("A, B\"", 7)).unwrap();
+        assert_eq!(body, json!({ "hosts": [], "clusters": "A, B\"", "lastRefTime": 7 }));
+        let empty: serde_json::Value = serde_json::from_slice(&once(serde_json::Map::new(), "", 3)).unwrap();
+        assert_eq!(empty, json!({ "clusters": "", "lastRefTime": 3 }));
     }
 }
