@@ -179,6 +179,12 @@ impl Core {
                     self.metrics.read_indexes_by_lease.inc();
                     return ready(Ok(index));
                 }
+                // Batched where a task can be started on this thread (an actix thread: the HTTP
+                // workers, the wire's connections); elsewhere, asked alone.
+                if actix_rt::Arbiter::try_current().is_none() {
+                    let fut = self.election.send(GetReadIndex { forwarded: false });
+                    return async move { fut.await.map_err(mailbox)? }.boxed_local();
+                }
                 let (tx, rx) = oneshot::channel();
                 let ask = {
                     let mut batch = lock(&self.read_indexes);
@@ -229,8 +235,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Asks `Election` for one read index for every read waiting, then again for those that came
-/// meanwhile, until none waits.
+/// meanwhile, until none waits. If it is dropped before (its thread stopped), the reads
+/// waiting are refused, retryably, and the next read starts asking again.
 async fn ask_read_indexes(election: Addr<Election>, reads: Arc<Mutex<ReadIndexes>>) {
+    struct Asking(Arc<Mutex<ReadIndexes>>);
+    impl Drop for Asking {
+        fn drop(&mut self) {
+            let mut r = lock(&self.0);
+            if r.asking {
+                r.asking = false;
+                for tx in r.waiting.drain(..) {
+                    let _ = tx.send(Err(ApiError::Unavailable("the read index was not asked for; retry".into())));
+                }
+            }
+        }
+    }
+    let _asking = Asking(reads.clone());
     loop {
         let batch = {
             let mut r = lock(&reads);

@@ -80,7 +80,8 @@ pub struct ListQuery {
 /// A cache and the bytes its renderings hold.
 #[derive(Debug)]
 struct Cache<K, V> {
-    entries: HashMap<K, Arc<V>>,
+    /// Each rendering with the bytes it was counted for.
+    entries: HashMap<K, (Arc<V>, usize)>,
     bytes: usize,
 }
 
@@ -100,7 +101,9 @@ impl<K: std::hash::Hash + Eq, V> Cache<K, V> {
             self.bytes = 0;
         }
         self.bytes += bytes;
-        self.entries.insert(key, value);
+        if let Some((_, replaced)) = self.entries.insert(key, (value, bytes)) {
+            self.bytes -= replaced;
+        }
     }
 }
 
@@ -128,7 +131,7 @@ impl Rendered {
     /// type changed since the last rendering (or there was none); `entries`: how many keys the
     /// store holds.
     pub fn config(&self, key: &str, content: &Arc<str>, kind: Option<&Arc<str>>, entries: usize) -> Arc<Config> {
-        if let Some(r) = lock(&self.configs).entries.get(key)
+        if let Some((r, _)) = lock(&self.configs).entries.get(key)
             && Arc::ptr_eq(&r.content, content)
             && same(&r.kind, kind)
         {
@@ -154,7 +157,7 @@ impl Rendered {
         services: usize,
         render: impl FnOnce(&Service) -> serde_json::Map<String, serde_json::Value>,
     ) -> Arc<List> {
-        if let Some(r) = lock(&self.lists).entries.get(&query)
+        if let Some((r, _)) = lock(&self.lists).entries.get(&query)
             && Arc::ptr_eq(&r.service, service)
         {
             return r.clone();
