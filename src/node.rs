@@ -291,7 +291,10 @@ impl NodeBuilder {
                     }
                     let (data_map, services) = (DataMap::new(), registry.reader());
                     let pairs = data_map.reader();
-                    (data_map.start(), registry.start(), KeyWatch::new().start(), pairs, services)
+                    let (data_map, registry) = (data_map.start(), registry.start());
+                    let pairs = pairs.poking(data_map.clone().recipient());
+                    let services = services.poking(registry.clone().recipient());
+                    (data_map, registry, KeyWatch::new().start(), pairs, services)
                 })
                 .await?
         };

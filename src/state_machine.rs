@@ -5,16 +5,20 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use actix::{Actor, ActorFutureExt, ResponseActFuture, WrapFuture};
+use actix::{Actor, ActorFutureExt, Message, Recipient, ResponseActFuture, WrapFuture};
 use futures::channel::oneshot;
 use tokio::sync::watch;
 
 use crate::error::ApiError;
 
 /// A state machine's state as of an applied index: immutable, shared by every reader that
-/// holds it. The state machine stays the only writer; it publishes a new view after each
-/// batch it applies (a persistent map, so publishing copies nothing).
+/// holds it. The state machine stays the only writer; it publishes a new view when a reader
+/// waits for one (after the batch that reaches the reader's index, or when poked with
+/// [`PublishView`] if it had got there already). A persistent map makes publishing copy
+/// nothing; publishing only on demand keeps writes between reads from copying what a view
+/// still holds.
 #[derive(Debug)]
 pub struct View<T> {
     /// Everything up to this index is applied in `state`, nothing after it.
@@ -23,50 +27,107 @@ pub struct View<T> {
     pub state: T,
 }
 
+/// Asks a state machine to publish a view of what it has applied now.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct PublishView;
+
+/// What a state machine and its readers share besides the views: whether a reader waits for a
+/// newer one, and how far the state machine has applied.
+#[derive(Debug, Default)]
+struct Demand {
+    wanted: AtomicBool,
+    /// A `PublishView` is on its way (one at a time, however many readers wait).
+    poked: AtomicBool,
+    applied: AtomicU64,
+}
+
 /// The state machine's end of its published views.
 #[derive(Debug)]
-pub struct Publisher<T>(watch::Sender<Arc<View<T>>>);
+pub struct Publisher<T> {
+    tx: watch::Sender<Arc<View<T>>>,
+    demand: Arc<Demand>,
+}
 
 /// A reader's end: the newest view, or the first at or past an index. Cheap to clone, usable
 /// from any thread.
 #[derive(Debug, Clone)]
-pub struct Reader<T>(watch::Receiver<Arc<View<T>>>);
+pub struct Reader<T> {
+    rx: watch::Receiver<Arc<View<T>>>,
+    demand: Arc<Demand>,
+    /// The state machine, to poke when it applied what a reader waits for without publishing.
+    poke: Option<Recipient<PublishView>>,
+}
 
 /// A publisher and a reader of views of `T`, starting from `initial` at index 0.
 pub fn views<T>(initial: T) -> (Publisher<T>, Reader<T>) {
     let (tx, rx) = watch::channel(Arc::new(View { applied: 0, state: initial }));
-    (Publisher(tx), Reader(rx))
+    let demand = Arc::new(Demand::default());
+    (Publisher { tx, demand: demand.clone() }, Reader { rx, demand, poke: None })
 }
 
 impl<T> Publisher<T> {
     /// Makes `state`, applied up to `applied`, the view readers get.
     pub fn publish(&self, applied: u64, state: T) {
-        self.0.send_replace(Arc::new(View { applied, state }));
+        self.demand.wanted.store(false, Ordering::SeqCst);
+        self.demand.poked.store(false, Ordering::SeqCst);
+        self.demand.applied.store(applied, Ordering::SeqCst);
+        self.tx.send_replace(Arc::new(View { applied, state }));
     }
 
-    /// A reader of these views.
-    pub fn reader(&self) -> Reader<T> {
-        Reader(self.0.subscribe())
+    /// Records that everything up to `applied` is applied; answers whether a reader waits for
+    /// a newer view (then publish one).
+    pub fn applied(&self, applied: u64) -> bool {
+        self.demand.applied.store(applied, Ordering::SeqCst);
+        self.demand.wanted.swap(false, Ordering::SeqCst)
+    }
+
+    /// A reader of these views, poking `poke` (the state machine) when it must publish.
+    pub fn reader(&self, poke: Option<Recipient<PublishView>>) -> Reader<T> {
+        Reader { rx: self.tx.subscribe(), demand: self.demand.clone(), poke }
     }
 }
 
 impl<T> Reader<T> {
-    /// The newest view.
-    pub fn latest(&self) -> Arc<View<T>> {
-        self.0.borrow().clone()
+    /// The same reader, poking `poke` (the state machine, once started) when it must publish.
+    pub fn poking(self, poke: Recipient<PublishView>) -> Reader<T> {
+        Reader { poke: Some(poke), ..self }
     }
 
-    /// The first view with `index` applied: at once if the newest has it, else when the state
-    /// machine gets there (the read half of ReadIndex, §6.4, without a message to the actor).
+    /// The newest view.
+    pub fn latest(&self) -> Arc<View<T>> {
+        self.rx.borrow().clone()
+    }
+
+    /// The first view with `index` applied, and everything the state machine had applied when
+    /// asked (so a stale read, at 0, gets this node's copy as it is): at once if the newest
+    /// view has it, else once the state machine gets there and publishes (the read half of
+    /// ReadIndex, §6.4, with a message to the actor only when it applied the index without
+    /// publishing it).
     pub async fn at(&self, index: u64) -> Result<Arc<View<T>>, ApiError> {
+        let index = index.max(self.demand.applied.load(Ordering::SeqCst));
         let newest = self.latest();
         if newest.applied >= index {
             return Ok(newest);
         }
-        let mut rx = self.0.clone();
-        match rx.wait_for(|v| v.applied >= index).await {
-            Ok(v) => Ok(v.clone()),
-            Err(_) => Err(ApiError::Unavailable("the state machine stopped".into())),
+        let mut rx = self.rx.clone();
+        loop {
+            let v = rx.borrow_and_update().clone();
+            if v.applied >= index {
+                return Ok(v);
+            }
+            // Wanted first, then the applied index: either the state machine sees the wish
+            // after its next batch, or this sees that batch's index and pokes it.
+            self.demand.wanted.store(true, Ordering::SeqCst);
+            if self.demand.applied.load(Ordering::SeqCst) >= index
+                && let Some(poke) = &self.poke
+                && !self.demand.poked.swap(true, Ordering::SeqCst)
+            {
+                poke.do_send(PublishView);
+            }
+            if rx.changed().await.is_err() {
+                return Err(ApiError::Unavailable("the state machine stopped".into()));
+            }
         }
     }
 }
@@ -166,8 +227,11 @@ mod tests {
     async fn a_reader_waits_for_the_view_it_needs() {
         let (publisher, reader) = views(0u32);
         assert_eq!(reader.at(0).await.unwrap().state, 0);
+        assert!(!publisher.applied(1), "no reader waits: nothing to publish");
         let later = reader.clone();
         let waiting = tokio::spawn(async move { later.at(2).await.map(|v| (v.applied, v.state)) });
+        tokio::task::yield_now().await;
+        assert!(publisher.applied(1), "a reader waits: a view is wanted");
         publisher.publish(1, 10);
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished(), "index 1 is not index 2");

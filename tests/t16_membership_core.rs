@@ -25,18 +25,7 @@ fn drive_alone(c: &mut Core, now: Instant) {
             return;
         }
         for a in actions {
-            match a {
-                Do::SaveHardState { ticket } => {
-                    let last = c.last_log();
-                    c.step(now, Input::HardStateSaved { ticket, result: Some(Ok(last)) });
-                }
-                Do::ScheduleFlush => c.step(now, Input::Flush),
-                Do::AppendLocal { term, entries, report: true } => {
-                    let last = entries.last().map(|e| e.log_id()).unwrap_or_default();
-                    c.step(now, Input::LocalAppended { term, result: Some(Ok(last)) });
-                }
-                _ => {}
-            }
+            crate::common::core_io::own_io(c, now, a);
         }
     }
 }

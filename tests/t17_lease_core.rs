@@ -37,23 +37,15 @@ fn drive(c: &mut Core, now: Instant) -> (Answers, bool) {
             break;
         }
         for a in actions {
-            match a {
-                Do::SaveHardState { ticket } => {
-                    let last = c.last_log();
-                    c.step(now, Input::HardStateSaved { ticket, result: Some(Ok(last)) });
-                }
-                Do::ScheduleFlush => c.step(now, Input::Flush),
-                Do::AppendLocal { term, entries, report: true } => {
-                    let last = entries.last().map(|e| e.log_id()).unwrap_or_default();
-                    c.step(now, Input::LocalAppended { term, result: Some(Ok(last)) });
-                }
-                Do::SendVote { to: 2, request } => {
+            match crate::common::core_io::own_io(c, now, a) {
+                None => {}
+                Some(Do::SendVote { to: 2, request }) => {
                     let response = VoteResponse { term: request.term, granted: true };
                     c.step(now, Input::VoteResponse { from: 2, request, response });
                 }
-                Do::AnswerRead { token, result } => reads.push((token, result)),
-                Do::ScheduleReadRound => round = true,
-                _ => {}
+                Some(Do::AnswerRead { token, result }) => reads.push((token, result)),
+                Some(Do::ScheduleReadRound) => round = true,
+                Some(_) => {}
             }
         }
     }

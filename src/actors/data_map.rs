@@ -6,8 +6,8 @@
 //!
 //! The pairs are a persistent map: a snapshot's view is a clone that costs nothing, and
 //! writes applied while it is being written copy only the paths they touch. The same clone is
-//! published after every applied batch ([`DataMap::reader`]): the handles read from it on
-//! their own thread, without a message to this actor.
+//! published when a reader waits for one ([`DataMap::reader`], `PublishView`): the handles
+//! read from it on their own thread.
 
 use std::ops::Bound;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use crate::messages::apply::{ApplyEntries, Query};
 use crate::messages::kv::{CountKeys, GetKey, KvCommand, KvOutput, ListKeys};
 use crate::raft::Payload;
 use crate::snapshot::{RestoreSnapshot, SnapshotView, TakeSnapshot, read_record, write_record_with};
-use crate::state_machine::{AppliedGate, Publisher, Reader, read_after, views};
+use crate::state_machine::{AppliedGate, PublishView, Publisher, Reader, read_after, views};
 
 /// The pairs, by key. A value is shared (`Arc`), so views, snapshots and readers that hold it
 /// copy nothing, and a reader may tell by its address whether it changed.
@@ -45,9 +45,10 @@ impl DataMap {
         Self::default()
     }
 
-    /// A reader of the pairs as applied, published after every batch.
+    /// A reader of the pairs as applied (give it this actor's address with
+    /// [`Reader::poking`] once started).
     pub fn reader(&self) -> Reader<Pairs> {
-        self.views.reader()
+        self.views.reader(None)
     }
 
     fn publish(&self) {
@@ -104,8 +105,18 @@ impl Handler<ApplyEntries> for DataMap {
             })
             .collect();
         self.gate.advance(msg.applied_to);
-        self.publish();
+        if self.views.applied(msg.applied_to) {
+            self.publish();
+        }
         out
+    }
+}
+
+impl Handler<PublishView> for DataMap {
+    type Result = ();
+
+    fn handle(&mut self, _: PublishView, _: &mut Context<Self>) {
+        self.publish();
     }
 }
 

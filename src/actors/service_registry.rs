@@ -35,7 +35,7 @@ use crate::raft::{Entry, NodeId, Payload};
 use crate::registry::checks::{CheckSettings, HealthChecks, ProbeJob};
 use crate::registry::{Registry, Services, pick};
 use crate::snapshot::{RestoreSnapshot, SnapshotView, TakeSnapshot, read_frame, write_frame};
-use crate::state_machine::{AppliedGate, Publisher, Reader, read_after, views};
+use crate::state_machine::{AppliedGate, PublishView, Publisher, Reader, read_after, views};
 use crate::transport::TransportRef;
 use crate::wire::Write;
 
@@ -126,14 +126,15 @@ pub struct ServiceRegistry {
     /// Where probes run (`None`: on this actor's thread).
     prober: Option<ArbiterHandle>,
     leading: Option<Leading>,
-    /// The services as applied, published after every batch for readers on other threads.
+    /// The services as applied, published when a reader on another thread waits for them.
     views: Publisher<Services>,
 }
 
 impl ServiceRegistry {
-    /// A reader of the services as applied, published after every batch.
+    /// A reader of the services as applied (give it this actor's address with
+    /// [`Reader::poking`] once started).
     pub fn reader(&self) -> Reader<Services> {
-        self.views.reader()
+        self.views.reader(None)
     }
 
     fn publish(&self) {
@@ -316,8 +317,18 @@ impl Handler<ApplyEntries> for ServiceRegistry {
             })
             .collect();
         self.gate.advance(msg.applied_to);
-        self.publish();
+        if self.views.applied(msg.applied_to) {
+            self.publish();
+        }
         out
+    }
+}
+
+impl Handler<PublishView> for ServiceRegistry {
+    type Result = ();
+
+    fn handle(&mut self, _: PublishView, _: &mut Context<Self>) {
+        self.publish();
     }
 }
 

@@ -128,16 +128,6 @@ impl RegistryHandle {
         self.core.read(consistency, move |min_applied| async move { services.at(min_applied).await })
     }
 
-    /// One service, shared with the view it came from.
-    pub fn service(
-        &self,
-        name: String,
-        consistency: Consistency,
-    ) -> LocalBoxFuture<'static, Result<Option<Arc<Service>>, ApiError>> {
-        let view = self.view(consistency);
-        async move { Ok(view.await?.state.get(&name).cloned()) }.boxed_local()
-    }
-
     /// One service.
     pub fn get_service(
         &self,

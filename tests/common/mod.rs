@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod core_io;
 pub mod db;
 pub mod faults;
 pub mod procs;

@@ -12,11 +12,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::{BufMut, Bytes, BytesMut};
-use md5::{Digest, Md5};
-
-use crate::auth::hex;
+use super::config::md5_of;
 use crate::messages::registry::Service;
+use bytes::{BufMut, Bytes, BytesMut};
 
 /// Fewest renderings a cache may hold before it is emptied.
 pub const MAX_RENDERED: usize = 16_384;
@@ -50,19 +48,24 @@ pub struct List {
 }
 
 impl List {
-    /// The object as served at `now_ms` to a query that gave `clusters`: the rendering plus
-    /// `clusters` (as the query spelt it) and `lastRefTime`.
+    /// The object as served at `now_ms` to a query that gave `clusters` (see [`answer`]).
     pub fn body(&self, clusters: &str, now_ms: u64) -> Bytes {
-        let clusters = serde_json::to_string(clusters).unwrap_or_else(|_| "\"\"".into());
-        let mut out = BytesMut::with_capacity(self.head.len() + clusters.len() + 48);
-        out.put_slice(&self.head);
-        out.put_slice(if self.head.len() > 1 { b",\"clusters\":" } else { b"\"clusters\":" });
-        out.put_slice(clusters.as_bytes());
-        out.put_slice(b",\"lastRefTime\":");
-        out.put_slice(now_ms.to_string().as_bytes());
-        out.put_u8(b'}');
-        out.freeze()
+        answer(&self.head, clusters, now_ms)
     }
+}
+
+/// An instance list's answer from its rendering `head` (the object without its closing
+/// brace): plus `clusters` (as the query spelt it) and `lastRefTime`.
+fn answer(head: &[u8], clusters: &str, now_ms: u64) -> Bytes {
+    let clusters = serde_json::to_string(clusters).unwrap_or_else(|_| "\"\"".into());
+    let mut out = BytesMut::with_capacity(head.len() + clusters.len() + 48);
+    out.put_slice(head);
+    out.put_slice(if head.len() > 1 { b",\"clusters\":" } else { b"\"clusters\":" });
+    out.put_slice(clusters.as_bytes());
+    out.put_slice(b",\"lastRefTime\":");
+    out.put_slice(now_ms.to_string().as_bytes());
+    out.put_u8(b'}');
+    out.freeze()
 }
 
 /// What an instance list is rendered for: the service, and the query's filters as they
@@ -141,7 +144,7 @@ impl Rendered {
             content: content.clone(),
             kind: kind.cloned(),
             body: Bytes::from_owner(Shared(content.clone())),
-            md5: hex(&Md5::digest(content.as_bytes())),
+            md5: md5_of(Some(content)),
         });
         lock(&self.configs).insert(key.to_string(), r.clone(), content.len() + key.len(), entries);
         r
@@ -188,7 +191,7 @@ pub fn head_of(fields: serde_json::Map<String, serde_json::Value>) -> Bytes {
 
 /// An instance list rendered for one answer (no service to keep it for).
 pub fn once(fields: serde_json::Map<String, serde_json::Value>, clusters: &str, now_ms: u64) -> Bytes {
-    List { service: Arc::new(Service::new("", "")), head: head_of(fields) }.body(clusters, now_ms)
+    answer(&head_of(fields), clusters, now_ms)
 }
 
 #[cfg(test)]
