@@ -142,8 +142,12 @@ pub struct Metrics {
     pub proposals_failed: Counter,
     /// Read indexes a follower asked its leader for, each for every read waiting then.
     pub read_indexes_forwarded: Counter,
-    /// Read indexes this leader answered from its lease, without a round (`read_mode = "lease"`).
+    /// Read indexes answered from a lease (`read_mode = "lease"`): the leader's, without a round,
+    /// or a follower's own, without asking the leader.
     pub read_indexes_by_lease: Counter,
+    /// Of those, read indexes this follower took from its own read lease, without asking the
+    /// leader.
+    pub read_indexes_by_follower_lease: Counter,
     /// Durations of the log's fsyncs.
     pub wal_fsync: Histogram,
     peer_rtt: HistogramFamily<PeerLabels>,
@@ -173,6 +177,7 @@ impl Metrics {
             proposals_failed: Counter::default(),
             read_indexes_forwarded: Counter::default(),
             read_indexes_by_lease: Counter::default(),
+            read_indexes_by_follower_lease: Counter::default(),
             wal_fsync: fsync_histogram(),
             peer_rtt: Family::new_with_constructor(rtt_histogram),
             peer_failures: Family::default(),
@@ -189,8 +194,13 @@ impl Metrics {
         );
         r.register(
             "server_read_indexes_by_lease",
-            "Read indexes this leader answered from its lease, without a round of heartbeats",
+            "Read indexes answered from a lease: this leader's, without a round of heartbeats, or this follower's, without asking the leader",
             m.read_indexes_by_lease.clone(),
+        );
+        r.register(
+            "server_read_indexes_by_follower_lease",
+            "Read indexes this follower answered from its own read lease, without asking the leader",
+            m.read_indexes_by_follower_lease.clone(),
         );
         r.register("disk_wal_fsync_duration_seconds", "Durations of the log's fsyncs", m.wal_fsync.clone());
         r.register(

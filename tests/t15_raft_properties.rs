@@ -145,6 +145,7 @@ struct Replication {
     term: u64,
     peers: BTreeMap<usize, Progress>,
     commit: u64,
+    visible: u64,
 }
 
 /// One model node: the real core, and what `LogStore` and the replicators hold.
@@ -618,7 +619,7 @@ impl Cluster {
                 // A new member's replicator joins the term's others.
                 let r = match node.replication.take() {
                     Some(r) if r.term == term => node.replication.insert(r),
-                    _ => node.replication.insert(Replication { term, peers: BTreeMap::new(), commit: 0 }),
+                    _ => node.replication.insert(Replication { term, peers: BTreeMap::new(), commit: 0, visible: 0 }),
                 };
                 r.peers.extend(peers.into_iter().map(|p| (p, progress)));
             }
@@ -634,11 +635,13 @@ impl Cluster {
                 let to = self.index_of(to);
                 self.send(i, to, Message::TimeoutNow { term });
             }
-            Do::Replicate { commit, .. } => {
+            Do::Replicate { commit, visible, .. } => {
                 if let Some(r) = self.nodes[i].replication.as_mut() {
                     r.commit = r.commit.max(commit);
+                    r.visible = r.visible.max(visible);
                 }
             }
+            Do::SendLease { .. } => unreachable!("a read lease granted or revoked with read_mode = index"),
             Do::LeadershipChanged { term, is_leader } => {
                 let node = &self.nodes[i];
                 if is_leader {
@@ -671,7 +674,16 @@ impl Cluster {
         let prev = LogId::new(prev_term, next - 1);
         let entries = node.log.slice(next, batch, usize::MAX);
         progress.next_index = next + entries.len() as u64;
-        let request = AppendEntriesRequest { term: r.term, leader: id, prev, entries, leader_commit: r.commit };
+        let (leader_commit, leader_visible) = (r.commit, r.visible);
+        let request = AppendEntriesRequest {
+            term: r.term,
+            leader: id,
+            prev,
+            entries,
+            leader_commit,
+            leader_visible,
+            lease: None,
+        };
         let epoch = progress.epoch;
         self.send(i, p, Message::Append { request, epoch });
     }
@@ -749,7 +761,16 @@ impl Cluster {
             progress.epoch += 1;
             progress.next_index = next.clamp(progress.match_index + 1, last + 1);
         };
-        let report = |match_index| Input::PeerProgress { peer, term, acked_round: 0, match_index };
+        let (commit, lease_ask) = (Some(response.commit), response.lease_ask);
+        let report = |match_index| Input::PeerProgress {
+            peer,
+            term,
+            acked_round: 0,
+            match_index,
+            commit,
+            lease_ask,
+            lease_dropped: false,
+        };
         match response.outcome {
             AppendOutcome::Success { match_index } => {
                 let moved = match_index > progress.match_index;

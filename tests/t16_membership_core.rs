@@ -84,8 +84,15 @@ fn node_4_with_an_append_in_flight(members: Members, payload: Payload) -> (Core,
     let mut c = Core::new(4, log, TIMING, hard, LogId::new(1, 2), 7, t0);
     c.take_actions();
     let entry = Arc::new(Entry { term: 1, index: 3, payload });
-    let request =
-        AppendEntriesRequest { term: 1, leader: 1, prev: LogId::new(1, 2), entries: vec![entry], leader_commit: 2 };
+    let request = AppendEntriesRequest {
+        term: 1,
+        leader: 1,
+        prev: LogId::new(1, 2),
+        entries: vec![entry],
+        leader_commit: 2,
+        leader_visible: 2,
+        lease: None,
+    };
     c.step(t0, Input::AppendRequest { token: 1, request });
     let store = stored_ticket(&mut c.take_actions()).expect("a store");
     (c, store, t0)
@@ -112,8 +119,15 @@ fn a_handover_asked_by_a_deposed_leader_is_dropped() {
     c.step(t0, Input::TimeoutNow { from: 1, term: 1 });
     assert!(!sends_votes(&mut c), "stood before its log was in");
     let entry = Arc::new(Entry { term: 2, index: 4, payload: Payload::Blank });
-    let request =
-        AppendEntriesRequest { term: 2, leader: 2, prev: LogId::new(1, 3), entries: vec![entry], leader_commit: 2 };
+    let request = AppendEntriesRequest {
+        term: 2,
+        leader: 2,
+        prev: LogId::new(1, 3),
+        entries: vec![entry],
+        leader_commit: 2,
+        leader_visible: 2,
+        lease: None,
+    };
     c.step(t0, Input::AppendRequest { token: 2, request });
     let second = stored_ticket(&mut c.take_actions()).expect("a second store");
     let reply = |index| AppendFromLeaderReply {
@@ -159,8 +173,15 @@ fn appends_waiting_for_a_hung_disk_are_bounded() {
     use dister::raft::core::MAX_APPENDS_TO_FOLLOW;
     use dister::wire::AppendOutcome;
     let (mut c, _, t0) = node_4_with_an_append_in_flight(voters(&[1, 2, 3, 4]), Payload::Blank);
-    let heartbeat =
-        || AppendEntriesRequest { term: 1, leader: 1, prev: LogId::new(1, 3), entries: vec![], leader_commit: 2 };
+    let heartbeat = || AppendEntriesRequest {
+        term: 1,
+        leader: 1,
+        prev: LogId::new(1, 3),
+        entries: vec![],
+        leader_commit: 2,
+        leader_visible: 2,
+        lease: None,
+    };
     for token in 2..=MAX_APPENDS_TO_FOLLOW as u64 {
         c.step(t0, Input::AppendRequest { token, request: heartbeat() });
         assert!(stored_ticket(&mut c.take_actions()).is_some(), "append {token} was not sent to LogStore");
@@ -218,7 +239,18 @@ fn a_learner_far_behind_is_not_promoted() {
     drive_alone(&mut c, t0);
     let ack = |c: &mut Core, m: u64| {
         let term = c.term();
-        c.step(t0, Input::PeerProgress { peer: 2, term, acked_round: 0, match_index: Some(m) });
+        c.step(
+            t0,
+            Input::PeerProgress {
+                peer: 2,
+                term,
+                acked_round: 0,
+                match_index: Some(m),
+                commit: None,
+                lease_ask: None,
+                lease_dropped: false,
+            },
+        );
         c.take_actions();
     };
     ack(&mut c, added);

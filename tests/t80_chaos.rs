@@ -477,8 +477,10 @@ struct Summary {
     terms: usize,
     faults: usize,
     changes: Changes,
-    /// Read indexes leaders answered from their lease.
+    /// Read indexes answered from a lease: a leader's, or a follower's own.
     lease_reads: u64,
+    /// Of those, read indexes followers answered from their own lease.
+    follower_lease_reads: u64,
     /// A digest of every operation (with its times and outcome), of the fault schedule and
     /// of the operator's log: equal digests mean the same run.
     digest: u64,
@@ -659,6 +661,7 @@ fn run_seed(seed: u64, secs: u64, layout: Layout) -> Result<Summary, String> {
         faults: nemesis.log.len(),
         changes,
         lease_reads: r.metrics.iter().map(|m| m.read_indexes_by_lease.get()).sum(),
+        follower_lease_reads: r.metrics.iter().map(|m| m.read_indexes_by_follower_lease.get()).sum(),
         digest,
     })
 }
@@ -688,7 +691,7 @@ fn run_suite(name: &str, first: u64, layout: Layout, release_seeds: u64) -> Chan
         eprintln!("{name}: debug build, {} seeds (CI runs 200 in release: cargo test --release)", seeds.len());
     }
     let started = std::time::Instant::now();
-    let (mut ops, mut acked, mut terms, mut faults, mut lease_reads) = (0, 0, 0, 0, 0);
+    let (mut ops, mut acked, mut terms, mut faults, mut lease_reads, mut follower_reads) = (0, 0, 0, 0, 0, 0);
     let mut changes = Changes::default();
     for &seed in &seeds {
         match run_seed(seed, secs, layout) {
@@ -698,6 +701,7 @@ fn run_suite(name: &str, first: u64, layout: Layout, release_seeds: u64) -> Chan
                 terms += s.terms;
                 faults += s.faults;
                 lease_reads += s.lease_reads;
+                follower_reads += s.follower_lease_reads;
                 changes += s.changes;
             }
             Err(e) => {
@@ -708,12 +712,16 @@ fn run_suite(name: &str, first: u64, layout: Layout, release_seeds: u64) -> Chan
         }
     }
     eprintln!(
-        "{name}: {} seeds x {secs} s simulated in {:.1} s: {ops} client ops, {acked} acknowledged writes, {terms} terms, {faults} fault events, {lease_reads} lease reads, changes {changes:?}",
+        "{name}: {} seeds x {secs} s simulated in {:.1} s: {ops} client ops, {acked} acknowledged writes, {terms} terms, {faults} fault events, {lease_reads} lease reads ({follower_reads} on followers), changes {changes:?}",
         seeds.len(),
         started.elapsed().as_secs_f64()
     );
     if layout.lease && std::env::var("DISTER_SEED").is_err() {
         assert!(lease_reads > 0, "{name}: no read was answered from a lease: the suite proved nothing of them");
+        assert!(
+            follower_reads > 0,
+            "{name}: no follower answered a read from its lease: the suite proved nothing of them"
+        );
     }
     changes
 }

@@ -36,7 +36,7 @@ use crate::messages::client::{
 use crate::messages::raft::{
     AppendEntries, AppendFromLeader, AppendLocal, CommitTo, ForwardToLeader, HigherTermSeen, InstallFromLeader,
     InstallSnapshot, LeadershipChanged, PeerDisconnected, PeerProgress, Replicate, RequestVote, SaveHardState,
-    StopReplication, WatchLeadership,
+    SendLease, StopReplication, WatchLeadership,
 };
 use crate::metrics::MetricsRef;
 use crate::raft::core::{Action, Core, Input, Timing, lease_for};
@@ -194,25 +194,38 @@ impl Clock {
     }
 }
 
-/// What a leader's lease lets readers on other threads take without asking `Election`: the
-/// commit index, until half the lease is gone (a read past that goes through `Election`,
-/// which renews the lease). Published after every step, before its actions are carried out:
-/// a transfer's revocation is in place before TimeoutNow leaves, and a commit index before
-/// any write it covers is acknowledged.
+/// What a lease lets readers on other threads take without asking `Election`
+/// ([`Core::lease_grant`]): on the leader, what every node may see, until half the lease is
+/// gone (a read past that goes through `Election`, which renews the lease); on a follower
+/// holding a read lease, its commit index until the lease runs out. Published after every
+/// step, before its actions are carried out: a transfer's revocation is in place before
+/// TimeoutNow leaves, and a follower's commit index before its answer tells the leader it
+/// has it.
 #[derive(Debug)]
 pub struct LeaseShare {
     clock: Clock,
-    grant: Mutex<Option<(std::time::Instant, u64)>>,
+    grant: Mutex<Option<LeaseRead>>,
+}
+
+/// A read index a lease gives ([`LeaseShare::read_index`]).
+#[derive(Clone, Copy, Debug)]
+pub struct LeaseRead {
+    until: std::time::Instant,
+    /// The read index.
+    pub index: u64,
+    /// Given by a follower's read lease (not the leader's).
+    pub follower: bool,
 }
 
 impl LeaseShare {
     /// The read index the lease gives now, if it gives one.
-    pub fn read_index(&self) -> Option<u64> {
+    pub fn read_index(&self) -> Option<LeaseRead> {
         let grant = *self.grant.lock().unwrap_or_else(|p| p.into_inner());
-        grant.filter(|(until, _)| self.clock.now() < *until).map(|(_, commit)| commit)
+        grant.filter(|g| self.clock.now() < g.until)
     }
 
-    fn set(&self, grant: Option<(std::time::Instant, u64)>) {
+    fn set(&self, grant: Option<(std::time::Instant, u64)>, follower: bool) {
+        let grant = grant.map(|(until, index)| LeaseRead { until, index, follower });
         *self.grant.lock().unwrap_or_else(|p| p.into_inner()) = grant;
     }
 }
@@ -288,7 +301,7 @@ impl Election {
         // Before any action: what the core decided about its lease (a transfer revoking it,
         // a new commit index) is what readers see before TimeoutNow or any answer leaves.
         if self.config.read_mode == ReadMode::Lease {
-            self.lease.set(self.core.lease_grant());
+            self.lease.set(self.core.lease_grant(), self.core.role() != Role::Leader);
         }
         let leader = self.core.leader();
         if leader != self.seen_leader {
@@ -452,10 +465,15 @@ impl Election {
                 self.view.set(members, self.core.member_log().committed().clone());
                 self.follow_peers(peers);
             }
-            Action::Replicate { last_index, commit, round } => {
-                let msg = Replicate { last_index, commit, round };
+            Action::Replicate { last_index, commit, visible, round } => {
+                let msg = Replicate { last_index, commit, visible, round };
                 for r in self.replicators.values() {
                     r.do_send(msg);
+                }
+            }
+            Action::SendLease { peer, word } => {
+                if let Some(r) = self.replicators.get(&peer) {
+                    r.do_send(SendLease(word));
                 }
             }
             Action::LeadershipChanged { term, is_leader } => {
@@ -654,7 +672,7 @@ impl Handler<AppendEntries> for Election {
         let token = self.answers.token();
         let (tx, rx) = oneshot::channel();
         self.answers.appends.insert(token, tx);
-        let stale = AppendEntriesResponse { term: request.term, outcome: AppendOutcome::StaleTerm };
+        let stale = AppendEntriesResponse::new(request.term, AppendOutcome::StaleTerm);
         self.step(ctx, Input::AppendRequest { token, request });
         Box::pin(async move { rx.await.unwrap_or(stale) })
     }
@@ -677,8 +695,9 @@ impl Handler<PeerProgress> for Election {
     type Result = ();
 
     fn handle(&mut self, msg: PeerProgress, ctx: &mut Context<Self>) {
-        let PeerProgress { peer, term, acked_round, match_index } = msg;
-        self.step(ctx, Input::PeerProgress { peer, term, acked_round, match_index });
+        let PeerProgress { peer, term, acked_round, match_index, commit, lease_ask, lease_dropped } = msg;
+        let input = Input::PeerProgress { peer, term, acked_round, match_index, commit, lease_ask, lease_dropped };
+        self.step(ctx, input);
     }
 }
 

@@ -33,11 +33,14 @@ use crate::actors::peer_link::{Call, PeerLink};
 use crate::config::Config;
 use crate::messages::raft::{
     FetchEntries, FetchEntriesError, GetLogState, HigherTermSeen, PeerProgress, ReadSnapshotBytes, Replicate,
-    StopReplication,
+    SendLease, StopReplication,
 };
 use crate::metrics::PeerMetrics;
 use crate::raft::{LogId, NodeId};
-use crate::wire::{AppendEntriesRequest, AppendOutcome, InstallOutcome, InstallSnapshotRequest, Request, Response};
+use crate::wire::{
+    AppendEntriesRequest, AppendEntriesResponse, AppendOutcome, InstallOutcome, InstallSnapshotRequest, LeaseWord,
+    Request, Response,
+};
 
 /// Replicates the leader's log to one peer.
 pub struct Replicator {
@@ -59,6 +62,11 @@ pub struct Replicator {
     last_index: u64,
     commit: u64,
     commit_sent: u64,
+    /// How far committed entries may be applied and seen, as last told and last sent.
+    visible: u64,
+    visible_sent: u64,
+    /// A word on the peer's read lease to send with the next request.
+    lease: Option<LeaseWord>,
     round_wanted: u64,
     round_sent: u64,
     inflight: usize,
@@ -129,6 +137,9 @@ impl Replicator {
             last_index: next_index.saturating_sub(1),
             commit: 0,
             commit_sent: 0,
+            visible: 0,
+            visible_sent: 0,
+            lease: None,
             round_wanted: 0,
             round_sent: 0,
             inflight: 0,
@@ -159,7 +170,8 @@ impl Replicator {
             self.paused_until = None;
         }
         let heartbeat_due = now.duration_since(self.last_sent) >= self.config.heartbeat_interval();
-        let round_waits = self.round_wanted > self.round_sent;
+        // A word on the lease goes at once, as a read round does.
+        let round_waits = self.round_wanted > self.round_sent || self.lease.is_some();
         if self.snapshot.is_some() {
             if (heartbeat_due || round_waits) && !self.beat_inflight {
                 self.beat_during_snapshot(ctx);
@@ -168,7 +180,7 @@ impl Replicator {
             return;
         }
         let window_open = self.inflight < self.config.max_inflight_appends;
-        let commit_news = self.commit > self.commit_sent;
+        let commit_news = self.commit > self.commit_sent || self.visible > self.visible_sent;
         let entries = !self.probing && window_open && self.next_index <= self.last_index;
         let probe_due = self.probing && self.probe_inflight.is_none();
         if !(entries || probe_due || heartbeat_due || round_waits || (window_open && commit_news)) {
@@ -197,6 +209,8 @@ impl Replicator {
                         prev: fetched.prev,
                         entries: fetched.entries,
                         leader_commit: act.commit,
+                        leader_visible: act.visible,
+                        lease: act.lease.take(),
                     };
                     act.send(req, sent_last, ctx);
                     act.pump(ctx);
@@ -227,12 +241,14 @@ impl Replicator {
         }
         self.round_sent = round;
         self.commit_sent = req.leader_commit;
+        self.visible_sent = req.leader_visible;
         self.next_index = sent_last + 1;
         if counted {
             self.inflight += 1;
         }
         self.last_sent = Instant::now();
         let sent_at = self.last_sent;
+        let revoking = req.lease == Some(LeaseWord::Revoke);
         let call = Call { request: Request::AppendEntries(req), timeout: self.append_timeout() };
         ctx.spawn(self.link.send(call).into_actor(self).map(move |res, act, ctx| {
             if act.stopped {
@@ -261,13 +277,13 @@ impl Replicator {
                         AppendOutcome::Success { match_index } => {
                             let moved = match_index > act.match_index;
                             act.match_index = act.match_index.max(match_index);
-                            act.report(round, moved.then_some(act.match_index));
+                            act.report_append(round, moved.then_some(act.match_index), &resp, revoking);
                             act.matched(epoch, sent_last);
                         }
                         // The follower matched but did not wait for its disk: leadership
                         // is confirmed, replication is not.
                         AppendOutcome::Heartbeat => {
-                            act.report(round, None);
+                            act.report_append(round, None, &resp, revoking);
                             act.matched(epoch, sent_last);
                             act.resend_unconfirmed(epoch, sent_last);
                         }
@@ -405,7 +421,10 @@ impl Replicator {
             prev: LogId::default(),
             entries: Vec::new(),
             leader_commit: self.commit,
+            leader_visible: self.visible,
+            lease: self.lease.take(),
         };
+        let revoking = req.lease == Some(LeaseWord::Revoke);
         let call = Call { request: Request::AppendEntries(req), timeout: self.append_timeout() };
         ctx.spawn(self.link.send(call).into_actor(self).map(move |res, act, ctx| {
             act.beat_inflight = false;
@@ -417,7 +436,7 @@ impl Replicator {
                     return;
                 }
                 if matches!(resp.outcome, AppendOutcome::Heartbeat | AppendOutcome::Success { .. }) {
-                    act.report(round, None);
+                    act.report_append(round, None, &resp, revoking);
                 }
             }
         }));
@@ -476,12 +495,31 @@ impl Replicator {
         self.next_index = next_index.clamp(self.match_index + 1, highest);
         // Resend commit and any read round with the next batch.
         self.commit_sent = 0;
+        self.visible_sent = 0;
         self.round_sent = 0;
         self.paused_until = pause.map(|p| Instant::now() + p);
     }
 
     fn report(&self, round: u64, match_index: Option<u64>) {
-        self.progress.do_send(PeerProgress { peer: self.peer, term: self.term, acked_round: round, match_index });
+        let (peer, term) = (self.peer, self.term);
+        self.progress.do_send(PeerProgress {
+            peer,
+            term,
+            acked_round: round,
+            match_index,
+            commit: None,
+            lease_ask: None,
+            lease_dropped: false,
+        });
+    }
+
+    /// A report on an append the follower matched: with its commit index and lease ask, and
+    /// whether the request revoked its lease (which it then dropped).
+    fn report_append(&self, round: u64, match_index: Option<u64>, resp: &AppendEntriesResponse, revoked: bool) {
+        let (peer, term, commit, lease_ask) = (self.peer, self.term, Some(resp.commit), resp.lease_ask);
+        let acked_round = round;
+        let lease_dropped = revoked;
+        self.progress.do_send(PeerProgress { peer, term, acked_round, match_index, commit, lease_ask, lease_dropped });
     }
 
     /// A follower answers after an fsync, and a large batch takes longer than a heartbeat; but
@@ -507,7 +545,20 @@ impl Handler<Replicate> for Replicator {
     fn handle(&mut self, msg: Replicate, ctx: &mut Context<Self>) {
         self.last_index = self.last_index.max(msg.last_index);
         self.commit = self.commit.max(msg.commit);
+        self.visible = self.visible.max(msg.visible);
         self.round_wanted = self.round_wanted.max(msg.round);
+        self.pump(ctx);
+    }
+}
+
+impl Handler<SendLease> for Replicator {
+    type Result = ();
+
+    fn handle(&mut self, msg: SendLease, ctx: &mut Context<Self>) {
+        // A revocation is never overwritten by a grant: the leader grants none after it.
+        if self.lease != Some(LeaseWord::Revoke) {
+            self.lease = Some(msg.0);
+        }
         self.pump(ctx);
     }
 }

@@ -174,10 +174,13 @@ impl Core {
         match consistency {
             Consistency::Stale => ready(Ok(0)),
             Consistency::Linearizable => {
-                // On a leader whose lease holds: its commit index, without a message.
-                if let Some(index) = self.lease.read_index() {
+                // Under a lease (the leader's, or this follower's own): without a message.
+                if let Some(read) = self.lease.read_index() {
                     self.metrics.read_indexes_by_lease.inc();
-                    return ready(Ok(index));
+                    if read.follower {
+                        self.metrics.read_indexes_by_follower_lease.inc();
+                    }
+                    return ready(Ok(read.index));
                 }
                 // Batched where a task can be started on this thread (an actix thread: the HTTP
                 // workers, the wire's connections); elsewhere, asked alone.

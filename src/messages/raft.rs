@@ -10,7 +10,7 @@ use bytes::Bytes;
 use crate::error::{ApiError, StorageError};
 use crate::raft::log::AppendConflict;
 use crate::raft::{Entry, LogId, NodeId};
-use crate::wire::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use crate::wire::{AppendEntriesRequest, AppendEntriesResponse, LeaseWord, VoteRequest, VoteResponse};
 
 /// A peer's AppendEntries, for `Election`.
 #[derive(Debug, Message)]
@@ -220,9 +220,16 @@ pub struct Replicate {
     pub last_index: u64,
     /// The leader's commit index.
     pub commit: u64,
+    /// How far committed entries may be applied and seen (`leader_visible`).
+    pub visible: u64,
     /// The newest read round waiting for confirmation.
     pub round: u64,
 }
+
+/// Send the peer this word on its read lease with the next request (`read_mode = "lease"`).
+#[derive(Clone, Copy, Debug, Message)]
+#[rtype(result = "()")]
+pub struct SendLease(pub LeaseWord);
 
 /// Stop replicating (the leader stepped down).
 #[derive(Debug, Message)]
@@ -242,6 +249,12 @@ pub struct PeerProgress {
     pub acked_round: u64,
     /// Highest index known durable on the peer, if it moved.
     pub match_index: Option<u64>,
+    /// The peer's commit index, as it answered.
+    pub commit: Option<u64>,
+    /// The peer's ask for a read lease.
+    pub lease_ask: Option<u64>,
+    /// The peer answered a request that revoked its read lease: it dropped it.
+    pub lease_dropped: bool,
 }
 
 /// A peer answered with a higher term: the leader must step down.

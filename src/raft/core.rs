@@ -34,7 +34,7 @@ use crate::error::{ApiError, StorageError};
 use crate::messages::raft::{AppendFromLeaderReply, AppendResult, InstallReply};
 use crate::wire::{
     AppendEntriesRequest, AppendEntriesResponse, AppendOutcome, InstallOutcome, InstallSnapshotRequest,
-    InstallSnapshotResponse, VoteRequest, VoteResponse,
+    InstallSnapshotResponse, LeaseGrant, LeaseWord, VoteRequest, VoteResponse,
 };
 
 /// The rules the core decides with. Always [`Rules::RAFT`] in a node; the property tests swap
@@ -79,6 +79,12 @@ pub const LEASE_SHARE: f64 = 0.85;
 pub fn lease_for(election_min: Duration) -> Duration {
     election_min.mul_f64(LEASE_SHARE)
 }
+
+/// How long the leader counts a follower's lease as held, as a share of the lease, from when
+/// the follower's ask reached it: the follower counts its lease on its own clock from before
+/// it sent the ask, so its lease ends within `1.05 / 0.95 = 1.105` leases of the leader's
+/// clock while no clock runs more than 5% fast or slow; this leaves a little more margin.
+pub const HOLDER_SHARE: f64 = 1.2;
 
 /// Something that happened, for the core to decide on.
 #[derive(Debug)]
@@ -157,6 +163,12 @@ pub enum Input {
         acked_round: u64,
         /// Highest index durable on the peer, if it moved.
         match_index: Option<u64>,
+        /// The peer's commit index, as it answered.
+        commit: Option<u64>,
+        /// The peer's ask for a read lease (`read_mode = "lease"`).
+        lease_ask: Option<u64>,
+        /// The peer answered a request revoking its read lease: it dropped it.
+        lease_dropped: bool,
     },
     /// A peer answered with a higher term.
     HigherTerm {
@@ -224,7 +236,8 @@ pub enum Action {
         /// The answer.
         response: InstallSnapshotResponse,
     },
-    /// The commit index moved: apply up to it.
+    /// Committed entries may be applied up to here (the commit index, bounded by what may be
+    /// seen: see [`AppendEntriesRequest::leader_visible`]).
     CommitTo(u64),
     /// Ask a peer for its vote; report its answer with [`Input::VoteResponse`].
     SendVote {
@@ -284,8 +297,18 @@ pub enum Action {
         last_index: u64,
         /// The leader's commit index.
         commit: u64,
+        /// How far committed entries may be applied and seen (see
+        /// [`AppendEntriesRequest::leader_visible`]).
+        visible: u64,
         /// The newest read round waiting for confirmation.
         round: u64,
+    },
+    /// Send `peer` this word on its read lease with the next request (`read_mode = "lease"`).
+    SendLease {
+        /// The follower.
+        peer: NodeId,
+        /// A grant, or the end of its lease.
+        word: LeaseWord,
     },
     /// This node started (`true`) or stopped leading `term`.
     LeadershipChanged {
@@ -422,6 +445,38 @@ struct PendingRead {
     read_index: u64,
 }
 
+/// A replicator's report ([`Input::PeerProgress`]).
+struct PeerReport {
+    peer: NodeId,
+    term: u64,
+    acked_round: u64,
+    match_index: Option<u64>,
+    commit: Option<u64>,
+    lease_ask: Option<u64>,
+    lease_dropped: bool,
+}
+
+/// A follower's ask for a read lease, as the leader holds it until a round issued after it
+/// arrived is confirmed.
+struct LeaseAsk {
+    id: u64,
+    received: Instant,
+    /// The first round issued after it arrived.
+    round: u64,
+    /// The commit index when it arrived: a follower behind that is not granted a lease, so
+    /// one that lags does not hold back what every node may see.
+    commit: u64,
+}
+
+/// A read lease this follower holds (`read_mode = "lease"`).
+#[derive(Clone, Copy, Debug)]
+struct FollowerLease {
+    term: u64,
+    leader: NodeId,
+    until: Instant,
+    floor: u64,
+}
+
 struct Lead {
     match_index: BTreeMap<NodeId, u64>,
     self_durable: u64,
@@ -443,6 +498,11 @@ struct Lead {
     acked_round: BTreeMap<NodeId, u64>,
     last_ack: BTreeMap<NodeId, Instant>,
     reads: VecDeque<PendingRead>,
+    /// Follower leases (lease reads only): each peer's commit index as it last answered, the
+    /// asks waiting for a round, and until when (at the latest) each holder's lease runs.
+    peer_commit: BTreeMap<NodeId, u64>,
+    asks: BTreeMap<NodeId, LeaseAsk>,
+    holders: BTreeMap<NodeId, Instant>,
     next_quorum_check: Instant,
     transfer: Option<Transfer>,
 }
@@ -473,6 +533,15 @@ pub struct Core {
     durable_vote: (u64, Option<NodeId>),
     leader: Option<NodeId>,
     commit: u64,
+    /// How far committed entries may be applied and seen: on the leader, the commit index
+    /// every follower holding a lease is known to have (the commit index without leases); on
+    /// a follower, what the leader last said. Only moves forward.
+    visible: u64,
+    /// What `CommitTo` last said: the commit index, bounded by `visible`.
+    released: u64,
+    /// The read lease this follower holds, and its ask for the next one.
+    follower_lease: Option<FollowerLease>,
+    lease_ask: Option<(u64, Instant)>,
     /// The last log entry as the core knows it: stamped by itself as leader, reported by
     /// `LogStore` otherwise.
     last_log: LogId,
@@ -525,6 +594,11 @@ impl Core {
             durable_vote: (hard_state.term, hard_state.voted_for),
             leader: None,
             commit: hard_state.commit.min(last_log.index),
+            // What `LogStore` holds as applied may be seen: it was, before a restart.
+            visible: hard_state.commit.min(last_log.index),
+            released: hard_state.commit.min(last_log.index),
+            follower_lease: None,
+            lease_ask: None,
             last_log,
             seq: 0,
             seq_seen: 0,
@@ -586,10 +660,11 @@ impl Core {
                     }
                 }
                 self.broadcast();
-                self.serve_reads();
+                self.serve_reads(now);
             }
-            Input::PeerProgress { peer, term, acked_round, match_index } => {
-                self.on_peer_progress(now, peer, term, acked_round, match_index)
+            Input::PeerProgress { peer, term, acked_round, match_index, commit, lease_ask, lease_dropped } => {
+                let report = PeerReport { peer, term, acked_round, match_index, commit, lease_ask, lease_dropped };
+                self.on_peer_progress(now, report)
             }
             Input::HigherTerm { peer, term } => {
                 if term > self.term {
@@ -644,9 +719,15 @@ impl Core {
         lead.transfer = Some(Transfer { target, deadline: now + self.timing.election_max, sent: false });
         // The target's election skips the voters' wait for this leader's silence (it was
         // asked for), so no lease may be relied on from now on in this term.
+        // Nor is a follower's lease granted: each holder is told to drop its lease, and
+        // TimeoutNow waits until every one has answered that it did, or its lease ran out.
         lead.lease_revoked = true;
         lead.lease_until = None;
-        self.try_hand_over();
+        lead.asks.clear();
+        for (&peer, _) in lead.holders.iter().filter(|(_, until)| **until > now) {
+            self.actions.push(Action::SendLease { peer, word: LeaseWord::Revoke });
+        }
+        self.try_hand_over(now);
         Ok(target)
     }
 
@@ -662,12 +743,14 @@ impl Core {
     }
 
     /// Sends TimeoutNow once the target holds every entry.
-    fn try_hand_over(&mut self) {
+    fn try_hand_over(&mut self, now: Instant) {
         let last = self.last_log.index;
         let term = self.term;
         let Some(lead) = self.lead.as_mut() else { return };
         let Some(t) = lead.transfer.as_mut() else { return };
-        if !t.sent && lead.match_index.get(&t.target).is_some_and(|&m| m >= last) {
+        // A follower's lease must have run out first: the target's election does not wait.
+        let leases_out = lead.holders.values().all(|&until| until <= now);
+        if !t.sent && leases_out && lead.match_index.get(&t.target).is_some_and(|&m| m >= last) {
             t.sent = true;
             self.actions.push(Action::SendTimeoutNow { to: t.target, term });
         }
@@ -757,10 +840,14 @@ impl Core {
     /// next check-quorum.
     pub fn next_wakeup(&self) -> Instant {
         match &self.lead {
-            Some(lead) => match &lead.transfer {
-                Some(t) => lead.next_quorum_check.min(t.deadline),
-                None => lead.next_quorum_check,
-            },
+            Some(lead) => {
+                let at = match &lead.transfer {
+                    Some(t) => lead.next_quorum_check.min(t.deadline),
+                    None => lead.next_quorum_check,
+                };
+                // A follower's lease running out may let more be seen, or a transfer go on.
+                lead.holders.values().fold(at, |at, &until| at.min(until))
+            }
             None => self.deadline,
         }
     }
@@ -790,17 +877,23 @@ impl Core {
         self.leader
     }
 
-    /// What the lease lets readers take without asking the core: the commit index, until
-    /// half the lease is gone (past that, a read through the core renews it). `None` without
-    /// a lease in force, before this term's no-op is committed, or once a transfer began.
+    /// What a lease lets readers take without asking the core, and until when. On the
+    /// leader: what every node may see, until half the lease is gone (past that, a read
+    /// through the core renews it); `None` before this term's no-op is committed or once a
+    /// transfer began. On a follower holding a lease from the leader it follows: its commit
+    /// index (never below the lease's floor), until the lease runs out.
     pub fn lease_grant(&self) -> Option<(Instant, u64)> {
         let lease = self.timing.lease?;
-        let lead = self.lead.as_ref()?;
+        let Some(lead) = self.lead.as_ref() else {
+            let l = self.follower_lease?;
+            let holds = self.role == Role::Follower && l.term == self.term && self.leader == Some(l.leader);
+            return holds.then_some((l.until, self.commit.max(l.floor)));
+        };
         let until = lead.lease_until?;
         if lead.lease_revoked || self.commit < lead.term_start {
             return None;
         }
-        Some((until - lease / 2, self.commit))
+        Some((until - lease / 2, self.visible))
     }
 
     /// How many read indexes this node answered from a lease, without a round.
@@ -959,6 +1052,12 @@ impl Core {
             }
             if now >= lead.next_quorum_check {
                 self.check_quorum(now);
+            }
+            if self.lead.as_ref().is_some_and(|l| l.holders.values().any(|&until| until <= now)) {
+                if self.advance_visible(now) {
+                    self.broadcast();
+                }
+                self.try_hand_over(now);
             }
         } else if now >= self.deadline {
             if self.is_voter() || !self.appends_to_follow.is_empty() {
@@ -1175,6 +1274,9 @@ impl Core {
             lease_until: None,
             lease_revoked: false,
             reads: VecDeque::new(),
+            peer_commit: BTreeMap::new(),
+            asks: BTreeMap::new(),
+            holders: BTreeMap::new(),
             next_quorum_check: now + self.timing.election_max,
             transfer: None,
         });
@@ -1260,6 +1362,7 @@ impl Core {
             self.actions.push(Action::Replicate {
                 last_index: self.last_log.index,
                 commit: self.commit,
+                visible: self.visible,
                 round: lead.round,
             });
         }
@@ -1267,21 +1370,77 @@ impl Core {
 
     /// The commit index: the highest index durable on a majority of the voters in effect
     /// (the leader among them unless it is removing itself), counting entries of this term.
-    fn advance_commit(&mut self, now: Instant) {
-        let Some(lead) = &self.lead else { return };
+    /// Answers whether it moved (and was broadcast).
+    fn advance_commit(&mut self, now: Instant) -> bool {
+        let Some(lead) = &self.lead else { return false };
         let durable = per_voter(self.configs.latest(), self.id, lead.self_durable, &lead.match_index);
         if let Some(c) = (self.rules.advance_commit)(self.commit, &durable, lead.term_start) {
             self.commit = c;
-            self.actions.push(Action::CommitTo(c));
+            self.advance_visible(now);
             self.broadcast();
-            self.serve_reads();
+            self.serve_reads(now);
             self.on_commit_moved(now);
+            return true;
+        }
+        false
+    }
+
+    /// How far committed entries may be applied and seen, on the leader: the commit index,
+    /// but no further than every follower holding a lease is known to have taken as
+    /// committed, so a read answered from a follower's lease misses nothing another node has
+    /// shown or acknowledged. Drops the holders whose lease ran out. Answers whether it moved.
+    fn advance_visible(&mut self, now: Instant) -> bool {
+        let Some(lead) = self.lead.as_mut() else { return false };
+        lead.holders.retain(|_, until| *until > now);
+        let held = lead.holders.keys().map(|p| lead.peer_commit.get(p).copied().unwrap_or(0)).min();
+        let visible = held.map_or(self.commit, |h| h.min(self.commit));
+        if visible <= self.visible {
+            return false;
+        }
+        self.visible = visible;
+        self.release();
+        true
+    }
+
+    /// Tells `LogStore` to apply what is committed and may be seen.
+    fn release(&mut self) {
+        let to = self.commit.min(self.visible);
+        if to > self.released {
+            self.released = to;
+            self.actions.push(Action::CommitTo(to));
+        }
+    }
+
+    /// Grants the follower leases whose asks arrived before a round a majority has since
+    /// confirmed was issued: no other leader can be elected before `election_min` has passed
+    /// since that round on a majority's clocks, and the follower counts its lease from before
+    /// it asked. Only once this term's no-op is committed (the floor then covers every entry
+    /// an earlier leader acknowledged), and never once a transfer began.
+    fn grant_leases(&mut self, now: Instant, confirmed: u64) {
+        let (Some(lease), commit) = (self.timing.lease, self.commit) else { return };
+        let Some(lead) = self.lead.as_mut() else { return };
+        if lead.lease_revoked || commit < lead.term_start {
+            return;
+        }
+        let ready: Vec<NodeId> = lead
+            .asks
+            .iter()
+            .filter(|(p, a)| a.round <= confirmed && lead.peer_commit.get(p).is_some_and(|&c| c >= a.commit))
+            .map(|(&p, _)| p)
+            .collect();
+        for peer in ready {
+            let Some(ask) = lead.asks.remove(&peer) else { continue };
+            let until = (ask.received + lease.mul_f64(HOLDER_SHARE)).max(now);
+            let held = lead.holders.entry(peer).or_insert(until);
+            *held = (*held).max(until);
+            let word = LeaseWord::Grant(LeaseGrant { ask: ask.id, floor: commit });
+            self.actions.push(Action::SendLease { peer, word });
         }
     }
 
     /// Answers the reads whose round a majority confirmed, once the commit index has reached
     /// their read index.
-    fn serve_reads(&mut self) {
+    fn serve_reads(&mut self, now: Instant) {
         let commit = self.commit;
         let lease = self.timing.lease;
         let Some(lead) = self.lead.as_mut() else { return };
@@ -1308,6 +1467,7 @@ impl Core {
                 self.actions.push(Action::AnswerRead { token: r.token, result: Ok(r.read_index) });
             }
         }
+        self.grant_leases(now, confirmed);
     }
 
     fn on_read_index(&mut self, now: Instant, token: u64) {
@@ -1322,13 +1482,14 @@ impl Core {
         // term, which may commit entries of earlier terms this leader does not yet know are
         // committed (§6.4).
         let read_index = commit.max(lead.term_start);
-        // Under a lease no other leader can have been elected yet: the commit index is the
-        // read index, once this term's no-op is committed (TiKV's lease read).
+        // Under a lease no other leader can have been elected yet: what every node may see is
+        // the read index (nothing beyond it was shown or acknowledged anywhere), once this
+        // term's no-op is committed (TiKV's lease read).
         if let (Some(lease), Some(until)) = (lease, lead.lease_until)
             && now < until
             && commit >= lead.term_start
         {
-            self.actions.push(Action::AnswerRead { token, result: Ok(commit) });
+            self.actions.push(Action::AnswerRead { token, result: Ok(self.visible) });
             self.lease_reads += 1;
             // Renewed ahead of its end while reads come, so they never wait for a round.
             if until.saturating_duration_since(now) < lease / 2 && !lead.round_scheduled {
@@ -1344,10 +1505,12 @@ impl Core {
         }
     }
 
-    fn on_peer_progress(&mut self, now: Instant, peer: NodeId, term: u64, acked_round: u64, match_index: Option<u64>) {
+    fn on_peer_progress(&mut self, now: Instant, report: PeerReport) {
+        let PeerReport { peer, term, acked_round, match_index, commit, lease_ask, lease_dropped } = report;
         if term != self.term {
             return;
         }
+        let (lease, leader_commit) = (self.timing.lease, self.commit);
         let Some(lead) = self.lead.as_mut() else { return };
         if !lead.match_index.contains_key(&peer) {
             return;
@@ -1355,16 +1518,46 @@ impl Core {
         lead.last_ack.insert(peer, now);
         let r = lead.acked_round.entry(peer).or_default();
         *r = (*r).max(acked_round);
+        if let Some(c) = commit {
+            let e = lead.peer_commit.entry(peer).or_default();
+            *e = (*e).max(c);
+        }
+        if let (Some(_), Some(id)) = (lease, lease_ask)
+            && !lead.lease_revoked
+            && lead.asks.get(&peer).is_none_or(|a| a.id != id)
+        {
+            // Granted once a round issued from now on is confirmed.
+            lead.asks.insert(peer, LeaseAsk { id, received: now, round: lead.round + 1, commit: leader_commit });
+            if !lead.round_scheduled {
+                lead.round_scheduled = true;
+                self.actions.push(Action::ScheduleReadRound);
+            }
+        }
+        // What may be seen moved with the peer's commit index: the next requests say so
+        // (a moved commit index broadcasts it itself).
+        if lease_dropped && lead.lease_revoked {
+            lead.holders.remove(&peer);
+        }
+        let mut moved = commit.is_some() && self.advance_visible(now);
         if let Some(m) = match_index {
+            let Some(lead) = self.lead.as_mut() else { return };
             let e = lead.match_index.entry(peer).or_default();
             *e = (*e).max(m);
-            self.advance_commit(now);
+            if self.advance_commit(now) {
+                moved = false;
+            }
             if self.configs.latest().promoting.contains(&peer) {
                 self.maybe_promote(now);
             }
-            self.try_hand_over();
+            self.try_hand_over(now);
         }
-        self.serve_reads();
+        if moved {
+            self.broadcast();
+        }
+        if lease_dropped {
+            self.try_hand_over(now);
+        }
+        self.serve_reads(now);
     }
 
     /// The leader's connection to us closed: stop vouching for it (pre-votes are granted
@@ -1476,9 +1669,25 @@ impl Core {
 
     fn on_append_request(&mut self, now: Instant, token: u64, req: AppendEntriesRequest) {
         if !self.hear_leader(now, req.term, req.leader) {
-            let response = AppendEntriesResponse { term: self.term, outcome: AppendOutcome::StaleTerm };
+            let response = AppendEntriesResponse::new(self.term, AppendOutcome::StaleTerm);
             self.actions.push(Action::AnswerAppend { token, response });
             return;
+        }
+        self.visible = self.visible.max(req.leader_visible);
+        self.release();
+        match (self.timing.lease, req.lease, self.lease_ask) {
+            (Some(lease), Some(LeaseWord::Grant(grant)), Some((ask, asked))) if grant.ask == ask => {
+                // Counted from before the ask left: the round that granted it was issued after.
+                self.lease_ask = None;
+                let (term, leader, until, floor) = (req.term, req.leader, asked + lease, grant.floor);
+                self.follower_lease = Some(FollowerLease { term, leader, until, floor });
+            }
+            // Dropped before the answer says so (`LeaseShare` is published before it leaves).
+            (_, Some(LeaseWord::Revoke), _) => {
+                self.follower_lease = None;
+                self.lease_ask = None;
+            }
+            _ => {}
         }
         self.seq += 1;
         let configs: Vec<(u64, Arc<Members>)> = req
@@ -1529,7 +1738,7 @@ impl Core {
             a.stored = Some(matched);
         }
         self.follow_stored_appends(now);
-        let stale = AppendEntriesResponse { term: self.term, outcome: AppendOutcome::StaleTerm };
+        let stale = AppendEntriesResponse::new(self.term, AppendOutcome::StaleTerm);
         let reply = match result {
             Some(Ok(r)) => r,
             None => {
@@ -1559,21 +1768,37 @@ impl Core {
                 let commit = ticket.leader_commit.min(match_index);
                 if commit > self.commit {
                     self.commit = commit;
-                    self.actions.push(Action::CommitTo(commit));
+                    self.release();
                     self.on_commit_moved(now);
                 }
                 let outcome =
                     if reply.durable { AppendOutcome::Success { match_index } } else { AppendOutcome::Heartbeat };
-                AppendEntriesResponse { term, outcome }
+                AppendEntriesResponse { term, outcome, commit: self.commit, lease_ask: self.lease_ask(now) }
             }
             AppendResult::Conflict(c) => {
-                AppendEntriesResponse { term, outcome: AppendOutcome::Conflict { next_index: c.next_index } }
+                AppendEntriesResponse::new(term, AppendOutcome::Conflict { next_index: c.next_index })
             }
-            AppendResult::StaleTerm(t) => {
-                AppendEntriesResponse { term: t.max(self.term), outcome: AppendOutcome::StaleTerm }
-            }
+            AppendResult::StaleTerm(t) => AppendEntriesResponse::new(t.max(self.term), AppendOutcome::StaleTerm),
         };
         self.actions.push(Action::AnswerAppend { token: ticket.token, response });
+    }
+
+    /// The ask for a read lease to send the leader, if this follower wants one
+    /// (`read_mode = "lease"`): once less than half of its lease is left. An ask is made anew
+    /// once half a lease old, so a lease granted on it is worth having.
+    fn lease_ask(&mut self, now: Instant) -> Option<u64> {
+        let lease = self.timing.lease?;
+        if self.lease_grant().is_some_and(|(until, _)| until > now + lease / 2) {
+            return None;
+        }
+        match self.lease_ask {
+            Some((id, asked)) if now < asked + lease / 2 => Some(id),
+            _ => {
+                let id = self.rng.random();
+                self.lease_ask = Some((id, now));
+                Some(id)
+            }
+        }
     }
 
     fn on_install_request(&mut self, now: Instant, token: u64, req: InstallSnapshotRequest) {
@@ -1608,8 +1833,11 @@ impl Core {
         }
         if let Some(Ok(InstallReply::Installed { snapshot, last, .. })) = &result {
             self.update_last_log(ticket.seq, *last);
-            // A snapshot holds committed entries only.
+            // A snapshot holds committed entries only, and only what may be seen (the leader's
+            // state machines had applied them); the log has applied it already.
             self.commit = self.commit.max(snapshot.index);
+            self.visible = self.visible.max(snapshot.index);
+            self.released = self.released.max(snapshot.index);
         }
         self.follow_stored_appends(now);
         let stale = InstallSnapshotResponse { term: self.term, outcome: InstallOutcome::StaleTerm };

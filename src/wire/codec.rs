@@ -14,7 +14,7 @@ use crate::error::WireError;
 /// First two bytes after the length: "D157", for "dist".
 pub const MAGIC: u16 = 0xD157;
 /// The protocol version this build speaks; a peer with another is refused.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Bytes of header after the length field: magic, version, kind.
 pub const HEADER_LEN: usize = 4;
 /// Limit before the handshake tells us who is on the other side.

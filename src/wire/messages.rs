@@ -23,6 +23,33 @@ pub struct AppendEntriesRequest {
     pub entries: Vec<Arc<Entry>>,
     /// The leader's commit index.
     pub leader_commit: u64,
+    /// How far committed entries may be applied, and so seen: the commit index, or under
+    /// follower leases (`read_mode = "lease"`) the highest index every follower holding a
+    /// lease is known to have taken as committed.
+    pub leader_visible: u64,
+    /// A read lease for the follower (answering its ask), or the end of the one it holds.
+    pub lease: Option<LeaseWord>,
+}
+
+/// What the leader says of a follower's read lease (`read_mode = "lease"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseWord {
+    /// A lease, answering the follower's ask.
+    Grant(LeaseGrant),
+    /// Drop the lease now (a transfer of leadership is under way): the answer says it is
+    /// dropped.
+    Revoke,
+}
+
+/// A read lease the leader grants a follower (`read_mode = "lease"`): the follower may answer
+/// linearizable reads from its own state until its lease (counted on its clock from when it
+/// made the ask) runs out, at its commit index, and never below `floor`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    /// The follower's ask this answers.
+    pub ask: u64,
+    /// The leader's commit index when it granted the lease.
+    pub floor: u64,
 }
 
 /// The follower's answer to AppendEntries.
@@ -32,6 +59,17 @@ pub struct AppendEntriesResponse {
     pub term: u64,
     /// What happened.
     pub outcome: AppendOutcome,
+    /// The follower's commit index once it took the request in.
+    pub commit: u64,
+    /// The follower asks for a read lease (`read_mode = "lease"`), naming the ask.
+    pub lease_ask: Option<u64>,
+}
+
+impl AppendEntriesResponse {
+    /// An answer that reports no commit index and asks for no lease.
+    pub fn new(term: u64, outcome: AppendOutcome) -> Self {
+        AppendEntriesResponse { term, outcome, commit: 0, lease_ask: None }
+    }
 }
 
 /// Result of an AppendEntries on the follower.

@@ -12,8 +12,8 @@ use dister::raft::{Entry, LogId, Payload, Role};
 use dister::wire::codec::encode_frame;
 use dister::wire::{
     AppendEntriesRequest, AppendEntriesResponse, AppendOutcome, Consistency, Frame, Hello, InstallOutcome,
-    InstallSnapshotRequest, InstallSnapshotResponse, MAGIC, MemberStatus, PROTOCOL_VERSION, PeerStatus, Request,
-    Response, StatusInfo, VoteRequest, VoteResponse, Welcome, Write, WriteReply,
+    InstallSnapshotRequest, InstallSnapshotResponse, LeaseGrant, LeaseWord, MAGIC, MemberStatus, PROTOCOL_VERSION,
+    PeerStatus, Request, Response, StatusInfo, VoteRequest, VoteResponse, Welcome, Write, WriteReply,
 };
 use proptest::collection::vec;
 use proptest::option;
@@ -71,11 +71,25 @@ fn write() -> impl Strategy<Value = Write> {
 
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
-        (any::<u64>(), any::<u64>(), log_id(), vec(entry(), 0..4), any::<u64>()).prop_map(
-            |(term, leader, prev, entries, leader_commit)| {
-                Request::AppendEntries(AppendEntriesRequest { term, leader, prev, entries, leader_commit })
-            }
-        ),
+        (
+            (any::<u64>(), any::<u64>(), log_id(), vec(entry(), 0..4), any::<u64>()),
+            (any::<u64>(), option::of((any::<u64>(), any::<u64>())))
+        )
+            .prop_map(|((term, leader, prev, entries, leader_commit), (leader_visible, lease))| {
+                let lease = lease.map(|(ask, floor)| match ask % 4 {
+                    0 => LeaseWord::Revoke,
+                    _ => LeaseWord::Grant(LeaseGrant { ask, floor }),
+                });
+                Request::AppendEntries(AppendEntriesRequest {
+                    term,
+                    leader,
+                    prev,
+                    entries,
+                    leader_commit,
+                    leader_visible,
+                    lease,
+                })
+            }),
         (any::<u64>(), any::<u64>(), log_id(), any::<bool>(), any::<bool>()).prop_map(
             |(term, candidate, last_log, pre_vote, transfer)| {
                 Request::Vote(VoteRequest { term, candidate, last_log, pre_vote, transfer })
@@ -207,8 +221,11 @@ fn status() -> impl Strategy<Value = StatusInfo> {
 
 fn response() -> impl Strategy<Value = Response> {
     prop_oneof![
-        (any::<u64>(), outcome())
-            .prop_map(|(term, outcome)| Response::AppendEntries(AppendEntriesResponse { term, outcome })),
+        (any::<u64>(), outcome(), any::<u64>(), option::of(any::<u64>())).prop_map(
+            |(term, outcome, commit, lease_ask)| {
+                Response::AppendEntries(AppendEntriesResponse { term, outcome, commit, lease_ask })
+            }
+        ),
         (any::<u64>(), any::<bool>()).prop_map(|(term, granted)| Response::Vote(VoteResponse { term, granted })),
         any::<u64>().prop_map(Response::ReadIndex),
         (any::<u64>(), data()).prop_map(|(index, output)| Response::Written(WriteReply { index, output })),
