@@ -54,7 +54,7 @@ impl Dial {
     }
 
     fn hello(&self) -> Hello {
-        Hello { group: self.group.clone(), node_id: None, token: self.token.clone() }
+        Hello { group: self.group.clone(), node_id: None, token: self.token.clone(), lease_wait_ms: None }
     }
 
     /// An open connection to `addr`, TLS's handshake done when there is TLS.

@@ -390,6 +390,11 @@ impl Config {
         self.max_request_bytes + 1024
     }
 
+    /// What a peer's hello says of its lease timing ([`crate::wire::Hello::lease_wait_ms`]).
+    pub fn lease_wait_ms(&self) -> Option<u64> {
+        (self.read_mode == ReadMode::Lease).then_some(self.election_timeout_min_ms)
+    }
+
     /// Largest frame accepted from a peer: a full batch plus one maximal entry, since a batch
     /// always carries at least one entry.
     pub fn peer_max_frame(&self) -> usize {

@@ -1,5 +1,6 @@
-//! t30: the wire refuses what it must: wrong group or version, oversized frames, and Raft
-//! messages from connections that are not configured peers.
+//! t30: the wire refuses what it must: wrong group or version, a peer with another
+//! `read_mode`, oversized frames, and Raft messages from connections that are not
+//! configured peers.
 
 use crate::common;
 
@@ -33,7 +34,7 @@ async fn exchange(addr: &str, bytes: &[u8]) -> Vec<Frame> {
 }
 
 fn hello(group: &str, node_id: Option<u64>) -> BytesMut {
-    encode_frame(Frame::Hello(Hello { group: group.into(), node_id, token: None })).unwrap()
+    encode_frame(Frame::Hello(Hello { group: group.into(), node_id, token: None, lease_wait_ms: None })).unwrap()
 }
 
 /// A client of another cluster group gets an error frame naming both groups, then a close.
@@ -68,6 +69,29 @@ async fn own_node_id_is_refused() {
     let cluster = Cluster::start(3);
     let frames = exchange(&cluster.addr(0), &hello("default", Some(1))).await;
     assert!(matches!(frames.as_slice(), [Frame::Error(m)] if m.contains("this node's own")), "{frames:?}");
+}
+
+/// A peer that runs another `read_mode` (or leases with another `election_timeout_min_ms`)
+/// is refused, saying both settings: a lease relies on every member's wait. Peers that agree
+/// form the cluster (the three nodes here did).
+#[actix_rt::test]
+async fn a_peer_with_another_read_mode_is_refused() {
+    let cluster = Cluster::start(3);
+    let hello = |lease_wait_ms| {
+        let hello = Hello { group: "default".into(), node_id: Some(2), token: None, lease_wait_ms };
+        encode_frame(Frame::Hello(hello)).unwrap()
+    };
+    let frames = exchange(&cluster.addr(0), &hello(Some(300))).await;
+    assert!(
+        matches!(frames.as_slice(), [Frame::Error(m)]
+            if m.contains("read_mode = \"lease\" with election_timeout_min_ms = 300") && m.contains("read_mode = \"index\"")),
+        "{frames:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while cluster.status(0).await.unwrap().refused.wrong_read_mode != 1 {
+        assert!(std::time::Instant::now() < deadline, "the refusal was not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A length prefix over the client limit (1.5 MiB by default) is refused before the body

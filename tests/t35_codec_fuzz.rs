@@ -221,9 +221,9 @@ fn frame_strategy_covers_every_kind() {
 #[test]
 fn a_frame_at_the_limit_is_taken_in_any_split() {
     let max = dister::wire::codec::HANDSHAKE_MAX_FRAME;
-    // Header, then the group's 3-byte length and its bytes, then two absent options.
-    let group = "g".repeat(max - 4 - 3 - 1 - 1);
-    let bytes = encode_frame(Frame::Hello(Hello { group, node_id: None, token: None })).unwrap();
+    // Header, then the group's 3-byte length and its bytes, then three absent options.
+    let group = "g".repeat(max - 4 - 3 - 1 - 1 - 1);
+    let bytes = encode_frame(Frame::Hello(Hello { group, node_id: None, token: None, lease_wait_ms: None })).unwrap();
     assert_eq!(bytes.len(), 4 + max);
     for cut in (1..bytes.len()).step_by(1024) {
         let delivery = Delivery { reads: vec![cut], initial_capacity: 8 * 1024 };
@@ -402,7 +402,9 @@ proptest! {
 /// 3. `accept` answers `Timeout` once `TIMEOUT` has passed, not before and not much after.
 #[test]
 fn a_dripping_client_is_ended_by_the_timeout() {
-    let hello = encode_frame(Frame::Hello(Hello { group: "default".into(), node_id: None, token: None })).unwrap();
+    let hello =
+        encode_frame(Frame::Hello(Hello { group: "default".into(), node_id: None, token: None, lease_wait_ms: None }))
+            .unwrap();
     let drip = hello.len() - 1;
     let client = Client { bytes: hello[..drip].to_vec(), writes: vec![(30, 1); drip], end: ClientEnd::Hold, pipe: 64 };
     let (accepted, took) = run_accept(client);
@@ -422,7 +424,9 @@ fn a_dripping_client_is_ended_by_the_timeout() {
 /// 3. `accept` answers `Timeout` when its timeout runs out.
 #[test]
 fn accept_gives_up_on_a_client_that_never_reads_its_welcome() {
-    let hello = encode_frame(Frame::Hello(Hello { group: "default".into(), node_id: None, token: None })).unwrap();
+    let hello =
+        encode_frame(Frame::Hello(Hello { group: "default".into(), node_id: None, token: None, lease_wait_ms: None }))
+            .unwrap();
     let client = Client { bytes: hello.to_vec(), writes: vec![], end: ClientEnd::Hold, pipe: 8 };
     let (accepted, took) = run_accept(client);
     assert!(matches!(accepted, Some(Err(AcceptError::Gone(WireError::Timeout)))), "{accepted:?}");
@@ -437,7 +441,9 @@ fn accept_gives_up_on_a_client_that_never_reads_its_welcome() {
 /// 2. `accept` refuses it by the end of its timeout, not 150 ms + the timeout.
 #[test]
 fn a_refusal_ends_within_the_same_timeout() {
-    let hello = encode_frame(Frame::Hello(Hello { group: "other".into(), node_id: None, token: None })).unwrap();
+    let hello =
+        encode_frame(Frame::Hello(Hello { group: "other".into(), node_id: None, token: None, lease_wait_ms: None }))
+            .unwrap();
     let client = Client { bytes: hello.to_vec(), writes: vec![(150, 0)], end: ClientEnd::Hold, pipe: 8 };
     let (accepted, took) = run_accept(client);
     assert!(

@@ -117,7 +117,7 @@ async fn the_wire_refuses_overload_pipelining_floods_and_extra_connections() {
     let big: Vec<(String, String)> = (0..100).map(|i| (format!("big{i:03}"), "v".repeat(1024))).collect();
     c.set_many(big).await.expect("set");
     let stream = tokio::net::TcpStream::connect(cluster.addr(0)).await.expect("connect");
-    let hello = Hello { group: "default".into(), node_id: None, token: None };
+    let hello = Hello { group: "default".into(), node_id: None, token: None, lease_wait_ms: None };
     let (mut reader, write, _) =
         handshake::connect(stream, hello, Duration::from_secs(5), 1 << 30).await.expect("hello");
     let writer = spawn_writer(write);

@@ -130,7 +130,8 @@ async fn a_cluster_with_tls_serves_tls_only_and_takes_renewed_certificates() {
     assert!(plain.get(format!("http://{http}/health")).send().await.is_err(), "plain HTTP on the HTTPS port");
 
     // 4. A peer must present a certificate, and one from the cluster's CA.
-    let peer_hello = Hello { group: "default".into(), node_id: Some(9), token: Some(TOKEN.into()) };
+    let peer_hello =
+        Hello { group: "default".into(), node_id: Some(9), token: Some(TOKEN.into()), lease_wait_ms: None };
     let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let secured = client_tls.connect(&addr, tcp).await.unwrap();
     let err = handshake::connect(secured, peer_hello.clone(), Duration::from_secs(5), 1024).await.unwrap_err();
@@ -154,7 +155,8 @@ async fn a_cluster_with_tls_serves_tls_only_and_takes_renewed_certificates() {
     let member = (leader + 1) % 3 + 1;
     let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let secured = impostor.connect(&addr, Box::new(tcp)).await.unwrap();
-    let hello = Hello { group: "default".into(), node_id: Some(member as u64), token: Some(TOKEN.into()) };
+    let hello =
+        Hello { group: "default".into(), node_id: Some(member as u64), token: Some(TOKEN.into()), lease_wait_ms: None };
     let Err(err) = handshake::connect(secured, hello, Duration::from_secs(5), 1024).await else {
         panic!("a certificate for another host was taken as member {member}");
     };

@@ -125,6 +125,19 @@ pub fn admit_secured(
             RefusalKind::UnknownNode,
             format!("node id {id} was removed from this cluster and is not a member"),
         )),
+        Some(id) if hello.lease_wait_ms != config.lease_wait_ms() => {
+            let mode = |wait: Option<u64>| match wait {
+                Some(ms) => format!("read_mode = \"lease\" with election_timeout_min_ms = {ms}"),
+                None => "read_mode = \"index\"".to_string(),
+            };
+            let (theirs, ours) = (mode(hello.lease_wait_ms), mode(config.lease_wait_ms()));
+            Err(Refusal::new(
+                RefusalKind::WrongReadMode,
+                format!(
+                    "node {id} runs {theirs}, this node {ours}: every member must run the same (switch with all nodes stopped)"
+                ),
+            ))
+        }
         Some(id) if certificate == Some(None) => Err(Refusal::new(
             RefusalKind::Tls,
             format!("node {id} presented no certificate: peers of a cluster with TLS must present one from its CA"),

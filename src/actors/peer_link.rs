@@ -76,8 +76,12 @@ const MAX_QUEUED: usize = 65_536;
 impl PeerLink {
     /// A link from this node (`config.id`) to `peer` at `addr`.
     pub fn new(peer: NodeId, addr: String, config: Arc<Config>, transport: TransportRef) -> Self {
-        let hello =
-            Hello { group: config.group.clone(), node_id: Some(config.id), token: config.cluster_token.clone() };
+        let hello = Hello {
+            group: config.group.clone(),
+            node_id: Some(config.id),
+            token: config.cluster_token.clone(),
+            lease_wait_ms: config.lease_wait_ms(),
+        };
         PeerLink {
             peer,
             addr,

@@ -23,6 +23,10 @@ pub struct Hello {
     pub node_id: Option<NodeId>,
     /// The cluster token, when the cluster has one.
     pub token: Option<String>,
+    /// A peer's `election_timeout_min_ms` when it runs `read_mode = "lease"`, `None` when it
+    /// does not (and for a client): a lease relies on every member's wait, so peers that
+    /// disagree refuse each other.
+    pub lease_wait_ms: Option<u64>,
 }
 
 /// The acceptor's answer to a good `Hello`.
@@ -96,6 +100,8 @@ pub enum RefusalKind {
     TooManyConnections,
     /// TLS failed: not TLS on a TLS port, a certificate refused, or a peer without one.
     Tls,
+    /// A peer with another `read_mode`, or with leases and another `election_timeout_min_ms`.
+    WrongReadMode,
 }
 
 /// A refused connection: why, and what the other side was told.

@@ -243,6 +243,8 @@ pub struct RefusedConnections {
     /// A TLS port's handshake failed (plain text, a certificate refused), or a peer came
     /// without a certificate.
     pub tls: u64,
+    /// A peer with another `read_mode` (or lease timing).
+    pub wrong_read_mode: u64,
 }
 
 impl RefusedConnections {
@@ -259,6 +261,7 @@ impl RefusedConnections {
             K::Timeout => &mut self.timeout,
             K::TooManyConnections => &mut self.too_many_connections,
             K::Tls => &mut self.tls,
+            K::WrongReadMode => &mut self.wrong_read_mode,
         };
         *slot += 1;
     }

@@ -246,11 +246,8 @@ fn response() -> impl Strategy<Value = Response> {
 /// A `Hello` as a client or a peer sends it, for the group t35's acceptor admits or another.
 pub fn hello() -> impl Strategy<Value = Hello> {
     let group = prop_oneof![3 => Just("default".to_string()), 1 => text()];
-    (group, option::of(any::<u64>()), option::of(text())).prop_map(|(group, node_id, token)| Hello {
-        group,
-        node_id,
-        token,
-    })
+    (group, option::of(any::<u64>()), option::of(text()), option::of(any::<u64>()))
+        .prop_map(|(group, node_id, token, lease_wait_ms)| Hello { group, node_id, token, lease_wait_ms })
 }
 
 /// Any frame, of every kind the protocol has (see [`variant`], which the compiler keeps
