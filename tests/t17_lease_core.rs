@@ -367,6 +367,10 @@ fn a_follower_lease_waits_for_a_round_issued_after_its_ask() {
     let granted = round_by_2(&mut c, t + ms(3));
     assert_eq!(grants(&granted), [(3, LeaseGrant { ask: 77, floor: commit })]);
     assert!(grants(&round_by_2(&mut c, t + ms(4))).is_empty(), "granted twice");
+    // Answers sent before the grant arrived still carry the ask: no round, no second grant.
+    let again = report(&mut c, t + ms(5), 3, 0, None, commit, Some(77));
+    assert!(!again.iter().any(|a| matches!(a, Do::ScheduleReadRound)), "a granted ask started a round");
+    assert!(grants(&round_by_2(&mut c, t + ms(6))).is_empty(), "a granted ask was granted again");
 
     // A follower behind the commit index its ask arrived at waits until it catches up.
     let (mut c, t) = leader(true);
@@ -462,6 +466,30 @@ fn a_transfer_waits_for_every_follower_lease_to_end() {
     assert!(!sent(&others(&mut c, out - ms(1))), "TimeoutNow left while node 3's lease may run");
     c.step(out, Input::Tick);
     assert!(sent(&others(&mut c, out)), "TimeoutNow never left once the leases ran out");
+}
+
+/// A leader counts itself in the majority that confirms a follower's lease, and that lease
+/// outlives its office: deposed (a higher term seen), it votes for no one until
+/// `election_min` has passed, as a voter that confirmed a round does (found by review: it
+/// voted at once, so {3, 1} could elect a leader inside node 2's lease, confirmed by {1, 2}).
+#[test]
+fn a_deposed_leader_waits_out_the_leases_it_granted() {
+    let (mut c, t) = leader(true);
+    let commit = c.commit();
+    report(&mut c, t, 2, 0, None, commit, Some(77));
+    assert_eq!(grants(&round_by_2(&mut c, t + ms(1))).len(), 1, "no lease granted");
+    let term = c.term();
+    c.step(t + ms(10), Input::HigherTerm { peer: 3, term: term + 1 });
+    others(&mut c, t + ms(10));
+    assert_eq!(c.role(), Role::Follower);
+    let vote = |c: &mut Core, at: Instant, pre_vote: bool| {
+        let request = VoteRequest { term: term + 2, candidate: 3, last_log: c.last_log(), pre_vote, transfer: false };
+        c.step(at, Input::VoteRequest { token: 9, request });
+        others(c, at).iter().any(|a| matches!(a, Do::AnswerVote { response, .. } if response.granted))
+    };
+    assert!(!vote(&mut c, t + ms(20), true), "a deposed leader granted a pre-vote inside a lease it granted");
+    assert!(!vote(&mut c, t + ms(21), false), "a deposed leader voted inside a lease it granted");
+    assert!(vote(&mut c, t + ms(10) + MIN, false), "a deposed leader never votes again");
 }
 
 /// Node 2 of {1,2,3} following leader 1 in term 1 with entries 1 and 2; answers the core and

@@ -288,7 +288,8 @@ impl Replicator {
                             act.resend_unconfirmed(epoch, sent_last);
                         }
                         AppendOutcome::Conflict { next_index } => {
-                            act.report(round, None);
+                            // A revocation it carried was taken all the same.
+                            act.report_append(round, None, &resp, revoking);
                             if epoch == act.epoch {
                                 act.conflict(next_index);
                             }

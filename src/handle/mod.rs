@@ -64,13 +64,15 @@ pub(crate) struct Core {
     pub(crate) read_indexes: Arc<Mutex<ReadIndexes>>,
 }
 
-/// Linearizable reads waiting for a read index: one `GetReadIndex` serves every read waiting
-/// when it is sent; a read arriving while one is under way waits for the next, so none takes
-/// an index asked for before it arrived. So the reads of a busy HTTP worker cost `Election`
-/// one message per round trip, not one each.
+/// Linearizable reads waiting for a read index: one `GetReadIndex` serves every read that
+/// arrived on this thread before the task sending it ran, so the reads of a busy HTTP worker
+/// cost `Election` one message per turn of its event loop, not one each. The next is sent
+/// whatever is still under way, so no read takes an index asked for before it arrived, and
+/// none waits for more than one.
 #[derive(Debug, Default)]
 pub(crate) struct ReadIndexes {
-    asking: bool,
+    /// A task sending the next `GetReadIndex` is spawned and has not run yet.
+    due: bool,
     waiting: Vec<oneshot::Sender<Result<u64, ApiError>>>,
 }
 
@@ -192,7 +194,7 @@ impl Core {
                 let ask = {
                     let mut batch = lock(&self.read_indexes);
                     batch.waiting.push(tx);
-                    !std::mem::replace(&mut batch.asking, true)
+                    !std::mem::replace(&mut batch.due, true)
                 };
                 if ask {
                     actix_rt::spawn(ask_read_indexes(self.election.clone(), self.read_indexes.clone()));
@@ -237,33 +239,34 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Asks `Election` for one read index for every read waiting, then again for those that came
-/// meanwhile, until none waits. If it is dropped before (its thread stopped), the reads
-/// waiting are refused, retryably, and the next read starts asking again.
-async fn ask_read_indexes(election: Addr<Election>, reads: Arc<Mutex<ReadIndexes>>) {
-    struct Asking(Arc<Mutex<ReadIndexes>>);
-    impl Drop for Asking {
+/// Asks `Election` for one read index for every read waiting. If it is dropped before it ran
+/// (its thread stopped), the reads waiting are refused, retryably, and the next read spawns
+/// another; once it took them, a read it drops is answered `Unavailable` by its caller.
+fn ask_read_indexes(election: Addr<Election>, reads: Arc<Mutex<ReadIndexes>>) -> impl Future<Output = ()> {
+    struct Due(Arc<Mutex<ReadIndexes>>);
+    impl Drop for Due {
         fn drop(&mut self) {
             let mut r = lock(&self.0);
-            if r.asking {
-                r.asking = false;
+            if r.due {
+                r.due = false;
                 for tx in r.waiting.drain(..) {
                     let _ = tx.send(Err(ApiError::Unavailable("the read index was not asked for; retry".into())));
                 }
             }
         }
     }
-    let _asking = Asking(reads.clone());
-    loop {
+    // Held by the future from the start, so dropping it unpolled refuses the reads too.
+    let due = Due(reads);
+    async move {
         let batch = {
-            let mut r = lock(&reads);
-            let batch = std::mem::take(&mut r.waiting);
-            if batch.iter().all(|tx| tx.is_canceled()) {
-                r.asking = false;
-                return;
-            }
-            batch
+            let mut r = lock(&due.0);
+            r.due = false;
+            std::mem::take(&mut r.waiting)
         };
+        drop(due);
+        if batch.iter().all(|tx| tx.is_canceled()) {
+            return;
+        }
         let answer = election.send(GetReadIndex { forwarded: false }).await.map_err(mailbox).and_then(|r| r);
         for tx in batch {
             let _ = tx.send(answer.clone());

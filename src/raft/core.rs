@@ -503,6 +503,9 @@ struct Lead {
     peer_commit: BTreeMap<NodeId, u64>,
     asks: BTreeMap<NodeId, LeaseAsk>,
     holders: BTreeMap<NodeId, Instant>,
+    /// The ask each peer was last granted: answers sent before the grant reached it still
+    /// carry it, and start no round.
+    granted: BTreeMap<NodeId, u64>,
     next_quorum_check: Instant,
     transfer: Option<Transfer>,
 }
@@ -973,6 +976,7 @@ impl Core {
             lead.match_index.remove(&peer);
             lead.last_ack.remove(&peer);
             lead.acked_round.remove(&peer);
+            lead.asks.remove(&peer);
             self.actions.push(Action::StopPeer { peer });
         }
         let new: Vec<NodeId> = peers.iter().copied().filter(|p| !lead.match_index.contains_key(p)).collect();
@@ -1047,6 +1051,11 @@ impl Core {
         if let Some(lead) = self.lead.as_mut() {
             if lead.transfer.as_ref().is_some_and(|t| now >= t.deadline) {
                 tracing::warn!(id = self.id, term = self.term, "leadership transfer timed out; leading on");
+                // No target was told to stand, so no election skips the voters' wait: leases
+                // may be granted again.
+                if lead.transfer.as_ref().is_some_and(|t| !t.sent) {
+                    lead.lease_revoked = false;
+                }
                 lead.transfer = None;
                 self.actions.push(Action::TransferEnded { handed_over: false });
             }
@@ -1085,6 +1094,13 @@ impl Core {
         self.campaign = None;
         if let Some(lead) = self.lead.take() {
             self.actions.push(Action::LeadershipChanged { term: led, is_leader: false });
+            if self.timing.lease.is_some() {
+                // It counted itself in the majorities that confirmed its rounds, and so the
+                // leases granted on them (a follower's outlives its leader's office): it votes
+                // for no one until `election_min` has passed, as every voter that confirmed
+                // a round does (found by review).
+                self.last_leader_contact = Some(now);
+            }
             if let Some(t) = &lead.transfer {
                 // Handed over when the target was told to stand and a later term began;
                 // any other step-down (lost quorum, storage) is a failed transfer.
@@ -1277,6 +1293,7 @@ impl Core {
             peer_commit: BTreeMap::new(),
             asks: BTreeMap::new(),
             holders: BTreeMap::new(),
+            granted: BTreeMap::new(),
             next_quorum_check: now + self.timing.election_max,
             transfer: None,
         });
@@ -1425,11 +1442,18 @@ impl Core {
         let ready: Vec<NodeId> = lead
             .asks
             .iter()
-            .filter(|(p, a)| a.round <= confirmed && lead.peer_commit.get(p).is_some_and(|&c| c >= a.commit))
+            .filter(|(p, a)| {
+                // Not to a node this leader no longer replicates to (removed): it would hold
+                // back what may be seen, for nothing.
+                a.round <= confirmed
+                    && lead.match_index.contains_key(p)
+                    && lead.peer_commit.get(p).is_some_and(|&c| c >= a.commit)
+            })
             .map(|(&p, _)| p)
             .collect();
         for peer in ready {
             let Some(ask) = lead.asks.remove(&peer) else { continue };
+            lead.granted.insert(peer, ask.id);
             let until = (ask.received + lease.mul_f64(HOLDER_SHARE)).max(now);
             let held = lead.holders.entry(peer).or_insert(until);
             *held = (*held).max(until);
@@ -1525,6 +1549,7 @@ impl Core {
         if let (Some(_), Some(id)) = (lease, lease_ask)
             && !lead.lease_revoked
             && lead.asks.get(&peer).is_none_or(|a| a.id != id)
+            && lead.granted.get(&peer) != Some(&id)
         {
             // Granted once a round issued from now on is confirmed.
             lead.asks.insert(peer, LeaseAsk { id, received: now, round: lead.round + 1, commit: leader_commit });
