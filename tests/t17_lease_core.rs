@@ -540,6 +540,52 @@ fn append(
     (answer.commit, answer.lease_ask, released(&actions))
 }
 
+/// A node that learnt, as a follower, that more may be seen than it has committed, and then
+/// leads: what its commit index reaches is applied at once (found when a write after an
+/// election timed out: the commit index moved below what may be seen, and nothing was
+/// applied until it passed it).
+#[test]
+fn a_leader_applies_what_it_commits_below_what_it_learnt_may_be_seen() {
+    let t0 = Instant::now();
+    let hard = HardState { term: 1, voted_for: Some(1), commit: 0 };
+    let log = MemberLog::new(voters(&[1, 2, 3]), []);
+    let mut f = Core::new(2, log, timing(true), hard, LogId::default(), 7, t0);
+    f.take_actions();
+    let t = t0 + ms(400);
+    let entries = (1..=2).map(|index| Arc::new(Entry { term: 1, index, payload: Payload::Blank })).collect();
+    append(&mut f, t, entries, 0, 9, None);
+    let at = t + ms(700);
+    f.step(at, Input::Tick);
+    let mut released = None;
+    for _ in 0..20 {
+        for a in f.take_actions() {
+            match crate::common::core_io::own_io(&mut f, at, a) {
+                Some(Do::SendVote { to, request }) => {
+                    let response = VoteResponse { term: request.term, granted: true };
+                    f.step(at, Input::VoteResponse { from: to, request, response });
+                }
+                Some(Do::CommitTo(i)) => released = released.max(Some(i)),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(f.role(), Role::Leader);
+    let (term, last) = (f.term(), f.last_log().index);
+    let input = Input::PeerProgress {
+        peer: 1,
+        term,
+        acked_round: 0,
+        match_index: Some(last),
+        commit: None,
+        lease_ask: None,
+        lease_dropped: false,
+    };
+    f.step(at, input);
+    let applied = released.max(crate::t17_lease_core::released(&others(&mut f, at)));
+    assert_eq!(f.commit(), last);
+    assert_eq!(applied, Some(last), "committed entries below what may be seen were not applied");
+}
+
 /// A follower asks for a lease in its answers; a grant of that ask counts from when the ask
 /// was made (before the round that granted it), gives its commit index but never below the
 /// floor, and ends with the term. It applies committed entries only as far as the leader

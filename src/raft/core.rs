@@ -1411,12 +1411,12 @@ impl Core {
         lead.holders.retain(|_, until| *until > now);
         let held = lead.holders.keys().map(|p| lead.peer_commit.get(p).copied().unwrap_or(0)).min();
         let visible = held.map_or(self.commit, |h| h.min(self.commit));
-        if visible <= self.visible {
-            return false;
-        }
-        self.visible = visible;
+        let moved = visible > self.visible;
+        self.visible = self.visible.max(visible);
+        // Even if it did not move: it may stand above the commit index (learnt as a follower,
+        // or at a restart), and then what the commit index reached is released now.
         self.release();
-        true
+        moved
     }
 
     /// Tells `LogStore` to apply what is committed and may be seen.
