@@ -101,15 +101,14 @@ impl Answers {
 }
 
 /// A follower's linearizable reads, passed on to the leader as one ReadIndex for every read
-/// that arrived since the last was sent, not one per read (the dissertation's §6.4 batching,
-/// on the follower's side). Each is sent once the messages at hand are handled, whatever is
-/// still under way, so no read waits for an answer to a request sent before it arrived (that
-/// answer may be older than a write it must see) and none waits for more than one.
+/// waiting, not one per read (the dissertation's §6.4 batching, on the follower's side). A
+/// read that arrives while one is asked waits for the next: the answer to a request sent
+/// before it arrived may be older than a write it must see.
 #[derive(Default)]
 struct ForwardedReads {
-    /// The next ReadIndex is due to leave (a `Later` is queued).
-    due: bool,
-    /// The reads it is for.
+    /// A ReadIndex is asked of the leader now.
+    asking: bool,
+    /// The reads that wait for the next one.
     waiting: Vec<oneshot::Sender<Result<u64, ApiError>>>,
 }
 
@@ -164,8 +163,6 @@ struct Later(LaterInput);
 enum LaterInput {
     Flush,
     ReadRound,
-    /// Not the core's: a follower's reads go to the leader ([`ForwardedReads`]).
-    ForwardReads,
 }
 
 /// The core's clock: tokio's, so a simulation's paused time is the core's time too; in a
@@ -650,7 +647,6 @@ impl Handler<Later> for Election {
         let input = match msg.0 {
             LaterInput::Flush => Input::Flush,
             LaterInput::ReadRound => Input::ReadRound,
-            LaterInput::ForwardReads => return self.ask_read_index(ctx),
         };
         self.step(ctx, input);
     }
@@ -810,8 +806,8 @@ impl Handler<GetReadIndex> for Election {
             return Box::pin(async move { Err(e) });
         } else {
             self.forwarded_reads.waiting.push(tx);
-            if !std::mem::replace(&mut self.forwarded_reads.due, true) {
-                ctx.notify(Later(LaterInput::ForwardReads));
+            if !self.forwarded_reads.asking {
+                self.ask_read_index(ctx);
             }
         }
         Box::pin(answer(rx, self.config.request_timeout()))
@@ -820,9 +816,8 @@ impl Handler<GetReadIndex> for Election {
 
 impl Election {
     /// Asks the leader for one read index for every read waiting (or, if this node leads
-    /// now, serves them itself).
+    /// now, serves them itself); when it answers, the reads that arrived meanwhile go next.
     fn ask_read_index(&mut self, ctx: &mut Context<Self>) {
-        self.forwarded_reads.due = false;
         let mut batch = std::mem::take(&mut self.forwarded_reads.waiting);
         // Reads whose client gave up are not asked for.
         batch.retain(|tx| !tx.is_canceled());
@@ -837,14 +832,19 @@ impl Election {
             }
             return;
         }
+        self.forwarded_reads.asking = true;
         self.metrics.read_indexes_forwarded.inc();
         let asked = self.forward(Request::ReadIndex, |r| match r {
             Response::ReadIndex(i) => Ok(i),
             other => Err(unexpected(other)),
         });
-        ctx.spawn(asked.into_actor(self).map(move |result, _, _| {
+        ctx.spawn(asked.into_actor(self).map(move |result, act, ctx| {
             for tx in batch {
                 let _ = tx.send(result.clone());
+            }
+            act.forwarded_reads.asking = false;
+            if !act.forwarded_reads.waiting.is_empty() {
+                act.ask_read_index(ctx);
             }
         }));
     }
