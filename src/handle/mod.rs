@@ -243,26 +243,33 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// (its thread stopped), the reads waiting are refused, retryably, and the next read spawns
 /// another; once it took them, a read it drops is answered `Unavailable` by its caller.
 fn ask_read_indexes(election: Addr<Election>, reads: Arc<Mutex<ReadIndexes>>) -> impl Future<Output = ()> {
-    struct Due(Arc<Mutex<ReadIndexes>>);
+    /// Until it took the reads, refuses them if dropped (another thread's read may have
+    /// spawned the next task since, and its reads are that task's).
+    struct Due {
+        reads: Arc<Mutex<ReadIndexes>>,
+        taken: bool,
+    }
     impl Drop for Due {
         fn drop(&mut self) {
-            let mut r = lock(&self.0);
-            if r.due {
-                r.due = false;
-                for tx in r.waiting.drain(..) {
-                    let _ = tx.send(Err(ApiError::Unavailable("the read index was not asked for; retry".into())));
-                }
+            if self.taken {
+                return;
+            }
+            let mut r = lock(&self.reads);
+            r.due = false;
+            for tx in r.waiting.drain(..) {
+                let _ = tx.send(Err(ApiError::Unavailable("the read index was not asked for; retry".into())));
             }
         }
     }
     // Held by the future from the start, so dropping it unpolled refuses the reads too.
-    let due = Due(reads);
+    let mut due = Due { reads, taken: false };
     async move {
         let batch = {
-            let mut r = lock(&due.0);
+            let mut r = lock(&due.reads);
             r.due = false;
             std::mem::take(&mut r.waiting)
         };
+        due.taken = true;
         drop(due);
         if batch.iter().all(|tx| tx.is_canceled()) {
             return;
