@@ -36,22 +36,11 @@ fn ms(n: u64) -> Duration {
 /// answers the read indexes the core gave, by token, and whether a read round was asked for.
 fn drive(c: &mut Core, now: Instant) -> (Answers, bool) {
     let (mut reads, mut round) = (Vec::new(), false);
-    for _ in 0..50 {
-        let actions = c.take_actions();
-        if actions.is_empty() {
-            break;
-        }
-        for a in actions {
-            match crate::common::core_io::own_io(c, now, a) {
-                None => {}
-                Some(Do::SendVote { to: 2, request }) => {
-                    let response = VoteResponse { term: request.term, granted: true };
-                    c.step(now, Input::VoteResponse { from: 2, request, response });
-                }
-                Some(Do::AnswerRead { token, result }) => reads.push((token, result)),
-                Some(Do::ScheduleReadRound) => round = true,
-                Some(_) => {}
-            }
+    for a in others(c, now) {
+        match a {
+            Do::AnswerRead { token, result } => reads.push((token, result)),
+            Do::ScheduleReadRound => round = true,
+            _ => {}
         }
     }
     (reads, round)
